@@ -1,0 +1,31 @@
+"""jaxreg: deformable medical image registration in JAX.
+
+The spatial toolbox is re-exported at the top level (``jaxreg.warp``, ...); losses and
+metrics live in their modules because both define ``dice`` with opposite directions
+(``jaxreg.losses.dice`` is lower-is-better, ``jaxreg.metrics.dice`` higher-is-better).
+"""
+
+from jaxreg import losses, metrics, spatial
+from jaxreg.spatial import (
+    compose,
+    identity_grid,
+    integrate_velocity,
+    resize_ddf,
+    warp,
+    warp_points,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "losses",
+    "metrics",
+    "spatial",
+    "identity_grid",
+    "warp",
+    "compose",
+    "integrate_velocity",
+    "resize_ddf",
+    "warp_points",
+    "__version__",
+]

@@ -1,0 +1,233 @@
+"""Spatial transforms of images and displacement fields.
+
+Every function takes **one sample** (batch with ``jax.vmap``) and works in 2-D and 3-D.
+
+Conventions (see ``docs/conventions.md``):
+
+* Images are channels-last ``(*S, C)``; a bare ``(*S)`` is accepted where the spatial rank
+  is known from a displacement field.
+* A displacement field ``ddf`` has shape ``(*S, ndim)`` with ``ndim = len(S)``, in **voxel
+  units**, component ``k`` along array axis ``k`` (``ij`` indexing).
+* **Pull** convention: ``warp(moving, ddf)(x) = moving(x + ddf(x))``. The field lives on the
+  output (fixed) grid and points into the moving image.
+
+This module is a leaf: it imports nothing of jaxreg but the private argument checks.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax.scipy import ndimage as jndi
+
+from jaxreg._checks import check_ddf as _check_ddf
+
+__all__ = [
+    "identity_grid",
+    "warp",
+    "compose",
+    "integrate_velocity",
+    "resize_ddf",
+    "warp_points",
+]
+
+_MODES = ("nearest", "constant")
+
+
+def _check_options(order: int, mode: str) -> None:
+    if order not in (0, 1):
+        raise ValueError(f"`order` must be 0 (nearest neighbour) or 1 (linear); got {order!r}.")
+    if mode not in _MODES:
+        raise ValueError(f"`mode` must be one of {_MODES}; got {mode!r}.")
+
+
+def identity_grid(shape: Sequence[int]) -> jax.Array:
+    """Voxel coordinates of a grid.
+
+    Args:
+      shape: spatial shape ``S`` (2 or 3 integers).
+
+    Returns:
+      ``(*S, ndim)`` float32 array; ``grid[i, j, k] == (i, j, k)``.
+    """
+    shape = tuple(int(s) for s in shape)
+    if len(shape) not in (2, 3) or min(shape, default=0) < 1:
+        raise ValueError(f"`shape` must be 2 or 3 positive integers; got {shape}.")
+    axes = [jnp.arange(s, dtype=jnp.float32) for s in shape]
+    return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
+
+
+def _sample(image: jax.Array, coords: list[jax.Array], *, order: int, mode: str, cval: float) -> jax.Array:
+    """Samples a channels-last image ``(*S, C)`` at ``ndim`` coordinate arrays ``(*P)`` -> ``(*P, C)``."""
+    if order == 0:
+        # scipy rounds half up (floor(x + 0.5)); jnp.round rounds half to even. Snap to
+        # integers here so that the two agree on ties, e.g. a displacement of exactly 0.5.
+        coords = [jnp.floor(c + 0.5) for c in coords]
+    sample_one = lambda channel: jndi.map_coordinates(  # noqa: E731
+        channel, coords, order=order, mode=mode, cval=cval
+    )
+    return jax.vmap(sample_one, in_axes=-1, out_axes=-1)(image)
+
+
+def _displaced_coordinates(ddf: jax.Array) -> list[jax.Array]:
+    """``x + ddf(x)`` as one array per axis.
+
+    Built from broadcasted iotas so that XLA fuses the grid into the addition instead of
+    materialising a ``(*S, ndim)`` identity grid (2x faster warps at 160x192x224).
+    """
+    shape = ddf.shape[:-1]
+    return [jax.lax.broadcasted_iota(ddf.dtype, shape, k) + ddf[..., k] for k in range(len(shape))]
+
+
+def _as_channels_last(image: jax.Array, ndim: int, name: str = "image") -> tuple[jax.Array, bool]:
+    """Returns ``(image with a channel axis, whether one was added)``."""
+    if image.ndim == ndim:
+        return image[..., None], True
+    if image.ndim == ndim + 1:
+        return image, False
+    raise ValueError(
+        f"`{name}` must have shape (*S) or (*S, C) with {ndim} spatial axes to match the "
+        f"{ndim}-D displacement field; got shape {tuple(image.shape)}."
+    )
+
+
+def warp(
+    image: jax.Array,
+    ddf: jax.Array,
+    *,
+    order: int = 1,
+    mode: str = "nearest",
+    cval: float = 0.0,
+) -> jax.Array:
+    """Warps an image with a displacement field (pull convention).
+
+    ``out(x) = image(x + ddf(x))`` for every voxel ``x`` of the field's grid.
+
+    Args:
+      image: ``(*S_img)`` or ``(*S_img, C)``; may live on a different grid than the field.
+      ddf: ``(*S, ndim)`` displacement in voxels of ``image``.
+      order: 0 for nearest neighbour (use for label maps), 1 for (bi/tri)linear.
+      mode: ``"nearest"`` clamps coordinates to the image (edge values extend outward);
+        ``"constant"`` pads with ``cval`` and interpolates across the border
+        (scipy's ``"grid-constant"``).
+      cval: padding value for ``mode="constant"``.
+
+    Returns:
+      Warped image on the field's grid: ``(*S)`` or ``(*S, C)`` like ``image``, with
+      ``image``'s dtype for ``order=0`` and a floating dtype for ``order=1``.
+    """
+    ndim = _check_ddf(ddf)
+    _check_options(order, mode)
+    img, squeeze = _as_channels_last(jnp.asarray(image), ndim)
+    if order == 1 and not jnp.issubdtype(img.dtype, jnp.floating):
+        img = img.astype(ddf.dtype)
+    out = _sample(img, _displaced_coordinates(ddf), order=order, mode=mode, cval=cval)
+    return out[..., 0] if squeeze else out
+
+
+def compose(u: jax.Array, v: jax.Array) -> jax.Array:
+    """Displacement of the composition ``φ_u ∘ φ_v`` (apply ``v`` first in sample space).
+
+    With ``φ_u(x) = x + u(x)``: ``(φ_u ∘ φ_v)(x) = x + v(x) + u(x + v(x))``, so that
+    ``warp(img, compose(u, v)) ≈ warp(warp(img, u), v)``. ``u`` is sampled linearly with
+    edge clamping outside its grid.
+
+    Args:
+      u: ``(*S_u, ndim)`` field applied last (in voxels of the grid it points into).
+      v: ``(*S, ndim)`` field applied first; the result lives on its grid.
+
+    Returns:
+      ``(*S, ndim)`` displacement in voxels.
+    """
+    ndim = _check_ddf(v, "v")
+    if _check_ddf(u, "u") != ndim:
+        raise ValueError(
+            f"`u` and `v` must have the same spatial rank; got shapes {tuple(u.shape)} "
+            f"and {tuple(v.shape)}."
+        )
+    return v + warp(u, v, order=1, mode="nearest")
+
+
+def integrate_velocity(v: jax.Array, *, steps: int = 7) -> jax.Array:
+    """Integrates a stationary velocity field by scaling and squaring.
+
+    ``φ = exp(v)``: start from ``v / 2**steps`` and compose the field with itself ``steps``
+    times. The result is diffeomorphic when the scaled field is small (|v| / 2**steps < 0.5
+    voxel is a safe rule).
+
+    Args:
+      v: ``(*S, ndim)`` velocity in voxels.
+      steps: number of squarings (>= 0).
+
+    Returns:
+      ``(*S, ndim)`` displacement in voxels.
+    """
+    _check_ddf(v, "v")
+    if not isinstance(steps, int) or steps < 0:
+        raise ValueError(f"`steps` must be a non-negative integer; got {steps!r}.")
+    u0 = v / (2.0**steps)
+    return jax.lax.fori_loop(0, steps, lambda _, u: compose(u, u), u0)
+
+
+def resize_ddf(ddf: jax.Array, shape: Sequence[int], *, align_corners: bool = False) -> jax.Array:
+    """Resamples a displacement field onto a grid of another size, rescaling its vectors.
+
+    The field is treated as covering the same physical extent at both sizes. With
+    ``align_corners=False`` (default; voxel centres, like ``jax.image.resize`` and
+    ``scipy.ndimage.zoom(grid_mode=True)``) the voxel size scales by ``old / new`` and vectors
+    by ``new / old``; with ``align_corners=True`` (corner voxels coincide, like
+    ``scipy.ndimage.zoom``'s default) by ``(new - 1) / (old - 1)``. Interpolation is linear
+    with edge clamping and no anti-aliasing.
+
+    Args:
+      ddf: ``(*S, ndim)`` displacement in voxels of the old grid.
+      shape: the new spatial shape ``S'`` (ndim integers).
+      align_corners: grid alignment, see above.
+
+    Returns:
+      ``(*S', ndim)`` displacement in voxels of the new grid.
+    """
+    ndim = _check_ddf(ddf)
+    new = tuple(int(s) for s in shape)
+    old = tuple(ddf.shape[:-1])
+    if len(new) != ndim or min(new) < 1:
+        raise ValueError(f"`shape` must be {ndim} positive integers; got {tuple(shape)}.")
+    if align_corners:
+        scale = [(o - 1) / (n - 1) if n > 1 else 0.0 for o, n in zip(old, new)]
+        offset = [0.0] * ndim
+    else:
+        scale = [o / n for o, n in zip(old, new)]
+        offset = [0.5 * s - 0.5 for s in scale]
+    # Positions of the new voxels in old voxel coordinates.
+    coords = [jax.lax.broadcasted_iota(ddf.dtype, new, k) * scale[k] + offset[k] for k in range(ndim)]
+    resampled = _sample(ddf, coords, order=1, mode="nearest", cval=0.0)
+    # A vector of length 1 old voxel is 1 / scale new voxels long.
+    inverse = [1.0 / sc if sc > 0 else 0.0 for sc in scale]
+    return resampled * jnp.asarray(inverse, ddf.dtype)
+
+
+def warp_points(points: jax.Array, ddf: jax.Array) -> jax.Array:
+    """Moves points with a displacement field: ``p + ddf(p)`` (linear, edge-clamped).
+
+    In the pull convention the field lives on the fixed grid, so this maps fixed-image
+    points to their corresponding moving-image points.
+
+    Args:
+      points: ``(N, ndim)`` voxel coordinates on the field's grid (array axis order).
+      ddf: ``(*S, ndim)`` displacement in voxels.
+
+    Returns:
+      ``(N, ndim)`` moved points in voxels.
+    """
+    ndim = _check_ddf(ddf)
+    points = jnp.asarray(points)
+    if points.ndim != 2 or points.shape[-1] != ndim:
+        raise ValueError(
+            f"`points` must have shape (N, {ndim}) to match the {ndim}-D field; "
+            f"got shape {tuple(points.shape)}."
+        )
+    points = points.astype(ddf.dtype)
+    coords = [points[:, k] for k in range(ndim)]
+    return points + _sample(ddf, coords, order=1, mode="nearest", cval=0.0)
