@@ -1,0 +1,310 @@
+"""NIfTI input/output and Learn2Reg displacement files.
+
+Files from users are untrusted: headers are checked (rank, dims, dtype, size) before
+any voxel is read, and nothing is ever unpickled. Writes are atomic: the file is
+written under a temporary name in the target directory and moved into place with
+``os.replace``, so a crash never leaves a half-written result (and an existing file
+stays as it was).
+
+Learn2Reg conventions (official evaluation, repository ``MDL-UzL/L2R``):
+
+* a displacement file ``disp_FFFF_MMMM.nii.gz`` holds a float ``(D, H, W, 3)`` array,
+  the displacement in voxels along the array axes of the fixed image, pull convention
+  (the moving image is sampled at ``x + disp(x)``); its affine and header are ignored
+  by the evaluator, which reads it with ``get_fdata()`` (float64);
+* keypoint files ``*.csv`` hold one point per line, ``x0,x1,x2`` in voxel
+  coordinates (array axis order), comma separated, no header.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from typing import NamedTuple
+
+import nibabel as nib
+import numpy as np
+from numpy.typing import ArrayLike
+
+__all__ = [
+    "MAX_ELEMENTS",
+    "NiftiVolume",
+    "disp_filename",
+    "load_disp",
+    "load_keypoints",
+    "load_nifti",
+    "save_disp",
+    "save_nifti",
+]
+
+#: Largest number of array elements a loader accepts by default (a 224 x 192 x 224 x 3
+#: Learn2Reg field has 29 M); guards against headers that claim absurd sizes.
+MAX_ELEMENTS = 2**29
+
+
+class NiftiVolume(NamedTuple):
+    """A loaded NIfTI image.
+
+    Attributes:
+      array: the voxel data, array axis order as stored.
+      affine: ``(4, 4)`` float64 voxel-to-world matrix.
+      spacing: voxel size of the (up to 3) spatial axes, as the header stores it
+        (``header.get_zooms()``, float32 values), usually mm.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+
+
+def _nifti_ext(path: str, func: str) -> str:
+    for ext in (".nii.gz", ".nii"):
+        if path.endswith(ext):
+            return ext
+    raise ValueError(f"{func}: `path` must end in .nii or .nii.gz; got {path!r}")
+
+
+def _open_checked(path: str | os.PathLike, func: str, max_elements: int) -> nib.Nifti1Image:
+    path = os.fspath(path)
+    _nifti_ext(path, func)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{func}: no such file: {path!r}")
+    try:
+        img = nib.load(path, mmap=False)  # reads the header only
+    except Exception as e:  # nibabel raises several types for a bad header
+        raise ValueError(f"{func}: {path!r} is not a readable NIfTI file ({type(e).__name__}: {e})") from e
+    if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
+        raise ValueError(f"{func}: {path!r} is not a NIfTI image; got {type(img).__name__}")
+    shape = img.header.get_data_shape()
+    dtype = img.header.get_data_dtype()
+    if not 1 <= len(shape) <= 7 or any(int(n) < 1 for n in shape):
+        raise ValueError(f"{func}: {path!r} has invalid dimensions {shape}")
+    if dtype.fields is not None or not (np.issubdtype(dtype, np.integer) or np.issubdtype(dtype, np.floating)):
+        raise ValueError(f"{func}: {path!r} must hold real numbers; its header says dtype {dtype}")
+    n = int(np.prod([int(v) for v in shape], dtype=object))
+    if n > max_elements:
+        raise ValueError(
+            f"{func}: {path!r} header claims {n} elements {shape}, more than max_elements={max_elements}"
+        )
+    return img
+
+
+def _read(img: nib.Nifti1Image, path, func: str, dtype) -> np.ndarray:
+    try:
+        if dtype is None:
+            return np.asarray(img.dataobj)
+        return img.get_fdata(dtype=dtype)
+    except Exception as e:  # truncated or corrupt data
+        raise ValueError(f"{func}: could not read the data of {os.fspath(path)!r} ({type(e).__name__}: {e})") from e
+
+
+def load_nifti(
+    path: str | os.PathLike, *, dtype: type | np.dtype | None = None, max_elements: int = MAX_ELEMENTS
+) -> NiftiVolume:
+    """Loads a NIfTI image after checking its header.
+
+    Args:
+      path: a ``.nii`` or ``.nii.gz`` file.
+      dtype: ``None`` for the stored type (with the header's scaling applied by
+        nibabel), or a float type for ``get_fdata(dtype=...)``; ``np.float64`` gives
+        exactly what the Learn2Reg evaluator reads.
+      max_elements: refuse headers that claim more elements than this.
+
+    Returns:
+      A `NiftiVolume` ``(array, affine, spacing)``.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: wrong extension, unreadable or corrupt file, non-numeric dtype,
+        invalid or too large dimensions.
+    """
+    if dtype is not None and not np.issubdtype(np.dtype(dtype), np.floating):
+        raise ValueError(f"load_nifti: `dtype` must be None or a float type; got {dtype!r}")
+    img = _open_checked(path, "load_nifti", max_elements)
+    array = _read(img, path, "load_nifti", dtype)
+    zooms = img.header.get_zooms()
+    return NiftiVolume(array, np.asarray(img.affine, np.float64), tuple(zooms[: min(3, array.ndim)]))
+
+
+def _writable(array: ArrayLike, func: str) -> np.ndarray:
+    a = np.asarray(array)
+    if not 1 <= a.ndim <= 7 or a.size == 0:
+        raise ValueError(f"{func}: `array` must have 1 to 7 non-empty dimensions; got shape {a.shape}")
+    if a.dtype == bool:
+        return a.astype(np.uint8)
+    if not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"{func}: `array` must be real numeric; got dtype {a.dtype}")
+    if a.dtype == np.float16:
+        return a.astype(np.float32)  # NIfTI has no float16
+    if a.dtype in (np.int64, np.uint64):  # nibabel refuses 64-bit ints without an explicit header
+        info = np.iinfo(np.int32)
+        if a.min() < info.min or a.max() > info.max:
+            raise ValueError(f"{func}: `array` is {a.dtype} with values outside the int32 range")
+        return a.astype(np.int32)
+    return a
+
+
+def save_nifti(path: str | os.PathLike, array: ArrayLike, affine: ArrayLike | None = None) -> None:
+    """Writes an array as a NIfTI-1 image, atomically.
+
+    Args:
+      path: target ``.nii`` or ``.nii.gz`` file; its directory must exist. An existing
+        file is replaced only once the new one is complete.
+      array: 1- to 7-D real array. bool is stored as uint8, float16 as float32, and
+        64-bit integers as int32 (ValueError if they do not fit).
+      affine: ``(4, 4)`` voxel-to-world matrix; identity (1 mm voxels) if None.
+
+    Raises:
+      FileNotFoundError: the directory does not exist.
+      ValueError: bad extension, array or affine.
+    """
+    path = os.fspath(path)
+    ext = _nifti_ext(path, "save_nifti")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"save_nifti: directory of `path` does not exist: {directory!r}")
+    data = _writable(array, "save_nifti")
+    aff = np.eye(4) if affine is None else np.asarray(affine, dtype=np.float64)
+    if aff.shape != (4, 4) or not np.isfinite(aff).all():
+        raise ValueError(f"save_nifti: `affine` must be a finite (4, 4) matrix; got shape {aff.shape}")
+    img = nib.Nifti1Image(data, aff)
+    # nibabel picks the format from the extension, so the temporary name keeps it.
+    stem = os.path.basename(path)[: -len(ext)]
+    tmp = os.path.join(directory, f".{stem}.tmp-{secrets.token_hex(6)}{ext}")
+    try:
+        nib.save(img, tmp)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_disp(path: str | os.PathLike, ddf: ArrayLike, *, affine: ArrayLike | None = None, dtype=np.float32) -> None:
+    """Writes a Learn2Reg displacement file, atomically.
+
+    Args:
+      path: target ``.nii.gz`` (or ``.nii``) file, e.g. ``disp_filename(1, 2)``.
+      ddf: ``(D, H, W, 3)`` finite displacement in voxels, array axis order, pull
+        convention, on the fixed image grid.
+      affine: optional affine to store (the fixed image's); the evaluator ignores it.
+      dtype: ``np.float32`` (default) or ``np.float64``.
+
+    Raises:
+      FileNotFoundError: the directory does not exist.
+      ValueError: ``ddf`` is not a finite (D, H, W, 3) real array, bad dtype or path.
+    """
+    a = np.asarray(ddf)
+    if a.ndim != 4 or a.shape[-1] != 3 or min(a.shape) < 1:
+        raise ValueError(f"save_disp: `ddf` must have shape (D, H, W, 3); got {a.shape}")
+    if a.dtype == bool or not (np.issubdtype(a.dtype, np.integer) or np.issubdtype(a.dtype, np.floating)):
+        raise ValueError(f"save_disp: `ddf` must be real numeric; got dtype {a.dtype}")
+    if np.dtype(dtype) not in (np.dtype(np.float32), np.dtype(np.float64)):
+        raise ValueError(f"save_disp: `dtype` must be float32 or float64; got {dtype!r}")
+    a = a.astype(dtype)
+    if not np.isfinite(a).all():
+        raise ValueError(f"save_disp: `ddf` must be finite; got {np.count_nonzero(~np.isfinite(a))} NaN/inf values")
+    save_nifti(path, a, affine)
+
+
+def load_disp(path: str | os.PathLike, *, max_elements: int = MAX_ELEMENTS) -> np.ndarray:
+    """Loads a Learn2Reg displacement file as the evaluator does (``get_fdata``).
+
+    Args:
+      path: a ``.nii.gz`` / ``.nii`` displacement file.
+      max_elements: refuse headers that claim more elements than this.
+
+    Returns:
+      ``(D, H, W, 3)`` float64 displacement in voxels.
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: the header is not a real ``(D, H, W, 3)`` array, or the file is corrupt.
+    """
+    img = _open_checked(path, "load_disp", max_elements)
+    shape = tuple(int(v) for v in img.header.get_data_shape())
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(f"load_disp: {os.fspath(path)!r} must hold a (D, H, W, 3) field; its header says {shape}")
+    return _read(img, path, "load_disp", np.float64)
+
+
+def _four_digits(value: int | str, name: str) -> str:
+    if isinstance(value, str) and len(value) == 4 and value.isdigit():
+        return value
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and 0 <= value <= 9999:
+        return f"{int(value):04d}"
+    raise ValueError(f"disp_filename: `{name}` must be an integer in 0..9999 or a 4-digit string; got {value!r}")
+
+
+def disp_filename(
+    fixed_id: int | str,
+    moving_id: int | str,
+    *,
+    task_long: bool = False,
+    fixed_modality: int | str = 0,
+    moving_modality: int | str = 1,
+) -> str:
+    """Learn2Reg name of the displacement file for a pair.
+
+    Learn2Reg images are named ``<TASK>_<SSSS>_<MMMM>.nii.gz``: 4-digit case (subject)
+    id, then 4-digit modality / time-point id. The evaluator reads these as characters
+    ``[-16:-12]`` and ``[-11:-7]`` of the image path and looks for
+
+    * the short name ``disp_<fixed case>_<moving case>.nii.gz``, accepted by the current
+      evaluator only when the fixed modality is ``0000`` and the moving one ``0001``
+      (e.g. NLST, LungCT) -- earlier versions also accepted it (and only it) when the two
+      modalities are equal (e.g. OASIS, AbdomenCTCT pairs ``0000``/``0000``);
+    * the long name ``disp_<fixed case>_<fixed mod>_<moving case>_<moving mod>.nii.gz``,
+      accepted by the current evaluator for every pair.
+
+    Args:
+      fixed_id, moving_id: case ids, e.g. ``395`` or ``"0395"``.
+      task_long: give the long name.
+      fixed_modality, moving_modality: modality / time-point ids of the long name.
+
+    Returns:
+      The file name (no directory).
+    """
+    f, m = _four_digits(fixed_id, "fixed_id"), _four_digits(moving_id, "moving_id")
+    if not task_long:
+        return f"disp_{f}_{m}.nii.gz"
+    fm = _four_digits(fixed_modality, "fixed_modality")
+    mm = _four_digits(moving_modality, "moving_modality")
+    return f"disp_{f}_{fm}_{m}_{mm}.nii.gz"
+
+
+def load_keypoints(path: str | os.PathLike, *, max_points: int = 10**6) -> np.ndarray:
+    """Loads a Learn2Reg keypoint / landmark CSV file.
+
+    Args:
+      path: CSV with one point per line, ``x0,x1,x2`` voxel coordinates in array axis
+        order, no header (the evaluator reads it with ``np.loadtxt(delimiter=",")``).
+      max_points: refuse files with more lines than this.
+
+    Returns:
+      ``(N, 3)`` float64 coordinates (also for a single point).
+
+    Raises:
+      FileNotFoundError: the file does not exist.
+      ValueError: unparsable, not 3 columns, empty, too many points or non-finite.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"load_keypoints: no such file: {path!r}")
+    with open(path, "rb") as fh:
+        n_lines = sum(1 for line in fh if line.strip())
+    if n_lines > max_points:
+        raise ValueError(f"load_keypoints: {path!r} has {n_lines} lines, more than max_points={max_points}")
+    if n_lines == 0:
+        raise ValueError(f"load_keypoints: {path!r} holds no points")
+    try:
+        pts = np.loadtxt(path, delimiter=",", dtype=np.float64, ndmin=2)
+    except ValueError as e:
+        raise ValueError(f"load_keypoints: {path!r} is not a comma-separated table of numbers ({e})") from e
+    if pts.shape[0] == 0 or pts.shape[1] != 3:
+        raise ValueError(f"load_keypoints: {path!r} must hold N >= 1 rows of 3 coordinates; got shape {pts.shape}")
+    if not np.isfinite(pts).all():
+        raise ValueError(f"load_keypoints: {path!r} has non-finite coordinates")
+    return pts
