@@ -5,7 +5,7 @@ metrics live in their modules because both define ``dice`` with opposite directi
 (``jaxreg.losses.dice`` is lower-is-better, ``jaxreg.metrics.dice`` higher-is-better).
 """
 
-from jaxreg import losses, metrics, spatial
+from jaxreg import evaluation, io, losses, metrics, spatial
 from jaxreg.spatial import (
     compose,
     identity_grid,
@@ -18,6 +18,8 @@ from jaxreg.spatial import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "evaluation",
+    "io",
     "losses",
     "metrics",
     "spatial",
