@@ -17,13 +17,11 @@ This module is a leaf: it imports nothing of jaxreg but the private argument che
 from __future__ import annotations
 
 import functools
-import itertools
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.scipy import ndimage as jndi
 
 from jaxreg._checks import check_ddf as _check_ddf
 
@@ -62,77 +60,89 @@ def identity_grid(shape: Sequence[int]) -> jax.Array:
     return jnp.stack(jnp.meshgrid(*axes, indexing="ij"), axis=-1)
 
 
-def _map_coordinates(channel: jax.Array, coords: list[jax.Array], mode: str, cval: float) -> jax.Array:
-    return jndi.map_coordinates(channel, coords, order=1, mode=mode, cval=cval)
+def _axis_corners(coords, shape, *, nearest: bool):
+    """Per axis: flat offsets of the lower/upper neighbour, fraction, and in-bounds flags.
 
-
-def _corner_values(channel, coords, mode, cval):
-    """Yields ``(offsets, fractions, values)`` for the ``2**ndim`` corners around ``coords``."""
-    shape = channel.shape
-    base = [jnp.floor(c) for c in coords]
-    frac = [c - b for c, b in zip(coords, base)]
-    base = [b.astype(jnp.int32) for b in base]
-    flat = channel.reshape(-1)
+    Indices are clamped into the image (which *is* ``mode="nearest"``); for
+    ``mode="constant"`` the flags mark the neighbours that really exist. With
+    ``nearest=True`` only the rounded neighbour is returned (``order=0``).
+    """
     strides = [int(np.prod(shape[k + 1:])) for k in range(len(shape))]
-    for offsets in itertools.product((0, 1), repeat=len(shape)):
-        index, inside = 0, True
-        for k, o in enumerate(offsets):
-            i = base[k] + o
-            if mode == "constant":
-                inside = inside & (i >= 0) & (i < shape[k])
-            index = index + jnp.clip(i, 0, shape[k] - 1) * strides[k]
-        values = flat[index]
-        if mode == "constant":
-            values = jnp.where(inside, values, cval)
-        yield offsets, frac, values
+    axes = []
+    for k, c in enumerate(coords):
+        # scipy rounds half up (floor(x + 0.5)); jnp.round would round half to even.
+        base = jnp.floor(c + 0.5) if nearest else jnp.floor(c)
+        frac = None if nearest else c - base
+        base = base.astype(jnp.int32)
+        ends = (base,) if nearest else (base, base + 1)
+        offsets = [jnp.clip(i, 0, shape[k] - 1) * strides[k] for i in ends]
+        inside = [(i >= 0) & (i < shape[k]) for i in ends]
+        axes.append((offsets, frac, inside))
+    return axes
+
+
+def _interpolate(image, coords, mode, cval, *, order: int = 1, with_grads: bool = False):
+    """Samples a channels-last image ``(*S, C)`` at coordinate arrays ``(*P)`` -> ``(*P, C)``.
+
+    Linear interpolation is a nested lerp over the axes (``2**ndim`` row gathers of all
+    channels at once). With ``with_grads`` it also returns the derivative of the result
+    w.r.t. each coordinate, ``ndim`` arrays ``(*P, C)``, from the same gathers.
+    """
+    shape, channels = image.shape[:-1], image.shape[-1]
+    flat = jnp.asarray(image).reshape(-1, channels)
+    axes = _axis_corners(coords, shape, nearest=order == 0)
+    constant = mode == "constant"
+
+    def gather(offset, inside):
+        values = flat.at[offset].get(mode="promise_in_bounds")  # indices are clamped above
+        if constant:
+            values = jnp.where(inside[..., None], values, jnp.asarray(cval, values.dtype))
+        return values
+
+    def lerp(k, offset, inside):  # -> (values, [d/dc_j for j >= k])
+        if k == len(axes):
+            return gather(offset, inside), []
+        offsets, frac, flags = axes[k]
+        if frac is None:
+            return lerp(k + 1, offset + offsets[0], inside & flags[0])
+        (a, grads_a), (b, grads_b) = (lerp(k + 1, offset + o, inside & f) for o, f in zip(offsets, flags))
+        t = frac[..., None]
+        grads = [b - a] + [ga + t * (gb - ga) for ga, gb in zip(grads_a, grads_b)] if with_grads else []
+        return a + t * (b - a), grads
+
+    values, grads = lerp(0, 0, jnp.ones(coords[0].shape, bool))
+    return (values, grads) if with_grads else values
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
-def _linear_sample(channel: jax.Array, coords: list[jax.Array], mode: str, cval: float) -> jax.Array:
-    """Linear interpolation of one channel ``(*S)`` at coordinate arrays ``(*P)``.
+def _linear_sample(image: jax.Array, coords: list[jax.Array], mode: str, cval: float) -> jax.Array:
+    """Linear interpolation of ``(*S, C)`` at coordinate arrays ``(*P)`` -> ``(*P, C)``.
 
-    Same values as ``map_coordinates(order=1)``; the custom JVP computes the spatial
-    gradient of the image at the sample points once, which makes reverse mode w.r.t. the
-    coordinates about 2.5x faster than differentiating through the gathers.
+    Equals ``map_coordinates(order=1)`` per channel, twice as fast on CPU (one gather per
+    corner for all channels). The custom JVP reuses the corner values for the spatial
+    gradient, which makes reverse mode w.r.t. the coordinates ~2.5x faster than
+    differentiating through the gathers.
     """
-    return _map_coordinates(channel, coords, mode, cval)
+    return _interpolate(image, coords, mode, cval)
 
 
 @_linear_sample.defjvp
 def _linear_sample_jvp(mode, cval, primals, tangents):
-    channel, coords = primals
-    d_channel, d_coords = tangents
-    ndim = len(coords)
-    out = _map_coordinates(channel, coords, mode, cval)
-    # Spatial gradient of the interpolant: d/dc_k of Σ_corners value · Π_j w_j.
-    grads = [0.0] * ndim
-    for offsets, frac, values in _corner_values(channel, coords, mode, cval):
-        weights = [f if o else 1 - f for f, o in zip(frac, offsets)]
-        for k in range(ndim):
-            term = values if offsets[k] else -values
-            for j in range(ndim):
-                if j != k:
-                    term = term * weights[j]
-            grads[k] = grads[k] + term
+    image, coords = primals
+    d_image, d_coords = tangents
+    out, grads = _interpolate(image, coords, mode, cval, with_grads=True)
     # Linear in the image tangent (transposes to a scatter-add) plus the coordinate part.
-    tangent_out = _map_coordinates(d_channel, coords, mode, 0.0)
-    for k in range(ndim):
-        tangent_out = tangent_out + grads[k] * d_coords[k]
-    return out, tangent_out
+    tangent = _interpolate(d_image, coords, mode, 0.0)
+    for grad, d_c in zip(grads, d_coords):
+        tangent = tangent + grad * d_c[..., None]
+    return out, tangent
 
 
 def _sample(image: jax.Array, coords: list[jax.Array], *, order: int, mode: str, cval: float) -> jax.Array:
     """Samples a channels-last image ``(*S, C)`` at ``ndim`` coordinate arrays ``(*P)`` -> ``(*P, C)``."""
     if order == 0:
-        # scipy rounds half up (floor(x + 0.5)); jnp.round rounds half to even. Snap to
-        # integers here so that the two agree on ties, e.g. a displacement of exactly 0.5.
-        coords = [jnp.floor(c + 0.5) for c in coords]
-        sample_one = lambda channel: jndi.map_coordinates(  # noqa: E731
-            channel, coords, order=0, mode=mode, cval=cval
-        )
-    else:
-        sample_one = lambda channel: _linear_sample(channel, coords, mode, cval)  # noqa: E731
-    return jax.vmap(sample_one, in_axes=-1, out_axes=-1)(image)
+        return _interpolate(image, coords, mode, cval, order=0)
+    return _linear_sample(image, coords, mode, cval)
 
 
 def _displaced_coordinates(ddf: jax.Array) -> list[jax.Array]:
