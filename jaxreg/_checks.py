@@ -1,11 +1,12 @@
 """Argument checks shared by the leaf modules (``spatial``, ``losses``, ``metrics``).
 
-Private and dependency-free: it exists so that the leaves can share their error messages
+Private, and depends on nothing of jaxreg: it exists so that the leaves can share their error messages
 without importing each other.
 """
 
 from __future__ import annotations
 
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -22,7 +23,7 @@ def check_ddf(ddf, name: str = "ddf") -> int:
             f"in (2, 3), e.g. (H, W, 2) or (D, H, W, 3); got shape {shape}."
         )
     dtype = ddf.dtype if hasattr(ddf, "dtype") else np.asarray(ddf).dtype
-    if not np.issubdtype(dtype, np.floating):
+    if not jnp.issubdtype(dtype, jnp.floating):  # numpy's check rejects bfloat16
         raise ValueError(f"`{name}` must be a floating-point array; got dtype {dtype}.")
     return shape[-1]
 

@@ -12,6 +12,7 @@ This module is a leaf: it imports nothing of jaxreg but the private argument che
 
 from __future__ import annotations
 
+import numbers
 from typing import Callable
 
 import jax
@@ -32,6 +33,9 @@ __all__ = [
 
 
 # ----------------------------------------------------------------------------- helpers
+_ROUNDOFF = 2e-6  # ~16 float32 epsilons: relative size of cancellation error in Σx² − (Σx)²/n
+
+
 def _spatial_rank(x: jax.Array, ndim: int | None, name: str) -> int:
     if ndim is None:
         if x.ndim not in (2, 3, 4):
@@ -86,7 +90,7 @@ def _separable(x: jax.Array, kernel: jax.Array, pad_mode: str) -> jax.Array:
 
 
 def _check_window(window: int) -> None:
-    if not isinstance(window, int) or window < 1 or window % 2 == 0:
+    if not isinstance(window, numbers.Integral) or window < 1 or window % 2 == 0:
         raise ValueError(f"`window` must be a positive odd integer; got {window!r}.")
 
 
@@ -100,7 +104,7 @@ def lncc(fixed, warped, *, window: int = 5, eps: float = 1e-5, ndim: int | None 
 
     Numerics (float32): the sums are taken after subtracting each image's global mean from
     the zero-padded image (exact, variances and covariances are shift invariant within a
-    window); a window whose variance is at round-off level (``var <= 1e-5 Σf²``) counts as
+    window); a window whose variance is at round-off level (``var <= 2e-6 Σf²``) counts as
     constant (``var = 0``); and ``cross²`` is capped at ``var_f · var_w``
     (Cauchy-Schwarz). So constant regions, e.g. CT air at -1000 HU, give ``cc = 0``, never
     NaN or a value outside ``[0, 1)``.
@@ -132,7 +136,8 @@ def lncc(fixed, warped, *, window: int = 5, eps: float = 1e-5, ndim: int | None 
 
     def local_variance(sum_sq, sum_x):
         var = sum_sq - sum_x * sum_x / n
-        return jnp.where(var > 1e-5 * sum_sq, var, 0.0)
+        # Below ~16 float32 ulps of Σx² the difference is round-off, not signal.
+        return jnp.where(var > _ROUNDOFF * sum_sq, var, 0.0)
 
     def one(f, w):
         f, w = centred_padded(f), centred_padded(w)
@@ -172,7 +177,8 @@ def ssim(
       window: odd window side in voxels.
       sigma: Gaussian standard deviation in voxels.
       data_range: ``L``, the intensity range. ``None`` uses ``max(fixed) − min(fixed)`` over
-        the whole sample (not differentiated through); pass it explicitly for
+        the whole sample (not differentiated through; 1 if ``fixed`` is constant); pass it
+        explicitly for
         fixed-range data, e.g. 2.0 for images in [-1, 1].
       ndim: spatial rank, see the module docstring.
 
@@ -190,6 +196,8 @@ def ssim(
         )
     if data_range is None:
         data_range = jax.lax.stop_gradient(jnp.max(fixed) - jnp.min(fixed))
+        # A constant fixed image has no range; use 1 rather than C1 = C2 = 0 (0/0 = NaN).
+        data_range = jnp.where(data_range > 0, data_range, 1.0)
     c1 = (0.01 * data_range) ** 2
     c2 = (0.03 * data_range) ** 2
     kernel = _gaussian_kernel(window, sigma).astype(fixed.dtype)
@@ -245,9 +253,11 @@ def mutual_information(
     """
     fixed, warped = jnp.asarray(fixed, jnp.float32), jnp.asarray(warped, jnp.float32)
     check_same_shape(fixed, warped, "fixed", "warped")
-    if not isinstance(bins, int) or bins < 2:
+    if not isinstance(bins, numbers.Integral) or bins < 2:
         raise ValueError(f"`bins` must be an integer >= 2; got {bins!r}.")
     sigma = 0.5 / (bins - 1) if sigma is None else sigma
+    if not sigma > 0:
+        raise ValueError(f"`sigma` must be > 0 (Parzen width in [0, 1] intensity units); got {sigma!r}.")
     if mask is None:
         weight = jnp.ones(fixed.size, jnp.float32)
     else:

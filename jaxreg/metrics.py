@@ -171,6 +171,8 @@ def jacobian_determinant(ddf) -> jax.Array:
     """
     ndim = check_ddf(ddf)
     ddf = jnp.asarray(ddf)
+    if min(ddf.shape[:-1]) < 2:
+        raise ValueError(f"every spatial side of `ddf` must be >= 2 for derivatives; got shape {tuple(ddf.shape)}.")
     # jac[..., c, a] = ∂(x_c + u_c)/∂x_a
     grads = jnp.stack(jnp.gradient(ddf, axis=tuple(range(ndim))), axis=-1)
     jac = grads + jnp.eye(ndim, dtype=ddf.dtype)

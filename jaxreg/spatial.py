@@ -17,6 +17,7 @@ This module is a leaf: it imports nothing of jaxreg but the private argument che
 from __future__ import annotations
 
 import functools
+import numbers
 from typing import Sequence
 
 import jax
@@ -152,7 +153,9 @@ def _displaced_coordinates(ddf: jax.Array) -> list[jax.Array]:
     materialising a ``(*S, ndim)`` identity grid (2x faster warps at 160x192x224).
     """
     shape = ddf.shape[:-1]
-    return [jax.lax.broadcasted_iota(ddf.dtype, shape, k) + ddf[..., k] for k in range(len(shape))]
+    # At least float32: half-precision coordinates of a 600-voxel axis are off by ~0.5 voxel.
+    dtype = jnp.promote_types(ddf.dtype, jnp.float32)
+    return [jax.lax.broadcasted_iota(dtype, shape, k) + ddf[..., k].astype(dtype) for k in range(len(shape))]
 
 
 def _as_channels_last(image: jax.Array, ndim: int, name: str = "image") -> tuple[jax.Array, bool]:
@@ -181,17 +184,20 @@ def warp(
 
     Args:
       image: ``(*S_img)`` or ``(*S_img, C)``; may live on a different grid than the field.
+        Its rank decides: ``ndim`` axes = no channel axis, ``ndim + 1`` = channels last
+        (so a ``(D, H, W)`` volume with a 2-D field reads as a 2-D image with W channels).
       ddf: ``(*S, ndim)`` displacement in voxels of ``image``.
       order: 0 for nearest neighbour (use for label maps), 1 for (bi/tri)linear.
       mode: ``"nearest"`` clamps coordinates to the image (edge values extend outward);
         ``"constant"`` pads with ``cval`` and interpolates across the border
         (scipy's ``"grid-constant"``).
-      cval: padding value for ``mode="constant"``.
+      cval: padding value for ``mode="constant"`` (a constant: not differentiated).
 
     Returns:
       Warped image on the field's grid: ``(*S)`` or ``(*S, C)`` like ``image``, with
       ``image``'s dtype for ``order=0`` and a floating dtype for ``order=1``.
     """
+    ddf = jnp.asarray(ddf)
     ndim = _check_ddf(ddf)
     _check_options(order, mode)
     img, squeeze = _as_channels_last(jnp.asarray(image), ndim)
@@ -215,6 +221,7 @@ def compose(u: jax.Array, v: jax.Array) -> jax.Array:
     Returns:
       ``(*S, ndim)`` displacement in voxels.
     """
+    u, v = jnp.asarray(u), jnp.asarray(v)
     ndim = _check_ddf(v, "v")
     if _check_ddf(u, "u") != ndim:
         raise ValueError(
@@ -238,11 +245,12 @@ def integrate_velocity(v: jax.Array, *, steps: int = 7) -> jax.Array:
     Returns:
       ``(*S, ndim)`` displacement in voxels.
     """
+    v = jnp.asarray(v)
     _check_ddf(v, "v")
-    if not isinstance(steps, int) or steps < 0:
+    if not isinstance(steps, numbers.Integral) or steps < 0:
         raise ValueError(f"`steps` must be a non-negative integer; got {steps!r}.")
     u0 = v / (2.0**steps)
-    return jax.lax.fori_loop(0, steps, lambda _, u: compose(u, u), u0)
+    return jax.lax.fori_loop(0, int(steps), lambda _, u: compose(u, u), u0)
 
 
 def resize_ddf(ddf: jax.Array, shape: Sequence[int], *, align_corners: bool = False) -> jax.Array:
@@ -263,13 +271,19 @@ def resize_ddf(ddf: jax.Array, shape: Sequence[int], *, align_corners: bool = Fa
     Returns:
       ``(*S', ndim)`` displacement in voxels of the new grid.
     """
+    ddf = jnp.asarray(ddf)
     ndim = _check_ddf(ddf)
     new = tuple(int(s) for s in shape)
     old = tuple(ddf.shape[:-1])
     if len(new) != ndim or min(new) < 1:
         raise ValueError(f"`shape` must be {ndim} positive integers; got {tuple(shape)}.")
+    if align_corners and min(min(old), min(new)) < 2:
+        raise ValueError(
+            f"align_corners=True needs at least 2 voxels per axis (corners must differ); got "
+            f"`ddf` grid {old} and `shape` {new}."
+        )
     if align_corners:
-        scale = [(o - 1) / (n - 1) if n > 1 else 0.0 for o, n in zip(old, new)]
+        scale = [(o - 1) / (n - 1) for o, n in zip(old, new)]
         offset = [0.0] * ndim
     else:
         scale = [o / n for o, n in zip(old, new)]
@@ -278,8 +292,7 @@ def resize_ddf(ddf: jax.Array, shape: Sequence[int], *, align_corners: bool = Fa
     coords = [jax.lax.broadcasted_iota(ddf.dtype, new, k) * scale[k] + offset[k] for k in range(ndim)]
     resampled = _sample(ddf, coords, order=1, mode="nearest", cval=0.0)
     # A vector of length 1 old voxel is 1 / scale new voxels long.
-    inverse = [1.0 / sc if sc > 0 else 0.0 for sc in scale]
-    return resampled * jnp.asarray(inverse, ddf.dtype)
+    return resampled * jnp.asarray([1.0 / sc for sc in scale], ddf.dtype)
 
 
 def warp_points(points: jax.Array, ddf: jax.Array) -> jax.Array:
@@ -295,6 +308,7 @@ def warp_points(points: jax.Array, ddf: jax.Array) -> jax.Array:
     Returns:
       ``(N, ndim)`` moved points in voxels.
     """
+    ddf = jnp.asarray(ddf)
     ndim = _check_ddf(ddf)
     points = jnp.asarray(points)
     if points.ndim != 2 or points.shape[-1] != ndim:

@@ -316,6 +316,16 @@ def test_lncc_ct_like_constant_background():
     np.testing.assert_allclose(loss, ref_lncc(f, w), atol=1e-3)  # reference: 0.141
 
 
+def test_lncc_bright_plateau_keeps_real_local_variance():
+    """A textured plateau at 1000 beside zeros: real variance of ~4 must not be called round-off."""
+    rng = np.random.default_rng(1)
+    f = np.zeros((24, 24), np.float32)
+    f[:, 12:] = 1000 + 2 * rng.normal(size=(24, 12))
+    w = (f + 0.5 * rng.normal(size=f.shape)).astype(np.float32)
+    # float32 cannot do better than ~2e-2 here (a plain float32 transcription is off by 0.016).
+    np.testing.assert_allclose(float(J.lncc(f, w)), ref_lncc(f, w), atol=2.5e-2)
+
+
 @pytest.mark.parametrize("shape", [(12, 12), (8, 8, 8)])
 def test_lncc_identical_images_near_zero(rng, shape):
     x = rng.random(shape).astype(np.float32)  # windowed variance is far above eps
@@ -389,6 +399,18 @@ def test_ssim_cross_check_skimage_interior(rng, shape):
     combined[inner] = smap[inner]
     got = float(J.ssim(f.astype(np.float32), w.astype(np.float32), window=11, sigma=1.5))
     np.testing.assert_allclose(got, 1.0 - combined.mean(), rtol=1e-4, atol=2e-6)
+
+
+def test_ssim_constant_images_are_finite():
+    """data_range=None on a constant fixed image: L falls back to 1 instead of 0/0."""
+    f = jnp.zeros((12, 12))
+    loss, grad = jax.value_and_grad(lambda w: losses.ssim(f, w))(jnp.zeros((12, 12)))
+    assert float(loss) == pytest.approx(0.0, abs=1e-6)
+    assert bool(jnp.all(jnp.isfinite(grad)))
+    w = jnp.full((12, 12), 0.5)
+    # Closed form with L = 1: means 0 and 0.5, no variance: 1 - C1 / (0.25 + C1).
+    c1 = 0.01**2
+    assert float(losses.ssim(f, w)) == pytest.approx(1 - c1 / (0.25 + c1), rel=1e-5)
 
 
 def test_ssim_bad_inputs():
@@ -714,3 +736,8 @@ def test_loss_jit_vmap_grad(rng, name, ndim):
     fd = (ref(x0, x1d + h * v) - ref(x0, x1d - h * v)) / (2 * h)
     assert abs(fd) > 1e-6  # the check is not vacuous
     np.testing.assert_allclose(float(np.sum(g * v)), fd, rtol=2e-3, atol=1e-6)
+
+
+def test_mutual_information_rejects_non_positive_sigma():
+    with pytest.raises(ValueError, match=r"`sigma`.*> 0.*0"):
+        losses.mutual_information(jnp.zeros((8, 8)), jnp.zeros((8, 8)), sigma=0.0)

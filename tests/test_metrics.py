@@ -409,3 +409,8 @@ def test_field_metrics_jit_vmap(rng, ndim):
     # Gradient of a smooth Jacobian statistic exists (training regularisers use it).
     g = jax.grad(lambda x: jnp.mean(metrics.jacobian_determinant(x) ** 2))(jnp.asarray(u[0]))
     assert np.all(np.isfinite(np.asarray(g)))
+
+
+def test_jacobian_determinant_rejects_single_voxel_axis():
+    with pytest.raises(ValueError, match=r"`ddf`.*>= 2.*\(1, 4, 2\)"):
+        metrics.jacobian_determinant(jnp.zeros((1, 4, 2)))

@@ -232,5 +232,24 @@ def test_bad_inputs_raise_clear_errors():
         jaxreg.warp(image, jnp.zeros((8, 8, 8, 3), jnp.int32))
 
 
+def test_inputs_are_converted_and_half_precision_fields_keep_coordinate_precision():
+    rng = np.random.default_rng(9)
+    image = rng.normal(size=(600, 4)).astype(np.float32)
+    ddf = np.full((600, 4, 2), 0.3, np.float32)
+    ref = _scipy_warp(image, ddf, 1, "nearest")
+    # Lists are accepted like arrays.
+    np.testing.assert_allclose(np.asarray(jaxreg.warp(image.tolist(), ddf.tolist())), ref, atol=1e-4)
+    # A float16 field: coordinates up to 599 must still be built in float32.
+    out16 = np.asarray(jaxreg.warp(image, jnp.asarray(ddf, jnp.float16)))
+    np.testing.assert_allclose(out16, ref, atol=2e-3 * np.abs(image).max())
+    out_bf16 = np.asarray(jaxreg.warp(image, jnp.asarray(ddf, jnp.bfloat16)))
+    assert np.all(np.isfinite(out_bf16))
+
+
+def test_resize_ddf_align_corners_needs_two_voxels():
+    with pytest.raises(ValueError, match=r"align_corners=True.*\(1, 4\)"):
+        jaxreg.resize_ddf(jnp.ones((4, 4, 2)), (1, 4), align_corners=True)
+
+
 def test_spatial_module_is_the_public_one():
     assert jaxreg.warp is spatial.warp and jaxreg.compose is spatial.compose
