@@ -37,7 +37,7 @@ ANATOMIES = ("brain", "cardiac", "lung")
 def smooth_noise(key: jax.Array, shape: Sequence[int], *, channels: int = 1, scale: float = 8.0) -> jax.Array:
     """Smooth random field: white noise low-pass filtered with a Gaussian in Fourier space.
 
-    Periodic (opposite faces match), infinitely smooth, and cheap (one FFT per channel).
+    Drawn on a grid ``~scale / 2`` times coarser (periodic there) and cubic-upsampled.
 
     Args:
       key: PRNG key.
@@ -48,13 +48,20 @@ def smooth_noise(key: jax.Array, shape: Sequence[int], *, channels: int = 1, sca
     Returns:
       ``(*S, channels)`` float32 with zero mean and unit standard deviation per channel.
     """
-    shape = tuple(shape)
+    shape = tuple(int(n) for n in shape)
+    # Smooth fields are band-limited: draw them on a grid coarser by ~scale/2 (still >= 2
+    # samples per std) and upsample, which keeps the FFTs small at 128³.
+    factor = max(1, int(scale // 2))
+    coarse = tuple(-(-n // factor) for n in shape)
     axes = tuple(range(len(shape)))
-    white = jax.random.normal(key, (*shape, channels))
-    freqs = jnp.meshgrid(*[jnp.fft.fftfreq(n) for n in shape], indexing="ij")
+    white = jax.random.normal(key, (*coarse, channels))
+    freqs = jnp.meshgrid(*[jnp.fft.fftfreq(n) for n in coarse], indexing="ij")
     k2 = sum(f**2 for f in freqs)
-    envelope = jnp.exp(-2.0 * (jnp.pi * scale) ** 2 * k2)[..., None]  # FT of a Gaussian of std `scale`
+    sigma = scale / factor  # in coarse voxels
+    envelope = jnp.exp(-2.0 * (jnp.pi * sigma) ** 2 * k2)[..., None]  # FT of a Gaussian of std sigma
     field = jnp.real(jnp.fft.ifftn(jnp.fft.fftn(white, axes=axes) * envelope, axes=axes))
+    if factor > 1:
+        field = jax.image.resize(field, (*shape, channels), method="cubic")
     field = field - jnp.mean(field, axis=axes)
     return field / jnp.maximum(jnp.std(field, axis=axes), 1e-12)
 
