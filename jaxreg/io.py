@@ -34,6 +34,7 @@ __all__ = [
     "load_keypoints",
     "load_nifti",
     "save_disp",
+    "save_keypoints",
     "save_nifti",
 ]
 
@@ -308,3 +309,28 @@ def load_keypoints(path: str | os.PathLike, *, max_points: int = 10**6) -> np.nd
     if not np.isfinite(pts).all():
         raise ValueError(f"load_keypoints: {path!r} has non-finite coordinates")
     return pts
+
+
+def save_keypoints(path: str | os.PathLike, points: ArrayLike) -> None:
+    """Writes ``(N, 3)`` voxel coordinates as a Learn2Reg keypoint CSV, atomically.
+
+    Args:
+      path: target ``.csv``; its directory must exist.
+      points: ``(N, 3)`` finite coordinates in array axis order (read back by
+        `load_keypoints`).
+    """
+    path = os.fspath(path)
+    pts = np.asarray(points, dtype=np.float64)
+    if pts.ndim != 2 or pts.shape[1] != 3 or pts.shape[0] == 0 or not np.isfinite(pts).all():
+        raise ValueError(f"save_keypoints: `points` must be a finite (N, 3) array with N >= 1; got shape {pts.shape}")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"save_keypoints: directory of `path` does not exist: {directory!r}")
+    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{secrets.token_hex(6)}")
+    try:
+        np.savetxt(tmp, pts, delimiter=",", fmt="%.6f")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

@@ -1,0 +1,200 @@
+"""Learn2Reg task folders (OASIS, NLST, ...), driven by their ``*_dataset.json``.
+
+A task folder as distributed by Learn2Reg holds ``<NAME>_dataset.json`` and the folders it
+names: ``imagesTr/<NAME>_<case>_<modality>.nii.gz`` and, where the task provides them,
+``labelsTr/``, ``masksTr/`` and ``keypointsTr/`` (CSV, one ``x0,x1,x2`` voxel coordinate per
+line, rows corresponding between the ``_0000`` and ``_0001`` files). The JSON lists
+``training`` images, ``training_paired_images`` (paired tasks such as NLST: fixed ``_0000``,
+moving ``_0001``) and the ``registration_val`` / ``registration_test`` pairs.
+
+Arrays come back in the NIfTI file's array order (the order the Learn2Reg evaluation uses
+for displacement fields and keypoints), with the affine kept, so a field predicted on these
+arrays can be written with ``jaxreg.io.save_disp`` as a valid submission.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from jaxreg import io
+
+__all__ = ["Learn2RegTask", "SPLITS", "open_task"]
+
+SPLITS = ("train", "val", "test")
+
+
+def _case_and_modality(rel_path: str) -> tuple[str, str]:
+    """``./imagesTr/NLST_0101_0001.nii.gz`` -> ``("0101", "0001")`` (the evaluator's rule)."""
+    stem = os.path.basename(rel_path)
+    stem = stem[: -len(".nii.gz")] if stem.endswith(".nii.gz") else os.path.splitext(stem)[0]
+    parts = stem.split("_")
+    if len(parts) < 3:
+        raise ValueError(f"image name {rel_path!r} does not follow <NAME>_<case>_<modality>.nii.gz")
+    return parts[-2], parts[-1]
+
+
+@dataclass(frozen=True)
+class Learn2RegTask:
+    """A parsed Learn2Reg task folder. Build it with :func:`open_task`.
+
+    Attributes:
+      root: the task folder.
+      name: task name from the JSON (e.g. ``"OASIS"``).
+      shape: ``tensorImageShape`` of modality 0 (array order).
+      paired: whether the task pairs images of one subject (``pairings == "paired"``).
+      training_images: relative paths of the training images.
+      split_pairs: for each split, the ``(fixed, moving)`` relative image paths.
+    """
+
+    root: Path
+    name: str
+    shape: tuple[int, ...]
+    paired: bool
+    training_images: tuple[str, ...]
+    split_pairs: dict[str, tuple[tuple[str, str], ...]] = field(repr=False)
+
+    def pairs(self, split: str) -> tuple[tuple[str, str], ...]:
+        """``(fixed, moving)`` relative image paths of a split (``"train"``, ``"val"``, ``"test"``).
+
+        ``"train"`` is ``training_paired_images`` for paired tasks; for unpaired tasks
+        (OASIS) it is every ordered pair of distinct training subjects that are not used by
+        the validation or test pairs (sample from it; do not iterate it all per epoch).
+        """
+        if split not in SPLITS:
+            raise ValueError(f"`split` must be one of {SPLITS}; got {split!r}.")
+        return self.split_pairs[split]
+
+    def path(self, rel_path: str) -> Path:
+        return self.root / rel_path.removeprefix("./")
+
+    def _optional(self, rel_image: str, folder: str, ext: str = ".nii.gz") -> Path | None:
+        name = os.path.basename(rel_image)
+        if ext != ".nii.gz":
+            name = name[: -len(".nii.gz")] + ext
+        candidate = self.root / folder / name
+        return candidate if candidate.is_file() else None
+
+    def load_image(self, rel_image: str) -> dict[str, np.ndarray]:
+        """One image with whatever the task provides for it.
+
+        Returns:
+          dict with ``image`` float32 ``(*S)``, ``affine`` ``(4, 4)``, ``spacing``
+          ``(3,)`` mm, and where present ``labels`` int32 ``(*S)``, ``mask`` uint8 ``(*S)``,
+          ``points`` float64 ``(N, 3)`` voxel coordinates.
+        """
+        path = self.path(rel_image)
+        if not path.is_file():
+            raise FileNotFoundError(f"image listed in {self.name}_dataset.json is missing: {path}")
+        volume = io.load_nifti(path, dtype=np.float32)
+        out = {"image": volume.array, "affine": volume.affine, "spacing": np.asarray(volume.spacing, np.float64)}
+        if (labels := self._optional(rel_image, "labelsTr")) is not None:
+            out["labels"] = np.rint(io.load_nifti(labels).array).astype(np.int32)
+        if (mask := self._optional(rel_image, "masksTr")) is not None:
+            out["mask"] = (io.load_nifti(mask).array > 0).astype(np.uint8)
+        if (points := self._optional(rel_image, "keypointsTr", ".csv")) is not None:
+            out["points"] = io.load_keypoints(points)
+        for key in ("labels", "mask"):
+            if key in out and out[key].shape != out["image"].shape:
+                raise ValueError(
+                    f"{key} of {rel_image!r} must have the image's shape {out['image'].shape}; got {out[key].shape}."
+                )
+        return out
+
+    def load_pair(self, fixed: str, moving: str) -> dict[str, np.ndarray]:
+        """A registration pair as a dict of numpy arrays.
+
+        Keys: ``fixed``, ``moving`` (float32 ``(*S)``), ``spacing`` (fixed, mm),
+        ``moving_spacing``, ``affine`` (fixed), ``ids`` (``"FFFF_MMMM"`` case ids), and where
+        the task provides them ``fixed_labels``/``moving_labels``, ``fixed_mask``/
+        ``moving_mask``, ``fixed_points``/``moving_points``.
+        """
+        f, m = self.load_image(fixed), self.load_image(moving)
+        if f["image"].shape != m["image"].shape:
+            raise ValueError(
+                f"fixed {fixed!r} and moving {moving!r} must have the same shape in task {self.name}; "
+                f"got {f['image'].shape} and {m['image'].shape}."
+            )
+        out = {
+            "fixed": f["image"],
+            "moving": m["image"],
+            "spacing": f["spacing"],
+            "moving_spacing": m["spacing"],
+            "affine": f["affine"],
+            "ids": f"{_case_and_modality(fixed)[0]}_{_case_and_modality(moving)[0]}",
+        }
+        for key in ("labels", "mask", "points"):
+            if key in f and key in m:
+                out[f"fixed_{key}"], out[f"moving_{key}"] = f[key], m[key]
+        if "fixed_points" in out and out["fixed_points"].shape != out["moving_points"].shape:
+            raise ValueError(
+                f"keypoints of {fixed!r} and {moving!r} must correspond row by row; got "
+                f"{out['fixed_points'].shape} and {out['moving_points'].shape}."
+            )
+        return out
+
+
+def _find_json(root: Path) -> Path:
+    if not root.is_dir():
+        raise FileNotFoundError(f"Learn2Reg task folder not found: {root}")
+    found = sorted(root.glob("*_dataset.json"))
+    if not found:
+        raise FileNotFoundError(f"no *_dataset.json in Learn2Reg task folder {root}")
+    if len(found) > 1:
+        raise ValueError(f"expected one *_dataset.json in {root}; found {[p.name for p in found]}")
+    return found[0]
+
+
+def _pair_list(entries, key: str, json_path: Path) -> tuple[tuple[str, str], ...]:
+    pairs = []
+    for entry in entries or []:
+        if not isinstance(entry, dict) or "fixed" not in entry or "moving" not in entry:
+            raise ValueError(f"{json_path}: every entry of `{key}` must have 'fixed' and 'moving'; got {entry!r}")
+        pairs.append((entry["fixed"], entry["moving"]))
+    return tuple(pairs)
+
+
+def open_task(root: str | os.PathLike) -> Learn2RegTask:
+    """Parses a Learn2Reg task folder (``*_dataset.json`` and the files it lists).
+
+    Args:
+      root: the task folder.
+
+    Raises:
+      FileNotFoundError: the folder or its ``*_dataset.json`` is missing.
+      ValueError: the JSON lacks what a task needs, or its pair lists are malformed.
+    """
+    root = Path(root)
+    json_path = _find_json(root)
+    try:
+        spec = json.loads(json_path.read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{json_path} is not valid JSON: {err}") from err
+    for key in ("name", "tensorImageShape", "training"):
+        if key not in spec:
+            raise ValueError(f"{json_path} must have the key {key!r} of a Learn2Reg dataset JSON.")
+    shape = tuple(int(s) for s in spec["tensorImageShape"]["0"])
+    training = tuple(entry["image"] for entry in spec["training"])
+    val = _pair_list(spec.get("registration_val"), "registration_val", json_path)
+    test = _pair_list(spec.get("registration_test"), "registration_test", json_path)
+    paired = spec.get("pairings") == "paired" or bool(spec.get("training_paired_images"))
+    if paired:
+        train = _pair_list(spec.get("training_paired_images"), "training_paired_images", json_path)
+        held_out = {p for pair in val + test for p in pair}
+        train = tuple(pair for pair in train if not set(pair) & held_out)
+    else:
+        held_out = {_case_and_modality(p)[0] for pair in val + test for p in pair}
+        subjects = [p for p in training if _case_and_modality(p)[0] not in held_out]
+        train = tuple((f, m) for f in subjects for m in subjects if f != m)
+    return Learn2RegTask(
+        root=root,
+        name=str(spec["name"]),
+        shape=shape,
+        paired=paired,
+        training_images=training,
+        split_pairs={"train": train, "val": val, "test": test},
+    )
