@@ -68,24 +68,17 @@ def _per_channel(fn: Callable[[jax.Array, jax.Array], jax.Array], fixed, warped)
     return jnp.mean(jax.vmap(fn, in_axes=-1)(fixed, warped))
 
 
-def _filter_axis(x: jax.Array, kernel: jax.Array, axis: int, pad_mode: str) -> jax.Array:
-    """Correlates ``x`` with a 1-D odd-length ``kernel`` along ``axis`` ("same" size)."""
-    radius = (kernel.shape[0] - 1) // 2
-    pad = [(0, 0)] * x.ndim
-    pad[axis] = (radius, radius)
-    xp = jnp.pad(x, pad, mode=pad_mode)
-    n = x.shape[axis]
-    # A sum of shifted slices: exact, cheap for the small windows used here, and its
-    # transpose (the gradient) is the same kind of sum.
-    out = jnp.zeros_like(x)
-    for i in range(kernel.shape[0]):
-        out = out + kernel[i] * jax.lax.slice_in_dim(xp, i, i + n, axis=axis)
-    return out
+def _valid_filter(x: jax.Array, kernel: jax.Array, rank: int) -> jax.Array:
+    """Separable correlation of an already padded array with a 1-D odd ``kernel`` on the
+    first ``rank`` axes, "valid" mode (each axis shrinks by ``len(kernel) - 1``).
 
-
-def _separable(x: jax.Array, kernel: jax.Array, pad_mode: str) -> jax.Array:
-    for axis in range(x.ndim):
-        x = _filter_axis(x, kernel, axis, pad_mode)
+    A sum of shifted slices: exact, cheap for the small windows used here, and its
+    transpose (the gradient) is the same kind of sum.
+    """
+    taps = kernel.shape[0]
+    for axis in range(rank):
+        size = x.shape[axis] - taps + 1
+        x = sum(kernel[i] * jax.lax.slice_in_dim(x, i, i + size, axis=axis) for i in range(taps))
     return x
 
 
@@ -123,12 +116,8 @@ def lncc(fixed, warped, *, window: int = 5, eps: float = 1e-5, ndim: int | None 
     fixed, warped, rank = _image_pair(fixed, warped, ndim)
     n = float(window**rank)
     radius = window // 2
-
-    def box_sum(x):  # "valid" box sums of an already padded array
-        for axis in range(rank):
-            size = x.shape[axis] - 2 * radius
-            x = sum(jax.lax.slice_in_dim(x, i, i + size, axis=axis) for i in range(window))
-        return x
+    box = jnp.ones((window,), fixed.dtype)
+    box_sum = lambda x: _valid_filter(x, box, rank)  # noqa: E731
 
     def centred_padded(x):
         x = jnp.pad(x, radius)  # the zero padding of the definition, then an exact shift
@@ -188,7 +177,7 @@ def ssim(
     _check_window(window)
     if sigma <= 0:
         raise ValueError(f"`sigma` must be > 0; got {sigma!r}.")
-    fixed, warped, _ = _image_pair(fixed, warped, ndim)
+    fixed, warped, rank = _image_pair(fixed, warped, ndim)
     if any(s < (window + 1) // 2 for s in fixed.shape[:-1]):
         raise ValueError(
             f"every spatial axis must be at least {(window + 1) // 2} voxels for window="
@@ -203,7 +192,7 @@ def ssim(
     kernel = _gaussian_kernel(window, sigma).astype(fixed.dtype)
 
     def one(f, w):
-        g = lambda x: _separable(x, kernel, "reflect")  # noqa: E731
+        g = lambda x: _valid_filter(jnp.pad(x, window // 2, mode="reflect"), kernel, rank)  # noqa: E731
         mu_f, mu_w = g(f), g(w)
         var_f = g(f * f) - mu_f * mu_f
         var_w = g(w * w) - mu_w * mu_w

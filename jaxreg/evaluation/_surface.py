@@ -48,7 +48,7 @@ def _surfel_polygons(corners: set) -> list[np.ndarray]:
         cuts = [(c, d) for c in sorted(comp) for d in _cube_neighbours(c) if d not in comp]
 
         def faces(edge):
-            (c, d), axis = edge, [j for j in range(3) if edge[0][j] != edge[1][j]][0]
+            c, axis = edge[0], [j for j in range(3) if edge[0][j] != edge[1][j]][0]
             return {(j, c[j]) for j in range(3) if j != axis}
 
         cycle, came_by = [cuts.pop(0)], None
