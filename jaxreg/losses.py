@@ -68,15 +68,22 @@ def _per_channel(fn: Callable[[jax.Array, jax.Array], jax.Array], fixed, warped)
     return jnp.mean(jax.vmap(fn, in_axes=-1)(fixed, warped))
 
 
-def _valid_filter(x: jax.Array, kernel: jax.Array, rank: int) -> jax.Array:
-    """Separable correlation of an already padded array with a 1-D odd ``kernel`` on the
-    first ``rank`` axes, "valid" mode (each axis shrinks by ``len(kernel) - 1``).
+def _valid_filter(x: jax.Array, kernel: jax.Array, rank: int, *, pad_mode: str | None = None) -> jax.Array:
+    """Separable correlation with a 1-D odd ``kernel`` on the first ``rank`` axes.
+
+    "valid" mode (each axis shrinks by ``len(kernel) - 1``) of an already padded array, or,
+    with ``pad_mode`` (a ``jnp.pad`` mode), "same" size: each axis is padded just before it
+    is filtered, which keeps the intermediate arrays small.
 
     A sum of shifted slices: exact, cheap for the small windows used here, and its
     transpose (the gradient) is the same kind of sum.
     """
     taps = kernel.shape[0]
     for axis in range(rank):
+        if pad_mode is not None:
+            pad = [(0, 0)] * x.ndim
+            pad[axis] = (taps // 2, taps // 2)
+            x = jnp.pad(x, pad, mode=pad_mode)
         size = x.shape[axis] - taps + 1
         x = sum(kernel[i] * jax.lax.slice_in_dim(x, i, i + size, axis=axis) for i in range(taps))
     return x
@@ -192,7 +199,7 @@ def ssim(
     kernel = _gaussian_kernel(window, sigma).astype(fixed.dtype)
 
     def one(f, w):
-        g = lambda x: _valid_filter(jnp.pad(x, window // 2, mode="reflect"), kernel, rank)  # noqa: E731
+        g = lambda x: _valid_filter(x, kernel, rank, pad_mode="reflect")  # noqa: E731
         mu_f, mu_w = g(f), g(w)
         var_f = g(f * f) - mu_f * mu_f
         var_w = g(w * w) - mu_w * mu_w
