@@ -18,16 +18,16 @@ from jaxreg.spatial import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "__version__",
+    "compose",
     "evaluation",
+    "identity_grid",
+    "integrate_velocity",
     "io",
     "losses",
     "metrics",
-    "spatial",
-    "identity_grid",
-    "warp",
-    "compose",
-    "integrate_velocity",
     "resize_ddf",
+    "spatial",
+    "warp",
     "warp_points",
-    "__version__",
 ]

@@ -18,6 +18,7 @@ Learn2Reg conventions (official evaluation, repository ``MDL-UzL/L2R``):
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 from typing import NamedTuple
@@ -29,6 +30,7 @@ from numpy.typing import ArrayLike
 __all__ = [
     "MAX_ELEMENTS",
     "NiftiVolume",
+    "atomic_path",
     "disp_filename",
     "load_disp",
     "load_keypoints",
@@ -145,6 +147,37 @@ def _writable(array: ArrayLike, func: str) -> np.ndarray:
     return a
 
 
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, *, suffix: str = ""):
+    """Yields a temporary path beside ``path`` that replaces ``path`` when the block succeeds.
+
+    Write the file to the yielded path; it is flushed to disk and moved onto ``path`` with
+    ``os.replace`` (atomic), so readers see the old file or the complete new one, never a
+    half-written one. If the block raises, the temporary file is removed and ``path`` is
+    untouched.
+
+    Args:
+      path: the final file; its directory must exist.
+      suffix: ending the temporary name must keep (e.g. ``".nii.gz"``, for writers that
+        pick the format from the name).
+    """
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"directory of {path!r} does not exist: {directory!r}")
+    name = os.path.basename(path)
+    stem = name[: -len(suffix)] if suffix and name.endswith(suffix) else name
+    tmp = os.path.join(directory, f".{stem}.tmp-{secrets.token_hex(6)}{suffix}")
+    try:
+        yield tmp
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def save_nifti(path: str | os.PathLike, array: ArrayLike, affine: ArrayLike | None = None) -> None:
     """Writes an array as a NIfTI-1 image, atomically.
 
@@ -170,18 +203,8 @@ def save_nifti(path: str | os.PathLike, array: ArrayLike, affine: ArrayLike | No
         raise ValueError(f"save_nifti: `affine` must be a finite (4, 4) matrix; got shape {aff.shape}")
     img = nib.Nifti1Image(data, aff)
     # nibabel picks the format from the extension, so the temporary name keeps it.
-    stem = os.path.basename(path)[: -len(ext)]
-    tmp = os.path.join(directory, f".{stem}.tmp-{secrets.token_hex(6)}{ext}")
-    try:
+    with atomic_path(path, suffix=ext) as tmp:
         nib.save(img, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
 
 def save_disp(path: str | os.PathLike, ddf: ArrayLike, *, affine: ArrayLike | None = None, dtype=np.float32) -> None:
     """Writes a Learn2Reg displacement file, atomically.
@@ -326,11 +349,5 @@ def save_keypoints(path: str | os.PathLike, points: ArrayLike) -> None:
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"save_keypoints: directory of `path` does not exist: {directory!r}")
-    tmp = os.path.join(directory, f".{os.path.basename(path)}.tmp-{secrets.token_hex(6)}")
-    try:
+    with atomic_path(path) as tmp:
         np.savetxt(tmp, pts, delimiter=",", fmt="%.6f")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

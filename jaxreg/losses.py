@@ -13,7 +13,7 @@ This module is a leaf: it imports nothing of jaxreg but the private argument che
 from __future__ import annotations
 
 import numbers
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -22,13 +22,13 @@ from jaxreg._checks import check_ddf as _check_field
 from jaxreg._checks import check_same_shape
 
 __all__ = [
-    "lncc",
-    "ssim",
-    "mse",
-    "mutual_information",
-    "diffusion",
     "bending_energy",
     "dice",
+    "diffusion",
+    "lncc",
+    "mse",
+    "mutual_information",
+    "ssim",
 ]
 
 
@@ -124,7 +124,7 @@ def lncc(fixed, warped, *, window: int = 5, eps: float = 1e-5, ndim: int | None 
     n = float(window**rank)
     radius = window // 2
     box = jnp.ones((window,), fixed.dtype)
-    box_sum = lambda x: _valid_filter(x, box, rank)  # noqa: E731
+    box_sum = lambda x: _valid_filter(x, box, rank)
 
     def centred_padded(x):
         x = jnp.pad(x, radius)  # the zero padding of the definition, then an exact shift
@@ -199,7 +199,7 @@ def ssim(
     kernel = _gaussian_kernel(window, sigma).astype(fixed.dtype)
 
     def one(f, w):
-        g = lambda x: _valid_filter(x, kernel, rank, pad_mode="reflect")  # noqa: E731
+        g = lambda x: _valid_filter(x, kernel, rank, pad_mode="reflect")
         mu_f, mu_w = g(f), g(w)
         var_f = g(f * f) - mu_f * mu_f
         var_w = g(w * w) - mu_w * mu_w

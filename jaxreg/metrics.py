@@ -12,7 +12,7 @@ A leaf module: it imports only ``jaxreg.spatial`` (another leaf) for interpolati
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +24,11 @@ from jaxreg._checks import check_ddf, check_same_shape
 
 __all__ = [
     "dice",
-    "hd95",
-    "tre",
-    "jacobian_determinant",
     "folding_fraction",
+    "hd95",
+    "jacobian_determinant",
     "sdlogj",
+    "tre",
 ]
 
 

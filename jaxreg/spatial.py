@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,11 +27,11 @@ import numpy as np
 from jaxreg._checks import check_ddf as _check_ddf
 
 __all__ = [
-    "identity_grid",
-    "warp",
     "compose",
+    "identity_grid",
     "integrate_velocity",
     "resize_ddf",
+    "warp",
     "warp_points",
 ]
 

@@ -26,7 +26,7 @@ SHAPES = {2: (12, 11), 3: (8, 7, 6)}
 
 # Most checks call the losses through jax.jit: compiling the whole function once is much
 # faster on CPU than eager op-by-op dispatch. Non-array keyword arguments are static.
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _jitted(fn, static_items):
     static = dict(static_items)
     return jax.jit(lambda args, dyn: fn(*args, **static, **dyn))
@@ -705,8 +705,8 @@ def test_loss_jit_vmap_grad(rng, name, ndim):
         args = (f, w)
     elif name in FIELD_LOSSES:
         fn1, ref1 = FIELD_LOSSES[name]
-        fn = lambda _unused, u: fn1(u)  # noqa: E731
-        ref = lambda _unused, u: ref1(u)  # noqa: E731
+        fn = lambda _unused, u: fn1(u)
+        ref = lambda _unused, u: ref1(u)
         u = _field_case(rng, ndim)
         args = (u, u)
     else:

@@ -198,7 +198,7 @@ def test_warp_gradients_match_finite_differences(shape, mode):
         u = jnp.asarray(_smooth_field(rng, shape, 3.0) + 0.25, jnp.float64)  # some samples outside
         du = jnp.asarray(_smooth_field(rng, shape, 1.0), jnp.float64)
         dimage = jnp.asarray(rng.normal(size=shape))
-        loss = lambda i, d: jnp.sum(jaxreg.warp(i, d, mode=mode, cval=0.3) * weights)  # noqa: E731
+        loss = lambda i, d: jnp.sum(jaxreg.warp(i, d, mode=mode, cval=0.3) * weights)
         g_image, g_field = jax.grad(loss, argnums=(0, 1))(image, u)
         h = 1e-6
         fd_field = (loss(image, u + h * du) - loss(image, u - h * du)) / (2 * h)

@@ -14,4 +14,4 @@ from jaxreg.data.learn2reg import open_task
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.data.writers import write_learn2reg
 
-__all__ = ["learn2reg", "synthetic", "writers", "open_task", "synthetic_pair", "write_learn2reg"]
+__all__ = ["learn2reg", "open_task", "synthetic", "synthetic_pair", "write_learn2reg", "writers"]

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from jaxreg import io
+from jaxreg.data.pairs import make_pair
 
-__all__ = ["Learn2RegTask", "SPLITS", "open_task"]
+__all__ = ["SPLITS", "Learn2RegTask", "open_task"]
 
 SPLITS = ("train", "val", "test")
 
@@ -113,29 +114,9 @@ class Learn2RegTask:
         the task provides them ``fixed_labels``/``moving_labels``, ``fixed_mask``/
         ``moving_mask``, ``fixed_points``/``moving_points``.
         """
-        f, m = self.load_image(fixed), self.load_image(moving)
-        if f["image"].shape != m["image"].shape:
-            raise ValueError(
-                f"fixed {fixed!r} and moving {moving!r} must have the same shape in task {self.name}; "
-                f"got {f['image'].shape} and {m['image'].shape}."
-            )
-        out = {
-            "fixed": f["image"],
-            "moving": m["image"],
-            "spacing": f["spacing"],
-            "moving_spacing": m["spacing"],
-            "affine": f["affine"],
-            "ids": f"{_case_and_modality(fixed)[0]}_{_case_and_modality(moving)[0]}",
-        }
-        for key in ("labels", "mask", "points"):
-            if key in f and key in m:
-                out[f"fixed_{key}"], out[f"moving_{key}"] = f[key], m[key]
-        if "fixed_points" in out and out["fixed_points"].shape != out["moving_points"].shape:
-            raise ValueError(
-                f"keypoints of {fixed!r} and {moving!r} must correspond row by row; got "
-                f"{out['fixed_points'].shape} and {out['moving_points'].shape}."
-            )
-        return out
+        ids = f"{_case_and_modality(fixed)[0]}_{_case_and_modality(moving)[0]}"
+        return make_pair(self.load_image(fixed), self.load_image(moving), ids=ids,
+                         where=f"task {self.name}, pair ({fixed!r}, {moving!r})")
 
 
 def _find_json(root: Path) -> Path:

@@ -22,14 +22,14 @@ multiplicative bias field and Gaussian noise.
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from collections.abc import Sequence
 
 import jax
 import jax.numpy as jnp
 
 from jaxreg import spatial
 
-__all__ = ["ANATOMIES", "smooth_noise", "random_velocity_deformation", "synthetic_pair"]
+__all__ = ["ANATOMIES", "random_velocity_deformation", "smooth_noise", "synthetic_pair"]
 
 ANATOMIES = ("brain", "cardiac", "lung")
 
