@@ -7,7 +7,7 @@ import pytest
 
 from jaxreg import io
 from jaxreg.data import learn2reg
-from jaxreg.data.writers import write_learn2reg
+from jaxreg.data.learn2reg import write_learn2reg
 
 
 @pytest.fixture(scope="module")

@@ -1,17 +1,49 @@
-"""Data: the built-in synthetic dataset, Learn2Reg task folders, and layout writers.
+"""Data: dataset readers, the built-in synthetic dataset, TFDS builders, the input pipeline.
 
-* ``jaxreg.data.synthetic``: procedural pairs with ground truth (``synthetic_pair``).
-* ``jaxreg.data.learn2reg``: Learn2Reg task folders driven by ``*_dataset.json``
-  (``open_task(root).pairs(split)`` / ``.load_pair(fixed, moving)``).
-* ``jaxreg.data.writers``: the synthetic dataset written in a real layout
-  (``write_learn2reg``), for tests and demos without real data.
+Readers (one module per layout; each also has a ``write_*`` that lays the synthetic
+dataset out in that layout, for tests and demos without real data):
 
-Still to come (issue 3): neurite-oasis and ACDC readers, TFDS builders, the input pipeline.
+* ``learn2reg``: Learn2Reg task folders driven by ``*_dataset.json`` (OASIS, NLST, ...);
+* ``neurite_oasis``: the neurite-oasis OASIS-1 folders, with a split stored in the workdir;
+* ``acdc``: the ACDC cardiac database, ED fixed / ES moving, DiffuseReg's preprocessing;
+* ``synthetic``: procedural pairs with their ground-truth deformation.
+
+Every reader has ``pairs(split)`` → ``(fixed, moving)`` keys, ``load_image(key)`` → an
+image record and ``load_pair(fixed, moving)`` → a pair record (``jaxreg.data.pairs``).
+
+Pipeline: ``sources.open_source(config.data, split)`` → a random-access pair source
+(folder, synthetic or ``tfds_builders.TfdsPairs``); ``pipeline.batches`` /
+``pipeline.from_config`` → shuffled, transformed (``transforms``), batched numpy.
+``preprocess`` holds the affine-preserving resampling and cropping the readers use.
+``tfds_builders`` is imported on demand (it imports ``tensorflow_datasets``).
 """
 
-from jaxreg.data import learn2reg, synthetic, writers
-from jaxreg.data.learn2reg import open_task
+from jaxreg.data import acdc, learn2reg, neurite_oasis, pairs, pipeline, preprocess, sources, synthetic, transforms
+from jaxreg.data.acdc import open_acdc, write_acdc
+from jaxreg.data.learn2reg import open_task, write_learn2reg
+from jaxreg.data.neurite_oasis import open_neurite_oasis, write_neurite_oasis
+from jaxreg.data.pipeline import batches, from_config
+from jaxreg.data.sources import open_source
 from jaxreg.data.synthetic import synthetic_pair
-from jaxreg.data.writers import write_learn2reg
 
-__all__ = ["learn2reg", "open_task", "synthetic", "synthetic_pair", "write_learn2reg", "writers"]
+__all__ = [
+    "acdc",
+    "batches",
+    "from_config",
+    "learn2reg",
+    "neurite_oasis",
+    "open_acdc",
+    "open_neurite_oasis",
+    "open_source",
+    "open_task",
+    "pairs",
+    "pipeline",
+    "preprocess",
+    "sources",
+    "synthetic",
+    "synthetic_pair",
+    "transforms",
+    "write_acdc",
+    "write_learn2reg",
+    "write_neurite_oasis",
+]

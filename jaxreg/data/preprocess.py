@@ -133,4 +133,5 @@ def rescale_intensity(
     low, high = out_range
     if hi <= lo:
         return np.full_like(array, low)
-    return ((array - lo) * ((high - low) / (hi - lo)) + low).astype(np.float32)
+    # Divide first: the maximum then maps to exactly 1 (then `high`), not 0.99999994.
+    return ((array - lo) / np.float32(hi - lo) * np.float32(high - low) + np.float32(low)).astype(np.float32)

@@ -1,0 +1,174 @@
+"""The input pipeline: a pair source → shuffled, transformed, batched numpy, prefetched.
+
+Built on Grain (``grain.MapDataset``): random access makes every step reproducible from the
+seed alone, so a resumed run continues with exactly the batches it would have seen
+(``start_step``). Reading and transforms run in background threads (NIfTI decompression and
+scipy release the GIL), ``num_threads`` pairs at a time, ``prefetch`` ahead of the consumer.
+
+Each host of a multi-host job reads its own shard (``jax.process_index()`` of
+``jax.process_count()``, equal sizes), so the global batch is the hosts' batches together.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable, Mapping, Sequence
+
+import grain
+import jax
+import numpy as np
+
+from jaxreg.data import transforms
+from jaxreg.data.sources import open_source
+
+__all__ = ["DEFAULT_KEYS", "batches", "collate", "from_config", "make_transform"]
+
+#: What a training batch holds unless told otherwise (present keys only).
+DEFAULT_KEYS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask")
+
+
+def collate(records: Sequence[Mapping]) -> dict[str, np.ndarray]:
+    """Stacks pair records into a batch: arrays ``(B, ...)``, strings into a ``(B,)`` array.
+
+    Raises:
+      ValueError: an entry has different shapes across the records (crop or resample the
+        dataset, or leave the entry out of ``keys``).
+    """
+    out = {}
+    for key in records[0]:
+        values = [r[key] for r in records]
+        if isinstance(values[0], str):
+            out[key] = np.asarray(values)
+            continue
+        shapes = {np.shape(v) for v in values}
+        if len(shapes) > 1:
+            raise ValueError(f"cannot batch {key!r}: shapes differ across pairs {sorted(shapes)}; "
+                             "crop/resample the data (data.options) or drop it from data.keys.")
+        out[key] = np.stack(values)
+    return out
+
+
+def _select(pair: Mapping, keys: Sequence[str] | None) -> dict:
+    if keys is None:
+        return {k: pair[k] for k in DEFAULT_KEYS if k in pair}
+    missing = [k for k in keys if k not in pair]
+    if missing:
+        raise ValueError(f"pairs of this source have no {missing}; available: {sorted(pair)}.")
+    return {k: pair[k] for k in keys}
+
+
+def batches(
+    source,
+    *,
+    batch_size: int,
+    seed: int = 0,
+    shuffle: bool = True,
+    num_epochs: int | None = None,
+    keys: Sequence[str] | None = None,
+    transform: Callable[[dict, np.random.Generator], dict] | None = None,
+    drop_remainder: bool = True,
+    start_step: int = 0,
+    num_threads: int = 4,
+    prefetch: int = 4,
+    process_index: int | None = None,
+    process_count: int | None = None,
+) -> grain.IterDataset:
+    """Batches of pair records from a random-access source.
+
+    Args:
+      source: ``len(source)`` pairs and ``source[i]`` → pair record (``jaxreg.data.sources``).
+      batch_size: pairs per batch on this host.
+      seed: shuffling and augmentation seed; the same seed gives the same batches.
+      shuffle: reshuffle every epoch (a new order per epoch, from ``seed``).
+      num_epochs: passes over the data; ``None`` repeats forever.
+      keys: entries to keep (after ``transform``); default the present ``DEFAULT_KEYS``.
+      transform: ``f(pair, rng) -> pair`` run per pair in the reader threads, e.g. from
+        :func:`make_transform`.
+      drop_remainder: drop a last, smaller batch (training wants fixed shapes).
+      start_step: skip this many batches (resuming at a step gives the batches the
+        uninterrupted run would have had).
+      num_threads: pairs read and transformed in parallel.
+      prefetch: pairs buffered ahead of the consumer.
+      process_index, process_count: this host's shard; default from JAX.
+
+    Returns:
+      An iterable of ``dict`` batches of numpy arrays ``(B, ...)``.
+    """
+    if batch_size < 1:
+        raise ValueError(f"`batch_size` must be >= 1; got {batch_size}.")
+    index = jax.process_index() if process_index is None else process_index
+    count = jax.process_count() if process_count is None else process_count
+    per_host = len(source) // count
+    if per_host < (batch_size if drop_remainder else 1):
+        raise ValueError(f"a source of {len(source)} pairs cannot fill a batch of {batch_size} "
+                         f"on each of {count} hosts.")
+    ds = grain.MapDataset.source(source)[: per_host * count][index::count]
+    if shuffle:
+        ds = ds.shuffle(seed=seed)
+    ds = ds.repeat(num_epochs)
+    if transform is not None:
+        # Seeded per element and host: reproducible, different in every epoch.
+        ds = ds.random_map(transform, seed=seed * 1000003 + index)
+    ds = ds.map(functools.partial(_select, keys=keys))
+    start = start_step * batch_size
+    if start:
+        ds = ds[start:]
+    read = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch))
+    return ds.to_iter_dataset(read).batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
+
+
+def make_transform(data: Mapping) -> Callable[[dict, np.random.Generator], dict] | None:
+    """The per-pair transform a ``data`` config section asks for, or ``None``.
+
+    Reads ``data.normalize`` (a ``transforms.NORMALIZATIONS`` name or ``None``) and
+    ``data.augment`` with optional ``flip_axes``, ``transpose_axes`` and ``affine`` (the
+    keyword arguments of :func:`transforms.random_affine`, or ``None``).
+    """
+    steps = []
+    augment = dict(data.get("augment") or {})
+    unknown = set(augment) - {"flip_axes", "transpose_axes", "affine"}
+    if unknown:
+        raise ValueError(f"`data.augment` knows flip_axes, transpose_axes and affine; got {sorted(unknown)}.")
+    if augment.get("flip_axes") or augment.get("transpose_axes"):
+        steps.append(functools.partial(transforms.flip_transpose, flip_axes=tuple(augment.get("flip_axes") or ()),
+                                       transpose_axes=tuple(augment.get("transpose_axes") or ())))
+    if augment.get("affine"):
+        steps.append(functools.partial(transforms.random_affine, **dict(augment["affine"])))
+    if data.get("normalize"):
+        method = data["normalize"]
+        if method not in transforms.NORMALIZATIONS:
+            raise ValueError(f"`data.normalize` must be one of {transforms.NORMALIZATIONS} or None; got {method!r}.")
+        steps.append(lambda pair, rng: transforms.normalize(pair, method=method))
+    if not steps:
+        return None
+
+    def transform(pair, rng):
+        for step in steps:
+            pair = step(pair, rng)
+        return pair
+
+    return transform
+
+
+def from_config(data: Mapping, split: str, *, train: bool = True, start_step: int = 0) -> grain.IterDataset:
+    """The batches a config's ``data`` section describes (see :func:`batches`).
+
+    ``train=True``: shuffled, augmented, repeated forever, ``data.batch_size`` per host.
+    ``train=False``: one pass in order, no augmentation (normalisation kept), batch 1,
+    the last pairs kept.
+    """
+    source = open_source(data, split)
+    transform = make_transform(data if train else {"normalize": data.get("normalize")})
+    return batches(
+        source,
+        batch_size=int(data.get("batch_size", 1)) if train else 1,
+        seed=int(data.get("seed", 0)),
+        shuffle=train,
+        num_epochs=None if train else 1,
+        keys=data.get("keys"),
+        transform=transform,
+        drop_remainder=train,
+        start_step=start_step,
+        num_threads=int(data.get("num_threads", 4)),
+        prefetch=int(data.get("prefetch", 4)),
+    )
