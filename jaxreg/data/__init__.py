@@ -18,7 +18,17 @@ Pipeline: ``sources.open_source(config.data, split)`` → a random-access pair s
 ``tfds_builders`` is imported on demand (it imports ``tensorflow_datasets``).
 """
 
-from jaxreg.data import acdc, learn2reg, neurite_oasis, pairs, pipeline, preprocess, sources, synthetic, transforms
+from jaxreg.data import (
+    acdc,
+    learn2reg,
+    neurite_oasis,
+    pairs,
+    pipeline,
+    preprocess,
+    sources,
+    synthetic,
+    transforms,
+)
 from jaxreg.data.acdc import open_acdc, write_acdc
 from jaxreg.data.learn2reg import open_task, write_learn2reg
 from jaxreg.data.neurite_oasis import open_neurite_oasis, write_neurite_oasis
