@@ -356,5 +356,5 @@ def test_missing_files_and_shape_mismatch(root, tmp_path):
     assert pair["fixed"].shape == pair["moving"].shape == (8, 40, 36)
     # Labels whose shape differs from their frame.
     io.save_nifti(f"{stem}_gt.nii.gz", np.zeros((40, 36, 8), np.uint8), affine)
-    with pytest.raises(ValueError, match=r"frame's shape \(40, 36, 7\)"):
+    with pytest.raises(ValueError, match=r"_gt.nii.gz must have the image's shape \(40, 36, 7\)"):
         ds.load_image("patient001/ES")

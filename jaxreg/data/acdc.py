@@ -36,7 +36,7 @@ import numpy as np
 from jaxreg import io
 from jaxreg.data import preprocess
 from jaxreg.data.learn2reg import SPLITS
-from jaxreg.data.pairs import make_pair
+from jaxreg.data.pairs import make_pair, read_image
 from jaxreg.data.synthetic import synthetic_pair
 
 __all__ = ["LABELS", "PHASES", "ACDCDataset", "open_acdc", "read_info", "write_acdc"]
@@ -151,16 +151,10 @@ class ACDCDataset:
         folder = self.folder(patient)
         frame = int(read_info(folder / "Info.cfg")[phase])
         path = folder / f"{patient}_frame{frame:02d}.nii.gz"
-        if not path.is_file():
-            raise FileNotFoundError(f"ACDC {phase} frame {frame} (from Info.cfg) not found: {path}")
-        volume = io.load_nifti(path, dtype=np.float32)
-        image, affine = volume.array, volume.affine
-        if image.ndim != 3:
-            raise ValueError(f"ACDC frame {path} must be a 3-D (X, Y, Z) volume; got shape {image.shape}")
         gt = path.with_name(f"{patient}_frame{frame:02d}_gt.nii.gz")
-        labels = np.rint(io.load_nifti(gt).array).astype(np.int32) if gt.is_file() else None
-        if labels is not None and labels.shape != image.shape:
-            raise ValueError(f"ACDC labels {gt} must have the frame's shape {image.shape}; got {labels.shape}")
+        record = read_image(path, labels=gt if gt.is_file() else None, ndim=3,
+                            missing=f"ACDC {phase} frame {frame} (from Info.cfg) not found")
+        image, affine, labels = record["image"], record["affine"], record.get("labels")
 
         if self.spacing is not None:
             if labels is not None:

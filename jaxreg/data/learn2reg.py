@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from jaxreg import io
-from jaxreg.data.pairs import make_pair
+from jaxreg.data.pairs import make_pair, read_image
 from jaxreg.data.synthetic import synthetic_pair
 
 __all__ = ["SPLITS", "Learn2RegTask", "open_task", "write_learn2reg"]
@@ -90,23 +90,13 @@ class Learn2RegTask:
           ``(3,)`` mm, and where present ``labels`` int32 ``(*S)``, ``mask`` uint8 ``(*S)``,
           ``points`` float64 ``(N, 3)`` voxel coordinates.
         """
-        path = self.path(rel_image)
-        if not path.is_file():
-            raise FileNotFoundError(f"image listed in {self.name}_dataset.json is missing: {path}")
-        volume = io.load_nifti(path, dtype=np.float32)
-        out = {"image": volume.array, "affine": volume.affine, "spacing": np.asarray(volume.spacing, np.float64)}
-        if (labels := self._optional(rel_image, "labelsTr")) is not None:
-            out["labels"] = np.rint(io.load_nifti(labels).array).astype(np.int32)
-        if (mask := self._optional(rel_image, "masksTr")) is not None:
-            out["mask"] = (io.load_nifti(mask).array > 0).astype(np.uint8)
-        if (points := self._optional(rel_image, "keypointsTr", ".csv")) is not None:
-            out["points"] = io.load_keypoints(points)
-        for key in ("labels", "mask"):
-            if key in out and out[key].shape != out["image"].shape:
-                raise ValueError(
-                    f"{key} of {rel_image!r} must have the image's shape {out['image'].shape}; got {out[key].shape}."
-                )
-        return out
+        return read_image(
+            self.path(rel_image),
+            labels=self._optional(rel_image, "labelsTr"),
+            mask=self._optional(rel_image, "masksTr"),
+            points=self._optional(rel_image, "keypointsTr", ".csv"),
+            missing=f"image listed in {self.name}_dataset.json is missing",
+        )
 
     def load_pair(self, fixed: str, moving: str) -> dict[str, np.ndarray]:
         """A registration pair as a dict of numpy arrays.

@@ -37,7 +37,7 @@ import numpy as np
 from jaxreg import io
 from jaxreg.data import preprocess
 from jaxreg.data.learn2reg import SPLITS
-from jaxreg.data.pairs import make_pair
+from jaxreg.data.pairs import make_pair, read_image
 from jaxreg.data.synthetic import synthetic_pair
 
 __all__ = ["SPLIT_FILE", "NeuriteOasisDataset", "open_neurite_oasis", "write_neurite_oasis"]
@@ -95,20 +95,12 @@ class NeuriteOasisDataset:
         """
         if subject_id not in self.subject_ids:
             raise ValueError(f"`subject_id` must be a subject folder of {self.root}; got {subject_id!r}.")
-        path = self.root / subject_id / _IMAGE
-        if not path.is_file():
-            raise FileNotFoundError(f"neurite-oasis image of subject {subject_id} is missing: {path}")
-        volume = io.load_nifti(path, dtype=np.float32)
-        image, affine = volume.array, volume.affine
-        if image.ndim != 3:
-            raise ValueError(f"{path} must hold a 3-D volume; got shape {image.shape}.")
-        labels = None
-        if (seg_path := self.root / subject_id / _SEG).is_file():
-            labels = np.rint(io.load_nifti(seg_path).array).astype(np.int32)
-            if labels.shape != image.shape:
-                raise ValueError(f"{seg_path} must have the image's shape {image.shape}; got {labels.shape}.")
-            if self.labels is not None:  # keep the original values, not 1..n
-                labels = np.where(np.isin(labels, self.labels), labels, 0).astype(np.int32)
+        seg_path = self.root / subject_id / _SEG
+        record = read_image(self.root / subject_id / _IMAGE, labels=seg_path if seg_path.is_file() else None, ndim=3,
+                            missing=f"neurite-oasis image of subject {subject_id} is missing")
+        image, affine, labels = record["image"], record["affine"], record.get("labels")
+        if labels is not None and self.labels is not None:  # keep the original values, not 1..n
+            labels = np.where(np.isin(labels, self.labels), labels, 0).astype(np.int32)
         if self.shape is not None and self.shape != image.shape:
             if labels is not None:
                 labels, _ = preprocess.resample_to_shape(labels, affine, self.shape, order=0)

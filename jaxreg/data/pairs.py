@@ -13,11 +13,14 @@ speak it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 
 import numpy as np
 
-__all__ = ["OPTIONAL_KEYS", "make_pair"]
+from jaxreg import io
+
+__all__ = ["OPTIONAL_KEYS", "make_pair", "read_image"]
 
 #: Per-image entries a dataset may provide; a pair carries them when both images do.
 OPTIONAL_KEYS = ("labels", "mask", "points")
@@ -52,4 +55,46 @@ def make_pair(fixed: Mapping, moving: Mapping, *, ids: str, where: str = "pair")
     if "fixed_points" in out and out["fixed_points"].shape != out["moving_points"].shape:
         raise ValueError(f"{where}: fixed and moving keypoints must correspond row by row; got "
                          f"{out['fixed_points'].shape} and {out['moving_points'].shape}.")
+    return out
+
+
+def read_image(
+    path: str | os.PathLike,
+    *,
+    labels: str | os.PathLike | None = None,
+    mask: str | os.PathLike | None = None,
+    points: str | os.PathLike | None = None,
+    ndim: int | None = None,
+    missing: str = "image not found",
+) -> dict:
+    """Reads an image record from its files (the optional ones only where given).
+
+    Args:
+      path: the image NIfTI.
+      labels, mask: NIfTI label map (rounded to int32) and mask (``> 0`` as uint8), which
+        must have the image's shape.
+      points: a keypoint CSV (``jaxreg.io.load_keypoints``).
+      ndim: the number of image axes required, if any.
+      missing: the message of the ``FileNotFoundError`` when ``path`` does not exist (the
+        path is appended).
+
+    Returns:
+      ``image`` float32, ``affine`` ``(4, 4)``, ``spacing`` (header voxel size, mm) and the
+      optional entries asked for.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{missing}: {path}")
+    volume = io.load_nifti(path, dtype=np.float32)
+    if ndim is not None and volume.array.ndim != ndim:
+        raise ValueError(f"{path} must hold a {ndim}-D volume; got shape {volume.array.shape}.")
+    out = {"image": volume.array, "affine": volume.affine, "spacing": np.asarray(volume.spacing, np.float64)}
+    if labels is not None:
+        out["labels"] = np.rint(io.load_nifti(labels).array).astype(np.int32)
+    if mask is not None:
+        out["mask"] = (io.load_nifti(mask).array > 0).astype(np.uint8)
+    for key, source in (("labels", labels), ("mask", mask)):
+        if key in out and out[key].shape != out["image"].shape:
+            raise ValueError(f"{key} {source} must have the image's shape {out['image'].shape}; got {out[key].shape}.")
+    if points is not None:
+        out["points"] = io.load_keypoints(points)
     return out
