@@ -1,0 +1,68 @@
+"""The train state and the one train step shared by every method.
+
+A method supplies ``loss_fn(params, batch, key) -> (loss, metrics)`` (a batch of numpy or
+sharded arrays, the mean loss over it); :func:`make_train_step` turns it into the jitted
+``train_step(state, batch) -> (state, metrics)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from jaxreg.training.optimizer import nonfinite_count
+
+__all__ = ["TrainState", "create_state", "make_train_step"]
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a run needs to continue bit-identically from a checkpoint.
+
+    Attributes:
+      step: updates taken (skipped non-finite ones included).
+      params: model parameters.
+      opt_state: optimiser state.
+      key: PRNG key, split every step.
+      ema_params: exponential moving average of ``params`` (``None`` when off).
+    """
+
+    step: jax.Array
+    params: dict
+    opt_state: optax.OptState
+    key: jax.Array
+    ema_params: dict | None = None
+
+
+def create_state(params, optimizer: optax.GradientTransformation, key: jax.Array, *, ema: bool = False) -> TrainState:
+    """A fresh state at step 0."""
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), key=key,
+                      ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+
+
+def make_train_step(
+    loss_fn: Callable, optimizer: optax.GradientTransformation, *, ema_decay: float = 0.999
+) -> Callable[[TrainState, dict], tuple[TrainState, dict]]:
+    """The train step: gradient of ``loss_fn``, optimiser update, EMA, metrics.
+
+    Returns an un-jitted function; the caller jits it (with shardings for data parallelism).
+    Metrics: ``loss``, the method's own metrics, ``grad_norm``, ``learning_rate`` is left to
+    the caller's schedule, and ``nonfinite`` (the running count of skipped updates).
+    """
+
+    def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
+        key, step_key = jax.random.split(state.key)
+        (loss, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch, step_key)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:
+            ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema, params)
+        new_state = state.replace(step=state.step + 1, params=params, opt_state=opt_state, key=key, ema_params=ema)
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), nonfinite=nonfinite_count(opt_state))
+        return new_state, metrics
+
+    return train_step
