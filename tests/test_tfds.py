@@ -26,9 +26,10 @@ def _compare_all(name, folder_reader, data_dir, splits):
 
 
 def test_learn2reg_oasis_stores_images_and_rebuilds_pairs(tmp_path):
-    root = learn2reg.write_learn2reg(tmp_path / "OASIS", task="OASIS", num_cases=5, num_val=2, shape=(16, 16, 16))
+    root = learn2reg.write_learn2reg(tmp_path / "OASIS", task="OASIS", num_cases=6, num_val=2, shape=(16, 16, 16))
     builder = tfds_builders.prepare("learn2reg_oasis", data_dir=tmp_path / "tfds", manual_dir=root)
-    assert builder.info.splits["train"].num_examples == 2  # images, not the 2 ordered pairs
+    assert builder.info.splits["train"].num_examples == 3  # images, not the 6 ordered pairs
+    assert builder.info.metadata["pairs"]["train"] == "all_ordered"
     assert builder.info.splits["val"].num_examples == 3  # 3 chained images for 2 val pairs
     _compare_all("learn2reg_oasis", learn2reg.open_task(root), tmp_path / "tfds", ["train", "val"])
 

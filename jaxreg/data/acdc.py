@@ -324,7 +324,6 @@ def write_acdc(
             "NbFrame": int(rng.integers(max(es + 5, 20), 36)),
             "Weight": round(float(rng.uniform(50.0, 110.0)), 1),
         }
-        tmp = folder / ".Info.cfg.tmp"  # temp + rename: never a half-written Info.cfg
-        tmp.write_text("".join(f"{k}: {v}\n" for k, v in info.items()))
-        os.replace(tmp, folder / "Info.cfg")
+        with io.atomic_path(folder / "Info.cfg") as tmp:  # never a half-written Info.cfg
+            Path(tmp).write_text("".join(f"{k}: {v}\n" for k, v in info.items()))
     return root

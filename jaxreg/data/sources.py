@@ -65,7 +65,8 @@ class SyntheticPairs:
             raise ValueError(f"`split` must be one of {learn2reg.SPLITS}; got {split!r}.")
         self.num_pairs, self.split, self.options = int(num_pairs), split, options
         self._key = jax.random.fold_in(jax.random.key(seed), learn2reg.SPLITS.index(split))
-        synthetic_pair(self._key, **options)  # validates the options now, not in a loader thread
+        # Validate the options now, not in a loader thread; eval_shape computes nothing.
+        jax.eval_shape(lambda key: synthetic_pair(key, **options), self._key)
 
     def __len__(self) -> int:
         return self.num_pairs

@@ -130,8 +130,8 @@ class _ImageRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             keys = list(dict.fromkeys(k for pair in split_pairs for k in pair))  # first-seen order
             position = {k: i for i, k in enumerate(keys)}
             as_index = [[position[f], position[m]] for f, m in split_pairs]
-            all_ordered = len(as_index) == len(keys) * (len(keys) - 1) and len({tuple(p) for p in as_index}) == len(
-                as_index) and all(f != m for f, m in as_index)
+            # Unpaired training sets list every ordered pair: store that rule, not ~170 000 pairs.
+            all_ordered = [tuple(p) for p in as_index] == _all_ordered(len(keys))
             index_pairs[split] = "all_ordered" if all_ordered else as_index
             out[split] = self._generate_examples(reader, keys)
         self.info.metadata["pairs"] = index_pairs
@@ -141,6 +141,11 @@ class _ImageRecords(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         for index, key in enumerate(keys):
             record = dict(reader.load_image(key), key=key, ids=_case_id(key))
             yield f"{index:07d}", _cast(record, self.info.features)
+
+
+def _all_ordered(n: int) -> list[tuple[int, int]]:
+    """Every ordered pair of distinct indices, in the readers' order (fixed-major)."""
+    return [(f, m) for f in range(n) for m in range(n) if f != m]
 
 
 def _cast(record: dict, features) -> dict:
@@ -261,9 +266,8 @@ class TfdsPairs:
         self._index_pairs = None
         if meta.get("layout") == "images":
             stored = meta["pairs"][split]
-            n = len(self._records)
-            self._index_pairs = ([(f, m) for f in range(n) for m in range(n) if f != m]
-                                 if stored == "all_ordered" else [tuple(p) for p in stored])
+            self._index_pairs = (_all_ordered(len(self._records)) if stored == "all_ordered"
+                                 else [tuple(p) for p in stored])
 
     def __len__(self) -> int:
         return len(self._records) if self._index_pairs is None else len(self._index_pairs)

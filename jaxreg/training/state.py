@@ -49,8 +49,8 @@ def make_train_step(
     """The train step: gradient of ``loss_fn``, optimiser update, EMA, metrics.
 
     Returns an un-jitted function; the caller jits it (with shardings for data parallelism).
-    Metrics: ``loss``, the method's own metrics, ``grad_norm``, ``learning_rate`` is left to
-    the caller's schedule, and ``nonfinite`` (the running count of skipped updates).
+    Metrics: ``loss``, the method's own metrics, ``grad_norm`` and ``nonfinite`` (the
+    running count of skipped updates).
     """
 
     def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
