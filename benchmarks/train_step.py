@@ -22,7 +22,7 @@ from jaxreg.training import create_state, make_optimizer, make_train_step
 
 
 def measure(size: int, batch_size: int, repeats: int) -> dict:
-    module, loss_fn = models.build({"name": "voxelmorph"}, {"similarity": "lncc", "window": 9, "weight": 0.01})
+    module, _, loss_fn, _ = models.build({"name": "voxelmorph"}, {"similarity": "lncc", "window": 9, "weight": 0.01})
     rng = np.random.default_rng(0)
     batch = {k: jnp.asarray(rng.random((batch_size, size, size, size)), jnp.float32) for k in ("fixed", "moving")}
     params = module.init(jax.random.key(0), batch["fixed"][..., None], batch["moving"][..., None])

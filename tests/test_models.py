@@ -77,7 +77,7 @@ def test_voxelmorph_learns_to_register_a_pair():
     from scipy import ndimage
 
     pair = {k: np.asarray(v) for k, v in synthetic_pair(jax.random.key(2), (32, 32), anatomy="cardiac").items()}
-    module, loss_fn = models.build({"name": "voxelmorph"}, {"similarity": "mse", "weight": 0.01})
+    module, _, loss_fn, _ = models.build({"name": "voxelmorph"}, {"similarity": "mse", "weight": 0.01})
     batch = {"fixed": jnp.asarray(pair["fixed"])[None], "moving": jnp.asarray(pair["moving"])[None]}
     params = module.init(jax.random.key(0), batch["fixed"][..., None], batch["moving"][..., None])
     opt = optax.adam(3e-3)

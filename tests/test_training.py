@@ -75,7 +75,7 @@ _SHARDED = textwrap.dedent("""
     from jaxreg import models
     from jaxreg.training import create_state, make_optimizer, make_train_step
 
-    module, loss_fn = models.build({"name": "voxelmorph"}, {"similarity": "lncc", "window": 5, "weight": 0.1})
+    module, _, loss_fn, _ = models.build({"name": "voxelmorph"}, {"similarity": "lncc", "window": 5, "weight": 0.1})
     rng = np.random.default_rng(0)
     batch = {"fixed": jnp.asarray(rng.normal(size=(4, 32, 32)), jnp.float32),
              "moving": jnp.asarray(rng.normal(size=(4, 32, 32)), jnp.float32)}

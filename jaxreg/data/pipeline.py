@@ -21,7 +21,7 @@ import numpy as np
 from jaxreg.data import transforms
 from jaxreg.data.sources import open_source
 
-__all__ = ["DEFAULT_KEYS", "batches", "collate", "from_config", "make_transform"]
+__all__ = ["DEFAULT_KEYS", "batches", "collate", "from_config", "make_transform", "records"]
 
 #: What a training batch holds unless told otherwise (present keys only).
 DEFAULT_KEYS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask")
@@ -172,3 +172,26 @@ def from_config(data: Mapping, split: str, *, train: bool = True, start_step: in
         num_threads=int(data.get("num_threads", 4)),
         prefetch=int(data.get("prefetch", 4)),
     )
+
+
+def records(data: Mapping, split: str, *, limit: int | None = None, num_threads: int = 2) -> grain.IterDataset:
+    """One ordered pass over a split as whole pair records (validation and evaluation).
+
+    Unlike :func:`from_config` nothing is dropped or batched: ids, spacing, labels and
+    keypoints stay; images are normalised as in training (``data.normalize``), never
+    augmented. Pairs are read ``num_threads`` at a time ahead of the consumer.
+
+    Args:
+      data: the config's ``data`` section.
+      split: ``"train"``, ``"val"`` or ``"test"``.
+      limit: only the first ``limit`` pairs (``None`` or 0: all).
+    """
+    source = open_source(data, split)
+    ds = grain.MapDataset.source(source)
+    if limit:
+        ds = ds[: int(limit)]
+    transform = make_transform({"normalize": data.get("normalize")})
+    if transform is not None:
+        ds = ds.map(lambda pair: transform(pair, None))
+    read = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, num_threads))
+    return ds.to_iter_dataset(read)

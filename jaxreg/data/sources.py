@@ -13,6 +13,7 @@ The input pipeline (``jaxreg.data.pipeline``) reads any object with ``__len__`` 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -86,6 +87,8 @@ def _folder(opener):
     def open_(data: Mapping, split: str):
         if not data.get("root"):
             raise ValueError(f"data.source={data['source']!r} needs `data.root`, the dataset folder.")
+        if not os.path.isdir(data["root"]):
+            raise FileNotFoundError(f"data.root {data['root']!r} (data.source={data['source']!r}) is not a folder.")
         options = dict(data.get("options") or {})
         try:
             dataset = opener(data["root"], **options)
@@ -97,8 +100,12 @@ def _folder(opener):
 
 
 def _synthetic(data: Mapping, split: str):
-    return SyntheticPairs(int(data.get("num_pairs") or 64), seed=int(data.get("seed") or 0), split=split,
-                          **dict(data.get("options") or {}))
+    num_pairs = data.get("num_pairs") or 64
+    if not isinstance(num_pairs, (int, float, str)):  # a mapping (or ConfigDict) per split, e.g. {"train": 1000, "val": 16, "test": 32}
+        if split not in num_pairs:
+            raise ValueError(f"`data.num_pairs` gives no count for the {split!r} split; got {dict(num_pairs)}.")
+        num_pairs = num_pairs[split]
+    return SyntheticPairs(int(num_pairs), seed=int(data.get("seed") or 0), split=split, **dict(data.get("options") or {}))
 
 
 def _tfds(data: Mapping, split: str):
@@ -106,7 +113,7 @@ def _tfds(data: Mapping, split: str):
         tfds_builders,  # imports tensorflow_datasets only when asked for
     )
 
-    return tfds_builders.TfdsPairs(data["name"], split, data_dir=data.get("tfds_dir"))
+    return tfds_builders.TfdsPairs(data["name"], split, data_dir=data.get("tfds_dir") or None)
 
 
 _OPENERS = {
@@ -123,8 +130,8 @@ def open_source(data: Mapping, split: str):
 
     Args:
       data: mapping (e.g. ``config.data``) with ``source`` (one of ``SOURCES``) and what it
-        needs: ``root`` for folders, ``name``/``tfds_dir`` for TFDS, ``num_pairs``/``seed``
-        for synthetic, and ``options`` passed to the reader (e.g. ``shape`` for
+        needs: ``root`` for folders, ``name``/``tfds_dir`` for TFDS, ``num_pairs`` (one count,
+        or a mapping split → count) and ``seed`` for synthetic, and ``options`` passed to the reader (e.g. ``shape`` for
         neurite-oasis, ``spacing`` for ACDC, ``anatomy`` for synthetic).
       split: ``"train"``, ``"val"`` or ``"test"``.
 

@@ -1,11 +1,13 @@
 """Evaluation of registrations.
 
-``jaxreg.evaluation.l2r``: the Learn2Reg challenge metrics exactly as its official
-evaluation computes them (DSC, HD95, TRE, SDlogJ, aggregation). The names are kept in the
-submodule on purpose: ``l2r.dice`` follows the challenge's NaN rules and argument order,
-which differ from ``jaxreg.metrics.dice``.
+``evaluate_workdir`` scores a trained run (what ``eval.py`` does) and writes tables and
+figures (``figures``, ``report``). ``jaxreg.evaluation.l2r``: the Learn2Reg challenge metrics
+exactly as its official evaluation computes them (DSC, HD95, TRE, SDlogJ, aggregation). The
+names are kept in the submodule on purpose: ``l2r.dice`` follows the challenge's NaN rules
+and argument order, which differ from ``jaxreg.metrics.dice``.
 """
 
-from jaxreg.evaluation import l2r
+from jaxreg.evaluation import figures, l2r, report
+from jaxreg.evaluation.evaluate import evaluate_workdir, resolve_step
 
-__all__ = ["l2r"]
+__all__ = ["evaluate_workdir", "figures", "l2r", "report", "resolve_step"]

@@ -1,0 +1,77 @@
+"""Defaults shared by every config: each ``<method>_<dataset>.py`` starts from these.
+
+Not a run by itself (``data.source`` is empty). Sections: ``data``, ``model``, ``loss``,
+``optimizer``, ``training``, ``eval``; see docs/training.md for what each field does.
+"""
+
+import ml_collections
+
+
+def get_config(arg=None) -> ml_collections.ConfigDict:
+    """Shared defaults (``arg`` unused)."""
+    del arg
+    config = ml_collections.ConfigDict()
+
+    config.data = data = ml_collections.ConfigDict()
+    data.source = ""  # learn2reg | neurite_oasis | acdc | synthetic | tfds (jaxreg.data.SOURCES)
+    data.root = ""  # dataset folder (folder sources)
+    data.name = ""  # TFDS dataset name (source tfds)
+    data.tfds_dir = ""  # TFDS data_dir (source tfds; "" = TFDS default)
+    data.seed = 0  # seed of the pairs (synthetic), the shuffling and the augmentation
+    data.options = ml_collections.ConfigDict()  # keyword arguments of the reader / synthetic_pair
+    data.batch_size = 1  # pairs per device per step (global batch = this × devices)
+    data.normalize = None  # None | minmax | percentile | zscore, per image
+    data.augment = None  # {"flip_axes": .., "transpose_axes": .., "affine": {...}} or None
+    data.keys = None  # batch entries the loss needs (None: fixed, moving)
+    data.num_threads = 4  # pairs read and transformed in parallel
+    data.prefetch = 4  # pairs buffered ahead of the train step
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "voxelmorph"  # a key of jaxreg.models.MODELS
+    model.encoder = (16, 32, 32, 32)  # U-Net encoder widths (VoxelMorph's)
+    model.decoder = (32, 32, 32, 32, 32, 16, 16)  # U-Net decoder widths (VoxelMorph's)
+    model.integration_steps = 0  # scaling-and-squaring steps (0: plain displacement)
+
+    config.loss = loss = ml_collections.ConfigDict()
+    loss.similarity = "lncc"  # lncc | mse | ssim
+    loss.window = 9  # LNCC window (voxels)
+    loss.weight = 1.0  # λ of the diffusion regulariser
+
+    config.optimizer = opt = ml_collections.ConfigDict()
+    opt.learning_rate = 1e-4  # peak AdamW rate (after warm-up)
+    opt.warmup_steps = 0  # linear warm-up
+    opt.decay_steps = 0  # cosine decay length, usually training.num_steps (0: constant)
+    opt.final_fraction = 0.0  # final rate as a fraction of the peak
+    opt.weight_decay = 1e-4  # AdamW decoupled weight decay
+    opt.grad_clip = 0.0  # global-norm clipping (0: off)
+    opt.max_consecutive_nonfinite = 10  # non-finite updates skipped in a row before giving up
+
+    config.training = training = ml_collections.ConfigDict()
+    training.num_steps = 1000  # optimiser updates
+    training.seed = 0  # parameter initialisation and train-state PRNG
+    training.log_every = 50  # steps between metrics.jsonl / TensorBoard lines
+    training.eval_every = 1000  # steps between validations (0: never)
+    training.val_pairs = 0  # validation pairs per validation (0: the whole split)
+    training.checkpoint_every = 1000  # steps between checkpoints (plus one at the end)
+    training.keep = 3  # latest checkpoints kept (plus the best)
+    training.best_metric = "dice"  # validation metric that picks the best checkpoint ("" : none)
+    training.best_mode = "max"  # max | min
+    training.ema_decay = 0.0  # EMA of the parameters (0: off)
+    training.async_checkpoints = True  # write checkpoints in the background
+    training.tensorboard = True  # also write TensorBoard events to W/tensorboard
+    training.progress = True  # tqdm progress bar
+    training.distributed = False  # multi-host: call jax.distributed.initialize()
+    training.coordinator_address = ""  # multi-host: "host:port" of process 0 ("": auto-detect)
+    training.num_processes = 0  # multi-host: number of processes (0: auto-detect)
+    training.process_id = -1  # multi-host: this process (-1: auto-detect)
+
+    config.eval = ev = ml_collections.ConfigDict()
+    ev.split = "test"  # split eval.py scores by default
+    ev.step = "latest"  # checkpoint: latest | best | a step number
+    ev.labels = None  # labels to score (None: every label present)
+    ev.limit = 0  # score only the first N pairs (0: all)
+    ev.with_hd95 = True  # HD95 per label (a distance transform per label and pair)
+    ev.num_figures = 4  # pairs drawn as PNG figures
+    ev.save_disp = False  # also write Learn2Reg displacement files (3-D)
+    ev.use_ema = True  # score the EMA parameters when the run kept them
+    return config

@@ -1,0 +1,174 @@
+"""``evaluate_workdir``: what ``eval.py --workdir W`` does.
+
+Loads the config a run saved and one of its checkpoints, registers every pair of a split
+with the trained model and writes ``W/eval/<split>/``:
+
+* ``metrics.json``: mean and standard deviation over pairs of every metric (Dice overall
+  and per label, HD95, TRE where there are keypoints, folding %, SDlogJ, the same before
+  registration), inference time per pair and memory;
+* ``per_pair.csv``: one row per pair;
+* ``summary.md``: a table like the papers' Table 1 (before / after), Dice per label;
+* ``figures/``: fixed / moving / warped / difference slices with the deformation grid and
+  the Jacobian map for the first pairs, ``dice_boxplot.png``;
+* ``disp/`` (with ``eval.save_disp``): Learn2Reg displacement files.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxreg import io, models, spatial
+from jaxreg.data import pipeline
+from jaxreg.data.sources import open_source
+from jaxreg.evaluation import figures, report
+from jaxreg.training import sharding
+from jaxreg.training.checkpoints import Checkpoints
+from jaxreg.training.loop import init_state, make_predict
+from jaxreg.training.optimizer import make_optimizer
+from jaxreg.training.validation import pair_metrics, summarize
+from jaxreg.training.workdir import load_config
+from jaxreg.training.writers import read_metrics
+
+__all__ = ["evaluate_workdir", "resolve_step"]
+
+
+def resolve_step(workdir, checkpoints: Checkpoints, step, *, best_metric: str | None, best_mode: str = "max") -> int:
+    """The checkpoint step that ``step`` names: ``"latest"``, ``"best"`` or a number.
+
+    ``"best"`` is the saved checkpoint with the best validation ``best_metric`` in
+    ``W/metrics.jsonl``.
+    """
+    saved = checkpoints.all_steps()
+    if not saved:
+        raise FileNotFoundError(f"no checkpoints in {checkpoints.directory}: train first (python train.py ... --workdir {workdir}).")
+    if step in (None, "", "latest"):
+        return saved[-1]
+    if step == "best":
+        if not best_metric:
+            raise ValueError("--step best needs `training.best_metric` in the run's config.")
+        scored = [(r[best_metric], r["step"]) for r in read_metrics(workdir, split="val")
+                  if r["step"] in saved and r.get(best_metric) is not None]
+        if not scored:
+            raise ValueError(f"no saved checkpoint has a validation {best_metric!r}; use --step latest.")
+        return (max if best_mode == "max" else min)(scored)[1]
+    try:
+        number = int(step)
+    except (TypeError, ValueError):
+        raise ValueError(f"--step must be 'latest', 'best' or a step number; got {step!r}.") from None
+    if number not in saved:
+        raise FileNotFoundError(f"no checkpoint at step {number} in {checkpoints.directory}; have steps {saved}.")
+    return number
+
+
+def _pair_name(ids: str, index: int) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in str(ids)) or f"pair_{index:04d}"
+
+
+def _disp_name(ids: str, index: int) -> str:
+    parts = str(ids).split("_")
+    if len(parts) == 2 and all(p.isdigit() and len(p) <= 4 for p in parts):
+        return io.disp_filename(int(parts[0]), int(parts[1]))
+    return f"disp_{_pair_name(ids, index)}.nii.gz"
+
+
+def _memory_mb(predict, params, fixed, moving) -> tuple[float | None, str]:
+    """Peak device memory of inference where the backend reports it, else XLA's estimate."""
+    stats = jax.local_devices()[0].memory_stats() or {}
+    if "peak_bytes_in_use" in stats:
+        return stats["peak_bytes_in_use"] / 2**20, "device peak_bytes_in_use"
+    analysis = predict.lower(params, fixed, moving).compile().memory_analysis()
+    if analysis is None:
+        return None, "unavailable"
+    total = analysis.temp_size_in_bytes + analysis.argument_size_in_bytes + analysis.output_size_in_bytes
+    return total / 2**20, "XLA memory_analysis (temp + arguments + outputs)"
+
+
+def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp: bool | None = None,
+                     progress: bool = True) -> dict:
+    """Evaluates a trained run; returns the ``metrics.json`` content.
+
+    Args:
+      workdir: a folder written by ``train.py`` (holds ``config.json`` and checkpoints).
+      split: ``"train"``, ``"val"`` or ``"test"`` (default ``config.eval.split``).
+      step: checkpoint ``"latest"``, ``"best"`` or a step number (default ``config.eval.step``).
+      save_disp: write Learn2Reg displacement files (3-D only; default ``config.eval.save_disp``).
+      progress: show a progress bar.
+    """
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    ev = config.get("eval") or {}
+    split = split or ev.get("split", "test")
+    out_dir = workdir / "eval" / split
+    method = models.build(config.model, config.loss)
+    mesh = sharding.make_mesh()
+    data = config.data
+    sample = open_source(data, split)[0]
+    template = init_state(method, make_optimizer(config.optimizer), config, sample, mesh)
+    with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
+        training = config.training
+        chosen = resolve_step(workdir, checkpoints, step or ev.get("step", "latest"),
+                              best_metric=training.get("best_metric"), best_mode=training.get("best_mode", "max"))
+        state = checkpoints.restore(template, step=chosen)
+    use_ema = bool(ev.get("use_ema", True)) and state.ema_params is not None
+    params = state.ema_params if use_ema else state.params
+    predict = make_predict(method, mesh)
+    labels = ev.get("labels")
+    num_figures = int(ev.get("num_figures", 4) or 0)
+    save_disp = bool(ev.get("save_disp", False)) if save_disp is None else save_disp
+    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+    if save_disp:
+        (out_dir / "disp").mkdir(exist_ok=True)
+
+    rows, times, memory = [], [], (None, "unavailable")
+    pairs = pipeline.records(data, split, limit=int(ev.get("limit", 0) or 0))
+    for index, record in enumerate(tqdm(pairs, desc=f"eval {split}", unit="pair", disable=not progress)):
+        fixed, moving = (jax.device_put(np.asarray(record[k])[None], sharding.replicated(mesh)) for k in ("fixed", "moving"))
+        if index == 0:  # compile outside the timing
+            jax.block_until_ready(predict(params, fixed, moving))
+            memory = _memory_mb(predict, params, fixed, moving)
+        start = time.perf_counter()
+        ddf = np.asarray(jax.block_until_ready(predict(params, fixed, moving)))[0]
+        times.append(time.perf_counter() - start)
+        ids = str(record.get("ids", f"pair_{index:04d}"))
+        row = {"pair": ids, **pair_metrics(record, ddf, labels=labels, with_hd95=bool(ev.get("with_hd95", True))),
+               "time_s": times[-1]}
+        rows.append(row)
+        if index < num_figures:
+            warped = np.asarray(spatial.warp(record["moving"], ddf))
+            has_labels = "fixed_labels" in record and "moving_labels" in record
+            figures.pair_figure(
+                out_dir / "figures" / f"{index:02d}_{_pair_name(ids, index)}.png", record["fixed"], record["moving"], warped,
+                ddf, fixed_labels=record.get("fixed_labels"), moving_labels=record.get("moving_labels"),
+                warped_labels=np.asarray(spatial.warp(record["moving_labels"], ddf, order=0)) if has_labels else None,
+                title=f"{ids}: dice {row.get('dice', float('nan')):.3f} (before {row.get('dice_before', float('nan')):.3f})"
+                if has_labels else ids)
+        if save_disp:
+            io.save_disp(out_dir / "disp" / _disp_name(ids, index), ddf, affine=record.get("affine"))
+    if not rows:
+        raise ValueError(f"the {split!r} split of data.source={data.get('source')!r} has no pairs.")
+
+    summary = summarize(rows)
+    label_names = [k[len("dice_"):] for k in rows[0] if k.startswith("dice_") and k[len("dice_"):].isdigit()]
+    if label_names:
+        figures.dice_boxplot(out_dir / "figures" / "dice_boxplot.png",
+                             {name: [r[f"dice_{name}"] for r in rows] for name in label_names} | {"mean": [r["dice"] for r in rows]},
+                             before={name: [r[f"dice_before_{name}"] for r in rows] for name in label_names}
+                             | {"mean": [r["dice_before"] for r in rows]},
+                             title=f"Dice per label, {split} ({len(rows)} pairs)")
+    result = {"workdir": str(workdir), "out_dir": str(out_dir), "split": split, "step": chosen, "num_pairs": len(rows), "params": "ema" if use_ema else "raw",
+              "model": config.model.name, "backend": jax.default_backend(), "devices": jax.device_count(),
+              "time_per_pair_s": float(np.mean(times)), "memory_mb": memory[0], "memory_source": memory[1], "metrics": summary}
+    report.write_json(out_dir / "metrics.json", result)
+    report.write_per_pair_csv(out_dir / "per_pair.csv", rows)
+    report.write_summary(out_dir / "summary.md", title=f"{config.model.name} (step {chosen})", summary=summary,
+                         labels=label_names, details={"workdir": workdir, "split": f"{split} ({len(rows)} pairs)",
+                                                      "checkpoint": f"step {chosen} ({result['params']} parameters)",
+                                                      "backend": f"{jax.default_backend()} × {jax.device_count()}",
+                                                      "inference memory": f"{memory[0]:.1f} MB ({memory[1]})"
+                                                      if memory[0] is not None else "unavailable"})
+    return result

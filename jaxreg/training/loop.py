@@ -1,0 +1,167 @@
+"""``train_and_evaluate``: the training run behind ``train.py``.
+
+One run = one working directory ``W``: it saves the config, builds the method from the
+registry, shards batches over a ``data`` mesh axis, trains with the shared train step,
+validates every ``training.eval_every`` steps with the real metrics, logs to
+``W/metrics.jsonl`` and TensorBoard, and checkpoints into ``W/checkpoints``. Started again
+on the same ``W`` it resumes from the latest checkpoint with the same state and the batches
+the uninterrupted run would have seen, so the result is bit-identical.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxreg import models
+from jaxreg.data import pipeline
+from jaxreg.data.sources import open_source
+from jaxreg.training import sharding
+from jaxreg.training.checkpoints import Checkpoints
+from jaxreg.training.optimizer import make_optimizer, make_schedule
+from jaxreg.training.state import TrainState, create_state, make_train_step
+from jaxreg.training.validation import pair_metrics, summarize
+from jaxreg.training.workdir import save_config
+from jaxreg.training.writers import MetricWriter, summary_line
+
+__all__ = ["init_state", "make_predict", "train_and_evaluate", "validate"]
+
+
+#: Validation metrics in the one-line summary, in this order.
+_HEADLINE = ("dice", "dice_std", "dice_before", "tre", "tre_std", "tre_before", "folding", "sdlogj")
+
+
+def _check_config(config: ml_collections.ConfigDict) -> None:
+    missing = [s for s in ("data", "model", "loss", "optimizer", "training") if s not in config]
+    if missing:
+        raise ValueError(f"the config lacks the section(s) {missing}; see configs/voxelmorph_demo.py.")
+    training = config.training
+    if int(training.num_steps) < 1:
+        raise ValueError(f"`training.num_steps` must be >= 1; got {training.num_steps}.")
+
+
+def make_predict(method: models.Method, mesh) -> callable:
+    """Jitted ``predict(params, fixed, moving) -> ddf`` on ``(B, *S)`` images, replicated output."""
+    out = sharding.replicated(mesh)
+    return jax.jit(method.predict, out_shardings=out)
+
+
+def _replicate_host(array, mesh):
+    # Every host holds the whole (replicated) array: local data = global data.
+    return jax.make_array_from_process_local_data(sharding.replicated(mesh), np.asarray(array))
+
+
+def validate(predict, params, data: Mapping, *, split: str = "val", limit: int | None = None,
+             labels=None, with_hd95: bool = True, mesh=None) -> dict[str, float]:
+    """Registers the pairs of ``split`` and returns the mean ± std of :func:`pair_metrics`."""
+    mesh = sharding.make_mesh() if mesh is None else mesh
+    rows = []
+    for record in pipeline.records(data, split, limit=limit):
+        fixed, moving = (_replicate_host(record[k][None], mesh) for k in ("fixed", "moving"))
+        ddf = np.asarray(predict(params, fixed, moving))[0]
+        rows.append(pair_metrics(record, ddf, labels=labels, with_hd95=with_hd95))
+    if not rows:
+        raise ValueError(f"the {split!r} split of data.source={data.get('source')!r} has no pairs to validate on.")
+    return summarize(rows)
+
+
+def init_state(method: models.Method, optimizer, config, sample: Mapping, mesh) -> TrainState:
+    key = jax.random.key(int(config.training.get("seed", 0)))
+    init_key, state_key = jax.random.split(key)
+    batch = {k: np.asarray(sample[k])[None] for k in ("fixed", "moving")}
+    params = method.init(init_key, batch)
+    state = create_state(params, optimizer, state_key, ema=float(config.training.get("ema_decay", 0.0)) > 0)
+    return jax.device_put(state, sharding.replicated(mesh))
+
+
+def _host_mean(history: list[dict]) -> dict[str, float]:
+    history = jax.device_get(history)
+    return {k: float(np.mean([float(h[k]) for h in history])) for k in history[0]}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState:
+    """Trains (or resumes) the run in ``workdir``; returns the final train state.
+
+    Args:
+      config: sections ``data``, ``model``, ``loss``, ``optimizer``, ``training`` (and
+        ``eval``, used by ``jaxreg.evaluation``); see ``configs/voxelmorph_demo.py``.
+      workdir: the run's folder; created if missing, resumed if it holds checkpoints.
+    """
+    _check_config(config)
+    training = config.training
+    sharding.initialize_distributed(training)
+    workdir = Path(workdir)
+    is_main = jax.process_index() == 0
+    if is_main:
+        save_config(config, workdir)
+    mesh = sharding.make_mesh()
+    method = models.build(config.model, config.loss)
+    data = config.data
+    per_host = sharding.host_batch_size(int(data.get("batch_size", 1)), mesh)
+    train_source = open_source(data, "train")
+    optimizer = make_optimizer(config.optimizer)
+    state = init_state(method, optimizer, config, train_source[0], mesh)
+    eval_every = int(training.get("eval_every", 0) or 0)
+    if eval_every:
+        open_source(data, "val")  # fail now, not after the first eval_every steps
+    checkpoints = Checkpoints(workdir / "checkpoints", every=int(training.checkpoint_every), keep=int(training.get("keep", 3)),
+                              best_metric=training.get("best_metric") if eval_every else None,
+                              best_mode=training.get("best_mode", "max"),
+                              asynchronous=bool(training.get("async_checkpoints", True)))
+    start = checkpoints.latest_step() or 0
+    if start:
+        state = checkpoints.restore(state, step=start)
+        if is_main:
+            tqdm.write(f"resumed from {checkpoints.directory} at step {start}")
+    num_steps = int(training.num_steps)
+    train_step = jax.jit(make_train_step(method.loss_fn, optimizer,
+                                         ema_decay=float(training.get("ema_decay", 0.0) or 0.0)),
+                         in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
+                         out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)), donate_argnums=0)
+    predict = make_predict(method, mesh)
+    schedule = make_schedule(config.optimizer)
+    batches = pipeline.batches(
+        train_source, batch_size=per_host, seed=int(data.get("seed", 0)), keys=tuple(data.get("keys") or ("fixed", "moving")),
+        transform=pipeline.make_transform(data), start_step=start, num_threads=int(data.get("num_threads", 4)),
+        prefetch=int(data.get("prefetch", 4)))
+    log_every = max(1, int(training.get("log_every", 50)))
+    writer = MetricWriter(workdir, start_step=start, tensorboard=bool(training.get("tensorboard", True))) if is_main else None
+    bar = tqdm(total=num_steps, initial=start, desc="train", unit="step", dynamic_ncols=True,
+               disable=not (is_main and training.get("progress", True)))
+    history, tick, iterator = [], time.perf_counter(), iter(batches)
+    try:
+        for step in range(start + 1, num_steps + 1):
+            state, metrics = train_step(state, sharding.shard_batch(next(iterator), mesh))
+            history.append(metrics)
+            bar.update(1)
+            if step % log_every == 0 or step == num_steps:
+                mean = _host_mean(history)
+                mean["steps_per_s"] = len(history) / (time.perf_counter() - tick)
+                mean["learning_rate"] = float(schedule(step))
+                history, tick = [], time.perf_counter()
+                bar.set_postfix(loss=f"{mean['loss']:.4g}")
+                if writer:
+                    writer.write(step, mean, split="train")
+            val = None
+            if eval_every and (step % eval_every == 0 or step == num_steps):
+                params = state.ema_params if state.ema_params is not None else state.params
+                val = validate(predict, params, data, limit=int(training.get("val_pairs", 0) or 0),
+                               labels=config.get("eval", {}).get("labels"), with_hd95=False, mesh=mesh)
+                if writer:
+                    writer.write(step, val, split="val")
+                    bar.write(summary_line(step, {k: val[k] for k in _HEADLINE if k in val}, split="val"))
+                tick = time.perf_counter()  # validation time is not training speed
+            checkpoints.save(step, state, metrics=val, force=step == num_steps)
+    finally:
+        bar.close()
+        checkpoints.wait()
+        checkpoints.close()
+        if writer:
+            writer.close()
+    return state

@@ -1,0 +1,245 @@
+"""Tests of jaxreg.evaluation.figures.
+
+Grid lines are compared with closed forms (regular grid, shifted grid, affine image of the
+grid); figures are checked by reading the PNG back (size, content, the colour that marks
+folding) and by the atomic-write guarantees. The code is never compared with itself.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from matplotlib.figure import Figure
+from matplotlib.image import imread
+
+from jaxreg.evaluation import figures
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(7)
+
+
+def pair(rng, shape):
+    fixed = rng.random(shape).astype(np.float32)
+    moving = rng.random(shape).astype(np.float32)
+    warped = 0.5 * (fixed + moving)
+    ddf = rng.normal(scale=0.3, size=shape + (len(shape),)).astype(np.float32)
+    labels = np.zeros(shape, np.int32)
+    labels[tuple(slice(s // 4, 3 * s // 4) for s in shape)] = 1
+    labels[tuple(slice(0, s // 4) for s in shape)] = 3
+    return fixed, moving, warped, ddf, labels
+
+
+def read_png(path):
+    with open(path, "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+    img = imread(path)
+    assert img.ndim == 3 and img.shape[2] in (3, 4)
+    return img
+
+
+def yellow_pixels(img):
+    r, g, b = img[..., 0], img[..., 1], img[..., 2]
+    return int(np.count_nonzero((r > 0.95) & (g > 0.95) & (b < 0.1)))
+
+
+# ============================================================================ grid lines
+def regular_lines(h, w, step, shift=(0.0, 0.0)):
+    rows = [np.array([(i + shift[0], j + shift[1]) for j in range(w)]) for i in range(0, h, step)]
+    cols = [np.array([(i + shift[0], j + shift[1]) for i in range(h)]) for j in range(0, w, step)]
+    return rows + cols
+
+
+@pytest.mark.parametrize("h,w,step", [(8, 8, 2), (7, 11, 3), (5, 4, 1), (6, 6, 10)])
+def test_grid_lines_zero_field_is_identity_grid(h, w, step):
+    lines = figures.deformed_grid_lines(np.zeros((h, w, 2)), step=step)
+    expected = regular_lines(h, w, step)
+    assert len(lines) == len(expected) == -(-h // step) + -(-w // step)
+    for got, want in zip(lines, expected):
+        np.testing.assert_allclose(got, want, atol=0)
+
+
+def test_grid_lines_constant_shift():
+    h, w, step, shift = 9, 13, 4, (1.5, -2.25)
+    ddf = np.broadcast_to(np.array(shift), (h, w, 2))
+    lines = figures.deformed_grid_lines(ddf, step=step)
+    expected = regular_lines(h, w, step, shift)
+    assert len(lines) == len(expected)
+    for got, want in zip(lines, expected):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+def test_grid_lines_affine_field():
+    # u(x) = A x + t maps a grid vertex x to (I + A) x + t.
+    h, w, step = 6, 10, 3
+    a, t = np.array([[0.1, -0.2], [0.3, 0.05]]), np.array([0.5, -1.0])
+    x = np.stack(np.meshgrid(np.arange(h), np.arange(w), indexing="ij"), -1).astype(np.float64)
+    lines = figures.deformed_grid_lines(x @ a.T + t, step=step)
+    m = np.eye(2) + a
+    rows = [np.array([m @ (i, j) + t for j in range(w)]) for i in range(0, h, step)]
+    cols = [np.array([m @ (i, j) + t for i in range(h)]) for j in range(0, w, step)]
+    for got, want in zip(lines, rows + cols, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(8, 8), (8, 8, 3), (4, 4, 4, 2)])
+def test_grid_lines_bad_shape(shape):
+    with pytest.raises(ValueError, match=r"`ddf2d`.*\(H, W, 2\).*" + str(shape[-1])):
+        figures.deformed_grid_lines(np.zeros(shape), step=2)
+
+
+@pytest.mark.parametrize("step", [0, -1, 1.5, True])
+def test_grid_lines_bad_step(step):
+    with pytest.raises(ValueError, match="`step`"):
+        figures.deformed_grid_lines(np.zeros((4, 4, 2)), step=step)
+
+
+# ============================================================================ pair_figure
+def test_pair_figure_2d(tmp_path, rng):
+    fixed, moving, warped, ddf, labels = pair(rng, (16, 20))
+    out = tmp_path / "pair.png"
+    figures.pair_figure(out, fixed, moving[..., None], warped, ddf, fixed_labels=labels,
+                        moving_labels=labels[..., None], warped_labels=labels, title="2-D pair")
+    img = read_png(out)
+    h, w = img.shape[:2]
+    assert 150 <= h <= 800 and w >= 4 * h  # one row of seven panels
+    assert img[..., :3].std() > 0.05
+    assert sorted(os.listdir(tmp_path)) == ["pair.png"]  # no temporary left over
+
+
+@pytest.mark.parametrize("axis,index", [(0, None), (1, 3), (2, 0)])
+def test_pair_figure_3d(tmp_path, rng, axis, index):
+    fixed, moving, warped, ddf, labels = pair(rng, (10, 12, 14))
+    out = tmp_path / "pair3d.png"
+    figures.pair_figure(out, fixed, moving, warped, ddf, warped_labels=labels, axis=axis, index=index,
+                        grid_step=2)
+    img = read_png(out)
+    assert 150 <= img.shape[0] <= 800 and img.shape[1] >= 4 * img.shape[0]
+
+
+def test_pair_figure_marks_folding_only_when_present(tmp_path):
+    n = 16
+    img = np.linspace(0, 1, n * n, dtype=np.float32).reshape(n, n)
+    smooth = np.zeros((n, n, 2), np.float32)  # J = 1 everywhere
+    figures.pair_figure(tmp_path / "a.png", img, img, img, smooth)
+    # u_0 = -2 i in rows 4..11 gives d(i + u_0)/di = -1 there: J = -1 (folding).
+    folded = smooth.copy()
+    i = np.arange(n, dtype=np.float32)[:, None]
+    folded[..., 0] = np.where((i >= 4) & (i < 12), -2.0 * (i - 4), np.where(i >= 12, -16.0, 0.0))
+    figures.pair_figure(tmp_path / "b.png", img, img, img, folded)
+    assert yellow_pixels(read_png(tmp_path / "a.png")) == 0
+    assert yellow_pixels(read_png(tmp_path / "b.png")) > 100
+
+
+@pytest.mark.parametrize("bad", ["fixed", "moving", "warped", "fixed_labels", "warped_labels", "moving_labels"])
+def test_pair_figure_mismatched_shape(tmp_path, rng, bad):
+    fixed, moving, warped, ddf, labels = pair(rng, (8, 9))
+    args = {"fixed": fixed, "moving": moving, "warped": warped}
+    kwargs = {"fixed_labels": labels, "warped_labels": labels, "moving_labels": labels}
+    (args if bad in args else kwargs)[bad] = np.zeros((8, 10))
+    with pytest.raises(ValueError, match=rf"`{bad}`.*\(8, 9\).*\(8, 10\)"):
+        figures.pair_figure(tmp_path / "x.png", **args, ddf=ddf, **kwargs)
+    assert not (tmp_path / "x.png").exists()
+
+
+@pytest.mark.parametrize("shape", [(8, 8, 3), (8, 8, 8, 2), (8, 8, 1), (8, 8), (4, 4, 4, 4, 4)])
+def test_pair_figure_bad_ddf(tmp_path, shape):
+    img = np.zeros((8, 8))
+    with pytest.raises(ValueError, match=r"`ddf`.*" + str(shape).replace("(", r"\(").replace(")", r"\)")):
+        figures.pair_figure(tmp_path / "x.png", img, img, img, np.zeros(shape))
+
+
+def test_pair_figure_bad_options(tmp_path):
+    img2, img3 = np.zeros((6, 6)), np.zeros((6, 6, 6))
+    with pytest.raises(ValueError, match="`ddf` must be finite"):
+        figures.pair_figure(tmp_path / "x.png", img2, img2, img2, np.full((6, 6, 2), np.nan))
+    with pytest.raises(ValueError, match="`index`"):
+        figures.pair_figure(tmp_path / "x.png", img2, img2, img2, np.zeros((6, 6, 2)), index=2)
+    with pytest.raises(ValueError, match=r"`index`.*\[0, 6\).*6"):
+        figures.pair_figure(tmp_path / "x.png", img3, img3, img3, np.zeros((6, 6, 6, 3)), index=6)
+    with pytest.raises(ValueError, match="`axis`"):
+        figures.pair_figure(tmp_path / "x.png", img3, img3, img3, np.zeros((6, 6, 6, 3)), axis=3)
+    with pytest.raises(ValueError, match="`grid_step`"):
+        figures.pair_figure(tmp_path / "x.png", img2, img2, img2, np.zeros((6, 6, 2)), grid_step=0)
+    assert not (tmp_path / "x.png").exists()
+
+
+def test_missing_directory(tmp_path):
+    img = np.zeros((6, 6))
+    with pytest.raises(FileNotFoundError):
+        figures.pair_figure(tmp_path / "nope" / "x.png", img, img, img, np.zeros((6, 6, 2)))
+
+
+# ============================================================================ dice_boxplot
+def test_dice_boxplot(tmp_path, rng):
+    dice = {"LV": rng.uniform(0.7, 0.9, 5), "RV": [0.6, 0.65, np.nan, 0.7], "overall": rng.uniform(0.6, 0.9, 5)}
+    before = {"RV": [0.4, 0.5, 0.45], "overall": [0.3, 0.5], "LV": rng.uniform(0.4, 0.6, 5)}
+    figures.dice_boxplot(tmp_path / "d.png", dice, title="Dice")
+    figures.dice_boxplot(tmp_path / "db.png", dice, before=before)
+    for name in ("d.png", "db.png"):
+        img = read_png(tmp_path / name)
+        assert 200 <= img.shape[0] <= 800 and 200 <= img.shape[1] <= 1500
+        assert img[..., :3].std() > 0.05
+    assert sorted(os.listdir(tmp_path)) == ["d.png", "db.png"]
+
+
+def test_dice_boxplot_errors(tmp_path):
+    out = tmp_path / "d.png"
+    with pytest.raises(ValueError, match="`dice`.*empty"):
+        figures.dice_boxplot(out, {})
+    with pytest.raises(ValueError, match=r"`dice\['a'\]`.*non-empty"):
+        figures.dice_boxplot(out, {"a": []})
+    with pytest.raises(ValueError, match=r"`dice\['a'\]`.*\[0, 1\]"):
+        figures.dice_boxplot(out, {"a": [0.5, 1.2]})
+    with pytest.raises(ValueError, match=r"`before`.*same keys.*missing \['b'\].*extra \['c'\]"):
+        figures.dice_boxplot(out, {"a": [0.5], "b": [0.6]}, before={"a": [0.4], "c": [0.3]})
+    assert not out.exists()
+
+
+# ============================================================================ atomic writes
+@pytest.mark.parametrize("which", ["pair", "dice"])
+def test_failed_write_leaves_no_file_and_keeps_old_one(tmp_path, monkeypatch, which):
+    def draw(path):
+        if which == "pair":
+            img = np.zeros((6, 6))
+            figures.pair_figure(path, img, img, img, np.zeros((6, 6, 2)))
+        else:
+            figures.dice_boxplot(path, {"a": [0.5, 0.6]})
+
+    def broken_savefig(self, fname, **kwargs):
+        with open(fname, "wb") as f:
+            f.write(b"\x89PNG half")  # a partial file, then the crash
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Figure, "savefig", broken_savefig)
+    new = tmp_path / "new.png"
+    with pytest.raises(OSError, match="disk full"):
+        draw(new)
+    assert os.listdir(tmp_path) == []
+
+    old = tmp_path / "old.png"
+    old.write_bytes(b"previous result")
+    with pytest.raises(OSError, match="disk full"):
+        draw(old)
+    assert old.read_bytes() == b"previous result"
+    assert os.listdir(tmp_path) == ["old.png"]
+
+    monkeypatch.undo()
+    draw(old)  # a successful write replaces the old file
+    read_png(old)
+    assert os.listdir(tmp_path) == ["old.png"]
+
+
+def test_no_pyplot():
+    code = ("import sys; from jaxreg.evaluation import figures; import tempfile, os;"
+            "d = tempfile.mkdtemp(); figures.dice_boxplot(os.path.join(d, 'a.png'), {'a': [0.5]});"
+            "import numpy as np; x = np.zeros((6, 6, 6)); l = np.ones((6, 6, 6), int); l[0] = 0;"
+            "figures.pair_figure(os.path.join(d, 'b.png'), x, x, x, np.zeros((6, 6, 6, 3)), fixed_labels=l);"
+            "assert 'matplotlib.pyplot' not in sys.modules, 'pyplot imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
