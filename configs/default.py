@@ -75,3 +75,34 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     ev.save_disp = False  # also write Learn2Reg displacement files (3-D)
     ev.use_ema = True  # score the EMA parameters when the run kept them
     return config
+
+
+def deq_solver() -> ml_collections.ConfigDict:
+    """The ``solver`` section of equilibrium models (DEQReg): the paper's settings."""
+    solver = ml_collections.ConfigDict()
+    solver.method = "anderson"  # fixed_point | anderson | broyden (jaxreg.deq.solvers)
+    solver.max_steps = 48  # T: forward solver steps at most
+    solver.tol = 1e-3  # stop when the residual is below this
+    solver.stop = "relative"  # relative: ‖T(φ) − φ‖ / ‖T(φ)‖; absolute: ‖T(φ) − φ‖ (voxels)
+    solver.history = 5  # Anderson's memory (Broyden always keeps its whole history)
+    solver.damping = 1.0  # fixed_point: φ ← d·T(φ) + (1 − d)·φ
+    solver.backward = "phantom"  # phantom (paper, Eq. 7-8) | ift (exact implicit gradient)
+    solver.phantom_steps = 5  # K damped steps differentiated from φ*
+    solver.phantom_damping = 0.8  # τ of the phantom steps
+    return solver
+
+
+def deqreg_model(model: ml_collections.ConfigDict) -> None:
+    """Turns ``model`` into DEQReg's: the VoxelMorph U-Net as update network, S = 3, γ = 0.5."""
+    model.name = "deqreg"
+    model.correction_states = 3  # S intermediate states (Eq. 9), at equal intervals of the trajectory
+    model.correction_weight = 0.5  # γ, the weight of each corrected state's loss
+
+
+def unroll_model(model: ml_collections.ConfigDict, arg: str | None) -> None:
+    """Turns ``model`` into an unrolled baseline; ``arg`` is ``"variant"`` or ``"variant,T"``."""
+    variant, _, steps = (arg or "vanilla").partition(",")
+    model.name = "unroll"
+    model.variant = variant  # vanilla | riir | gradirn (jaxreg.deq.unroll)
+    model.steps = int(steps or 6)  # T: steps trained through (BPTT)
+    model.hidden = 8  # RIIR's hidden-state channels

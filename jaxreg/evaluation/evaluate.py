@@ -104,7 +104,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
     ev = config.get("eval") or {}
     split = split or ev.get("split", "test")
     out_dir = workdir / "eval" / split
-    method = models.build(config.model, config.loss)
+    method = models.build(config.model, config.loss, config.get("solver"))
     mesh = sharding.make_mesh()
     data = config.data
     sample = open_source(data, split)[0]

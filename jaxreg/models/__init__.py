@@ -1,5 +1,8 @@
 """Models: the VoxelMorph U-Net and one-shot network; a registry from config names.
 
+Registered names: ``"voxelmorph"``, ``"deqreg"`` (``jaxreg.deq.model``) and ``"unroll"``
+(the unrolled baselines, ``jaxreg.deq.unroll``).
+
 ``build(config.model, config.loss)`` returns a :class:`Method`, everything training and
 evaluation need to know about a model:
 
@@ -33,7 +36,8 @@ class Method(NamedTuple):
     predict: Callable[[dict, jax.Array, jax.Array], jax.Array]
 
 
-def _voxelmorph(model: Mapping, loss: Mapping) -> Method:
+def _voxelmorph(model: Mapping, loss: Mapping, solver: Mapping) -> Method:
+    del solver
     module = VoxelMorph(encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
                         integration_steps=int(model.get("integration_steps", 0)))
     loss_fn = voxelmorph.make_loss_fn(module, similarity=loss.get("similarity", "lncc"), window=int(loss.get("window", 9)),
@@ -48,12 +52,40 @@ def _voxelmorph(model: Mapping, loss: Mapping) -> Method:
     return Method(module, init, loss_fn, predict)
 
 
-MODELS = {"voxelmorph": _voxelmorph}
+def _loss_options(loss: Mapping, *, window: int) -> dict:
+    return {"similarity": loss.get("similarity", "lncc"), "window": int(loss.get("window", window)),
+            "weight": float(loss.get("weight", 0.1))}
 
 
-def build(model: Mapping, loss: Mapping) -> Method:
-    """The :class:`Method` for ``model.name`` (a key of ``MODELS``)."""
+def _deqreg(model: Mapping, loss: Mapping, solver: Mapping) -> Method:
+    from jaxreg.deq.model import DEQReg  # deq builds on models.unet: import it when asked for
+
+    solver = dict(solver or {})
+    options = {k: solver.pop(k) for k in ("backward", "phantom_steps", "phantom_damping") if k in solver}
+    deq = DEQReg(encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
+                 solver=solver, correction_states=int(model.get("correction_states", 3)),
+                 correction_weight=float(model.get("correction_weight", 0.5)), **options, **_loss_options(loss, window=5))
+    return Method(deq, deq.init, deq.loss_fn, deq.predict)
+
+
+def _unroll(model: Mapping, loss: Mapping, solver: Mapping) -> Method:
+    from jaxreg.deq.unroll import Unrolled
+
+    net = Unrolled(variant=model.get("variant", "vanilla"), steps=int(model.get("steps", 6)),
+                   encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
+                   hidden=int(model.get("hidden", 8)), **_loss_options(loss, window=5))
+    return Method(net, net.init, net.loss_fn, net.predict)
+
+
+MODELS = {"voxelmorph": _voxelmorph, "deqreg": _deqreg, "unroll": _unroll}
+
+
+def build(model: Mapping, loss: Mapping, solver: Mapping | None = None) -> Method:
+    """The :class:`Method` for ``model.name`` (a key of ``MODELS``).
+
+    ``solver`` (a config's ``solver`` section) is read by the equilibrium models only.
+    """
     name = model.get("name")
     if name not in MODELS:
         raise ValueError(f"`model.name` must be one of {tuple(MODELS)}; got {name!r}.")
-    return MODELS[name](model, loss)
+    return MODELS[name](model, loss, solver or {})

@@ -101,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
     if is_main:
         save_config(config, workdir)
     mesh = sharding.make_mesh()
-    method = models.build(config.model, config.loss)
+    method = models.build(config.model, config.loss, config.get("solver"))
     data = config.data
     per_host = sharding.host_batch_size(int(data.get("batch_size", 1)), mesh)
     train_source = open_source(data, "train")

@@ -1,0 +1,24 @@
+"""Deep equilibrium registration: fixed-point solvers and implicit-gradient layers.
+
+``solvers``: :func:`solve` (plain iteration, Anderson, Broyden) for z = T(z) with our own
+stopping rule and per-step residuals. ``implicit``: :func:`fixed_point_layer`, a
+``custom_vjp`` layer with phantom or exact implicit-function gradients, and
+:func:`phantom_steps`.
+"""
+
+from jaxreg.deq import implicit, solvers
+from jaxreg.deq.implicit import BACKWARDS, fixed_point_layer, phantom_steps
+from jaxreg.deq.solvers import SOLVERS, SolverInfo, describe, solve, validate_options
+
+__all__ = [
+    "BACKWARDS",
+    "SOLVERS",
+    "SolverInfo",
+    "describe",
+    "fixed_point_layer",
+    "implicit",
+    "phantom_steps",
+    "solve",
+    "solvers",
+    "validate_options",
+]

@@ -1,0 +1,145 @@
+"""A fixed-point (deep equilibrium) layer with memory-free gradients.
+
+``fixed_point_layer(f)`` builds ``layer(params, x, z0) -> (z_star, info)`` where
+``z_star = f(params, x, z_star)`` is found by :func:`jaxreg.deq.solvers.solve` without
+storing the trajectory, and the backward pass (a ``jax.custom_vjp``) is either
+
+- ``"phantom"``: the vector-Jacobian product of K damped steps
+  ``z <- tau*f(params, x, z) + (1-tau)*z`` started from ``z_star`` (DEQReg Eq. 7-8, after
+  Geng et al.'s phantom gradients; K=1, tau=1 is the Jacobian-free gradient), or
+- ``"ift"``: the exact implicit-function gradient: solve ``w = g + (df/dz)^T w`` with the
+  same solvers, then pull ``w`` back through ``f`` to ``params`` and ``x``.
+
+Memory is that of K steps of ``f`` (phantom) or of one step plus the solver (ift),
+independent of how many forward steps were taken. ``f`` must receive everything it is
+differentiated with respect to through ``params`` and ``x`` (custom_vjp cannot
+differentiate values a closure captures); it may close over constants.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from jaxreg.deq.solvers import solve, validate_options
+
+BACKWARDS = ("phantom", "ift")
+_SOLVER_KEYS = ("method", "max_steps", "tol", "stop", "history", "damping")
+
+
+def phantom_steps(f: Callable, params, x, z: jax.Array, *, steps: int,
+                  damping: float) -> jax.Array:
+    """K damped steps ``z <- damping*f(params, x, z) + (1-damping)*z`` from ``z``.
+
+    Plain, differentiable JAX (``lax.scan``); the backward of the ``"phantom"`` layer and
+    DEQReg's intermediate-state correction (Eq. 9) both differentiate it.
+
+    Args:
+      f: ``f(params, x, z) -> T(z)``, ``T(z)`` shaped like ``z``.
+      params: pytree of parameters.
+      x: pytree of inputs (e.g. the fixed and moving images).
+      z: start state, e.g. a ``(*spatial, ndim)`` field or a ``(B, ...)`` batch.
+      steps: K >= 1, static.
+      damping: tau in (0, 1].
+
+    Returns:
+      ``z_K``, shaped like ``z``.
+    """
+    _check_phantom(steps, damping)
+
+    def body(z, _):
+        return (damping * f(params, x, z) + (1.0 - damping) * z).astype(z.dtype), None
+
+    # Unrolled: on CPU the backward of a rolled scan over conv nets runs ~15x slower
+    # (measured: 3.4 s vs 0.23 s for K = 5 at 4×64²); K is small, so compile time is fine.
+    return lax.scan(body, z, None, length=int(steps), unroll=True)[0]
+
+
+_phantom_steps = phantom_steps  # fixed_point_layer's keyword argument shadows the name
+
+
+def _check_phantom(steps, damping):
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"phantom_steps must be an integer >= 1, got {steps!r}")
+    if not 0.0 < float(damping) <= 1.0:
+        raise ValueError(f"damping must be in (0, 1], got {damping!r}")
+
+
+def _solver_options(name: str, options: Mapping | None, default: Mapping | None = None):
+    options = dict(default or {}) if options is None else dict(options)
+    unknown = sorted(set(options) - set(_SOLVER_KEYS))
+    if unknown:
+        raise ValueError(f"{name} has unknown options {unknown}; allowed: {_SOLVER_KEYS}")
+    validate_options(**options)
+    return options
+
+
+def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
+                      backward: str = "phantom", phantom_steps: int = 5,
+                      damping: float = 0.5, adjoint: Mapping | None = None) -> Callable:
+    """Builds a fixed-point layer ``layer(params, x, z0) -> (z_star, info)``.
+
+    Args:
+      f: ``f(params, x, z) -> T(z)``; ``params`` and ``x`` are pytrees, ``z`` an array
+        (e.g. ``(*spatial, ndim)`` or ``(B, *spatial, ndim)``) and ``T(z)`` has its shape.
+      solver: keyword options of :func:`~jaxreg.deq.solvers.solve` for the forward solve
+        (``method, max_steps, tol, stop, history, damping``); ``None`` uses its defaults.
+      backward: ``"phantom"`` (K damped steps from ``z_star``, differentiated) or
+        ``"ift"`` (exact implicit-function gradient).
+      phantom_steps: K >= 1, steps of the phantom gradient.
+      damping: tau in (0, 1], damping of the phantom steps.
+      adjoint: solver options for the ``"ift"`` adjoint fixed point; ``None`` uses
+        ``solver``'s. Its convergence is not reported (a backward pass cannot return it).
+
+    Returns:
+      ``layer(params, x, z0) -> (z_star, info)``: ``z_star`` shaped like ``z0`` is the
+      solver's result; ``info`` a :class:`~jaxreg.deq.solvers.SolverInfo` (no gradient).
+      Gradients flow to ``params`` and ``x``; ``z0`` gets a zero cotangent.
+
+    Raises:
+      ValueError: an option is invalid (the message names it).
+    """
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
+    _check_phantom(phantom_steps, damping)
+    fwd_opts = _solver_options("solver", solver)
+    adj_opts = _solver_options("adjoint", adjoint, default=fwd_opts)
+    steps, tau = int(phantom_steps), float(damping)
+
+    def forward(params, x, z0):
+        z, info, _ = solve(lambda z: f(params, x, z), z0, **fwd_opts)
+        return z, info
+
+    @jax.custom_vjp
+    def layer(params, x, z0):
+        return forward(params, x, z0)
+
+    def layer_fwd(params, x, z0):
+        z, info = forward(params, x, z0)
+        return (z, info), (params, x, z)
+
+    def layer_bwd(res, cotangents):
+        params, x, z = res
+        g = cotangents[0]  # the info cotangent is ignored: info is not differentiable
+        if backward == "phantom":
+            _, vjp = jax.vjp(lambda p, xx: _phantom_steps(f, p, xx, z, steps=steps,
+                                                          damping=tau), params, x)
+            gp, gx = vjp(g)
+        else:
+            _, vjp_z = jax.vjp(lambda zz: f(params, x, zz), z)
+            w, _, _ = solve(lambda w: g + vjp_z(w)[0].astype(g.dtype), g, **adj_opts)
+            _, vjp = jax.vjp(lambda p, xx: f(p, xx, z), params, x)
+            gp, gx = vjp(w)
+        return gp, gx, jnp.zeros_like(z)
+
+    layer.defvjp(layer_fwd, layer_bwd)
+
+    def apply(params, x, z0):
+        z, info = layer(params, x, jnp.asarray(z0))
+        return z, jax.tree.map(lax.stop_gradient, info)
+
+    return apply
+

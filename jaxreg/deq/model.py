@@ -1,0 +1,186 @@
+"""DEQReg: registration as the fixed point of a weight-tied update network.
+
+The update network ``f_θ`` (the VoxelMorph U-Net) sees ``[I_f, I_m∘φ, φ]`` and predicts a
+residual; registration is the equilibrium ``φ* = T(φ*)`` with ``T(φ) = φ + f_θ(I_f, I_m∘φ, φ)``,
+found by a root solver (``jaxreg.deq.solvers``). Training differentiates the equilibrium
+implicitly (``jaxreg.deq.implicit``): the phantom gradient of the paper (Eq. 7–8) or the
+exact implicit-function gradient, so memory does not depend on the number of solver steps.
+The intermediate-state correction (Eq. 9) adds the loss of ``S`` states taken at equal
+intervals of the forward trajectory, each with its own phantom gradient, weighted ``γ``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from jaxreg import spatial
+from jaxreg.deq import implicit, solvers
+from jaxreg.models.unet import DECODER, ENCODER, UNet
+from jaxreg.models.voxelmorph import SIMILARITIES, registration_loss
+
+__all__ = ["BACKWARDS", "DEQReg", "UpdateNet", "capture_steps"]
+
+BACKWARDS = ("phantom", "ift")
+
+
+class UpdateNet(nn.Module):
+    """``f_θ(I_f, I_m∘φ, φ)``: the residual update of DEQReg (and of the unrolled baselines).
+
+    Attributes:
+      encoder, decoder: U-Net widths (VoxelMorph's).
+      extra: channels of additional inputs appended after ``φ`` (e.g. a similarity gradient,
+        a hidden state); 0 for DEQReg.
+      outputs: output channels beyond the ``ndim`` of the residual (e.g. a new hidden state).
+
+    Call with ``fixed``, ``warped`` ``(B, *S, 1)``, ``ddf`` ``(B, *S, ndim)`` and optional
+    ``extra`` ``(B, *S, extra)``; returns ``(B, *S, ndim + outputs)``, the residual first.
+    The last convolution starts near zero, so ``T`` starts close to the identity.
+    """
+
+    encoder: Sequence[int] = ENCODER
+    decoder: Sequence[int] = DECODER
+    outputs: int = 0
+
+    @nn.compact
+    def __call__(self, fixed, warped, ddf, extra=None):
+        ndim = ddf.shape[-1]
+        inputs = [fixed, warped, ddf] + ([] if extra is None else [extra])
+        features = UNet(self.encoder, self.decoder, name="unet")(jnp.concatenate(inputs, axis=-1))
+        init = nn.initializers.normal(stddev=1e-5)
+        return nn.Conv(ndim + self.outputs, (3,) * ndim, padding="SAME", kernel_init=init, name="update")(features)
+
+
+def warp_batch(moving: jax.Array, ddf: jax.Array) -> jax.Array:
+    """``moving∘φ`` for a batch: ``(B, *S, C)`` images, ``(B, *S, ndim)`` fields."""
+    return jax.vmap(spatial.warp)(moving, ddf)
+
+
+def capture_steps(max_steps: int, num_states: int) -> tuple[int, ...]:
+    """The ``S`` solver steps whose states the correction loss uses: equal intervals of the trajectory.
+
+    ``capture_steps(48, 3) == (16, 32, 48)``.
+
+    Raises:
+      ValueError: ``num_states`` larger than ``max_steps`` or negative.
+    """
+    if not 0 <= num_states <= max_steps:
+        raise ValueError(f"`model.correction_states` (S) must be in 0..solver.max_steps={max_steps}; got {num_states}.")
+    return tuple(round(max_steps * (i + 1) / num_states) for i in range(num_states))
+
+
+class DEQReg:
+    """DEQReg with its solver and gradient options (a plain object; parameters are explicit).
+
+    Args:
+      encoder, decoder: U-Net widths of the update network.
+      solver: options of :func:`jaxreg.deq.solvers.solve` for the forward pass
+        (``method``, ``max_steps`` = T, ``tol``, ``stop``, ``history``, ``damping``).
+      backward: ``"phantom"`` (paper, Eq. 7–8) or ``"ift"`` (exact implicit gradient).
+      phantom_steps, phantom_damping: K and τ of the phantom gradient.
+      correction_states, correction_weight: S and γ of the intermediate-state correction.
+      similarity, window, weight: the loss: LNCC (window 5 in the paper) + λ·diffusion.
+    """
+
+    def __init__(self, *, encoder=ENCODER, decoder=DECODER, solver: Mapping | None = None, backward: str = "phantom",
+                 phantom_steps: int = 5, phantom_damping: float = 0.8, correction_states: int = 3,
+                 correction_weight: float = 0.5, similarity: str = "lncc", window: int = 5, weight: float = 0.1):
+        self.solver = dict(solver or {})
+        self.solver.setdefault("max_steps", 48)
+        if self.solver.get("method") == "broyden":  # short Broyden memories diverge; it keeps its whole history
+            self.solver.pop("history", None)
+        if backward not in BACKWARDS:
+            raise ValueError(f"`solver.backward` must be one of {BACKWARDS}; got {backward!r}.")
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"`loss.similarity` must be one of {SIMILARITIES}; got {similarity!r}.")
+        if correction_weight < 0:
+            raise ValueError(f"`model.correction_weight` (γ) must be >= 0; got {correction_weight}.")
+        self.capture = capture_steps(int(self.solver["max_steps"]), int(correction_states))
+        solvers.validate_options(**self.solver)
+        self.net = UpdateNet(tuple(encoder), tuple(decoder))
+        self.backward, self.phantom_steps, self.phantom_damping = backward, int(phantom_steps), float(phantom_damping)
+        self.correction_weight = float(correction_weight)
+        self.loss_options = {"similarity": similarity, "window": int(window), "weight": float(weight)}
+        self.layer = implicit.fixed_point_layer(self.update, solver=self.solver, backward=backward,
+                                                phantom_steps=self.phantom_steps, damping=self.phantom_damping)
+
+    # T(φ) = φ + f_θ(I_f, I_m∘φ, φ); x = (fixed, moving) as (B, *S, 1) images.
+    def update(self, params, x, ddf):
+        fixed, moving = x
+        return ddf + self.net.apply(params, fixed, warp_batch(moving, ddf), ddf)
+
+    def init(self, key, batch):
+        fixed = jnp.asarray(batch["fixed"])[..., None]
+        ddf = jnp.zeros((*fixed.shape[:-1], fixed.ndim - 2), fixed.dtype)
+        return self.net.init(key, fixed, fixed, ddf)
+
+    def _start(self, fixed):
+        return jnp.zeros((*fixed.shape[:-1], fixed.ndim - 2), fixed.dtype)
+
+    def solve(self, params, fixed, moving, **overrides):
+        """Forward solve without gradients: ``(ddf, info, captured)`` for ``(B, *S)`` images.
+
+        ``overrides`` replace solver options (e.g. ``max_steps=96``, ``tol=1e-6``).
+        """
+        x = (jnp.asarray(fixed)[..., None], jnp.asarray(moving)[..., None])
+        options = dict(self.solver, **overrides)
+        capture = capture_steps(int(options["max_steps"]), len(self.capture)) if "max_steps" in overrides else self.capture
+        return solvers.solve(lambda z: self.update(params, x, z), self._start(x[0]), capture=capture, **options)
+
+    def predict(self, params, fixed, moving, *, steps: int | None = None, **overrides):
+        """The equilibrium ``ddf`` ``(B, *S, ndim)`` (voxels, pull) for ``(B, *S)`` images.
+
+        ``steps`` runs the solver for exactly that many steps (``max_steps=steps`` and no
+        early stop), as the convergence study does; ``overrides`` replace other solver
+        options (e.g. ``tol``).
+        """
+        if steps is not None:
+            overrides = dict(overrides, max_steps=int(steps), tol=overrides.get("tol", 1e-12))
+        return self.solve(params, fixed, moving, **overrides)[0]
+
+    def trajectory(self, params, fixed, moving, *, steps: int):
+        """``(steps + 1, B, *S, ndim)``: φ₀ = 0 and the first ``steps`` plain iterates of T."""
+        x = (jnp.asarray(fixed)[..., None], jnp.asarray(moving)[..., None])
+
+        def body(z, _):
+            z = self.update(params, x, z)
+            return z, z
+
+        start = self._start(x[0])
+        return jnp.concatenate([start[None], jax.lax.scan(body, start, None, length=steps)[1]])
+
+    def _pair_losses(self, x, ddf):
+        fixed, moving = x
+        per_pair = jax.vmap(lambda f, m, u: registration_loss(f, m, u, **self.loss_options))(fixed, moving, ddf)
+        return jax.tree.map(jnp.mean, per_pair)
+
+    def loss_fn(self, params, batch, key):
+        """Equilibrium loss + γ·Σ loss of the S corrected states; metrics include solver stats."""
+        del key
+        x = (jnp.asarray(batch["fixed"])[..., None], jnp.asarray(batch["moving"])[..., None])
+        start = self._start(x[0])
+        if self.backward == "ift":
+            ddf, info = self.layer(params, x, start)
+            captured = None
+            if self.capture:
+                _, _, captured = solvers.solve(lambda z: self.update(params, x, z), start, capture=self.capture,
+                                               **self.solver)
+        else:
+            z_star, info, captured = solvers.solve(lambda z: self.update(jax.lax.stop_gradient(params), x, z), start,
+                                                   capture=self.capture, **self.solver)
+            ddf = implicit.phantom_steps(self.update, params, x, jax.lax.stop_gradient(z_star),
+                                         steps=self.phantom_steps, damping=self.phantom_damping)
+        loss, parts = self._pair_losses(x, ddf)
+        metrics = dict(parts, solver_steps=info.steps, solver_residual=info.residual,
+                       solver_converged=info.converged.astype(jnp.float32))
+        if captured is not None and self.capture and self.correction_weight:
+            corrected = [implicit.phantom_steps(self.update, params, x, jax.lax.stop_gradient(state),
+                                                steps=self.phantom_steps, damping=self.phantom_damping)
+                         for state in captured]
+            correction = sum(self._pair_losses(x, state)[0] for state in corrected)
+            loss = loss + self.correction_weight * correction
+            metrics["correction"] = correction
+        return loss, metrics
