@@ -120,15 +120,15 @@ class DEQReg:
     def _start(self, fixed):
         return jnp.zeros((*fixed.shape[:-1], fixed.ndim - 2), fixed.dtype)
 
-    def solve(self, params, fixed, moving, **overrides):
+    def solve(self, params, fixed, moving, *, capture: Sequence[int] = (), **overrides):
         """Forward solve without gradients: ``(ddf, info, captured)`` for ``(B, *S)`` images.
 
-        ``overrides`` replace solver options (e.g. ``max_steps=96``, ``tol=1e-6``).
+        ``capture``: solver steps whose states to return (1-based); ``overrides`` replace
+        solver options (e.g. ``max_steps=96``, ``tol=1e-6``).
         """
         x = (jnp.asarray(fixed)[..., None], jnp.asarray(moving)[..., None])
         options = dict(self.solver, **overrides)
-        capture = capture_steps(int(options["max_steps"]), len(self.capture)) if "max_steps" in overrides else self.capture
-        return solvers.solve(lambda z: self.update(params, x, z), self._start(x[0]), capture=capture, **options)
+        return solvers.solve(lambda z: self.update(params, x, z), self._start(x[0]), capture=tuple(capture), **options)
 
     def predict(self, params, fixed, moving, *, steps: int | None = None, **overrides):
         """The equilibrium ``ddf`` ``(B, *S, ndim)`` (voxels, pull) for ``(B, *S)`` images.

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
+import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -34,7 +36,7 @@ from jaxreg.training.validation import pair_metrics, summarize
 from jaxreg.training.workdir import load_config
 from jaxreg.training.writers import read_metrics
 
-__all__ = ["evaluate_workdir", "resolve_step"]
+__all__ = ["Run", "evaluate_workdir", "load_run", "resolve_step"]
 
 
 def resolve_step(workdir, checkpoints: Checkpoints, step, *, best_metric: str | None, best_mode: str = "max") -> int:
@@ -63,6 +65,38 @@ def resolve_step(workdir, checkpoints: Checkpoints, step, *, best_metric: str | 
     if number not in saved:
         raise FileNotFoundError(f"no checkpoint at step {number} in {checkpoints.directory}; have steps {saved}.")
     return number
+
+
+class Run(NamedTuple):
+    """A trained run loaded for inference."""
+
+    config: ml_collections.ConfigDict
+    method: models.Method
+    params: dict  # the EMA parameters when the run kept them and ``eval.use_ema``
+    step: int  # the checkpoint's step
+    ema: bool  # whether ``params`` are the EMA parameters
+
+
+def load_run(workdir, *, step=None, split: str = "test") -> Run:
+    """The config, method and trained parameters of the run in ``workdir``.
+
+    Args:
+      workdir: a folder written by ``train.py``.
+      step: checkpoint ``"latest"`` (default), ``"best"`` or a step number.
+      split: the split whose first pair shapes the parameter template.
+    """
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    method = models.build(config.model, config.loss, config.get("solver"))
+    mesh = sharding.make_mesh()
+    template = init_state(method, make_optimizer(config.optimizer), config, open_source(config.data, split)[0], mesh)
+    training = config.training
+    with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
+        chosen = resolve_step(workdir, checkpoints, step or "latest", best_metric=training.get("best_metric"),
+                              best_mode=training.get("best_mode", "max"))
+        state = checkpoints.restore(template, step=chosen)
+    ema = bool((config.get("eval") or {}).get("use_ema", True)) and state.ema_params is not None
+    return Run(config, method, state.ema_params if ema else state.params, chosen, ema)
 
 
 def _pair_name(ids: str, index: int) -> str:
@@ -100,22 +134,12 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
       progress: show a progress bar.
     """
     workdir = Path(workdir)
-    config = load_config(workdir)
-    ev = config.get("eval") or {}
+    ev = load_config(workdir).get("eval") or {}
     split = split or ev.get("split", "test")
     out_dir = workdir / "eval" / split
-    method = models.build(config.model, config.loss, config.get("solver"))
-    mesh = sharding.make_mesh()
+    config, method, params, chosen, use_ema = load_run(workdir, step=step or ev.get("step", "latest"), split=split)
     data = config.data
-    sample = open_source(data, split)[0]
-    template = init_state(method, make_optimizer(config.optimizer), config, sample, mesh)
-    with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
-        training = config.training
-        chosen = resolve_step(workdir, checkpoints, step or ev.get("step", "latest"),
-                              best_metric=training.get("best_metric"), best_mode=training.get("best_mode", "max"))
-        state = checkpoints.restore(template, step=chosen)
-    use_ema = bool(ev.get("use_ema", True)) and state.ema_params is not None
-    params = state.ema_params if use_ema else state.params
+    mesh = sharding.make_mesh()
     predict = make_predict(method, mesh)
     labels = ev.get("labels")
     num_figures = int(ev.get("num_figures", 4) or 0)

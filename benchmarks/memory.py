@@ -1,0 +1,118 @@
+"""DEQReg's memory claim: train-step memory and time vs solver steps / unrolled steps; prints one JSON object.
+
+    python benchmarks/memory.py [--size 64] [--sizes 32,64] [--ndim 3] [--skip-time] [--repeats 2]
+        [--time deqreg:48,unroll_riir:6]
+
+One full training step (forward, backward, AdamW update: ``jit(make_train_step(loss_fn, optimizer))``)
+is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_analysis()``
+``temp_size_in_bytes`` (meaningful on CPU, DESIGN.md §5). ``step_s`` is the wall time per step
+after a warm-up call. Models: DEQReg (Anderson, phantom backward K = 5, τ = 0.8, S = 3 corrected
+states, γ = 0.5) at solver max_steps 4, 12, 48, 96, and the unrolled baselines (vanilla, RIIR-like,
+BPTT) at T = 2, 4, 6, 12; VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion, batch 1,
+one synthetic brain pair.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import numpy as np
+
+from jaxreg import models
+from jaxreg.data.synthetic import synthetic_pair
+from jaxreg.training import create_state, make_optimizer, make_train_step
+
+DEQ = {"method": "anderson", "tol": 1e-3, "history": 5, "backward": "phantom", "phantom_steps": 5,
+       "phantom_damping": 0.8}
+CORRECTION = {"correction_states": 3, "correction_weight": 0.5}
+LOSS = {"similarity": "lncc", "window": 5, "weight": 0.1}
+
+
+def config(name: str, steps: int) -> tuple[dict, dict]:
+    """``(model, solver)`` config sections for ``"deqreg"`` or ``"unroll_<variant>"`` at ``steps``."""
+    if name == "deqreg":
+        return {"name": "deqreg", **CORRECTION}, dict(DEQ, max_steps=steps)
+    return {"name": "unroll", "variant": name.removeprefix("unroll_"), "steps": steps}, {}
+
+
+def measure(name: str, steps: int, batch: dict, *, timed: bool, repeats: int) -> dict:
+    model, solver = config(name, steps)
+    method = models.build(model, LOSS, solver)
+    optimizer = make_optimizer({"learning_rate": 1e-4, "weight_decay": 1e-4})
+    state = create_state(method.init(jax.random.key(0), batch), optimizer, jax.random.key(1))
+    start = time.perf_counter()
+    compiled = jax.jit(make_train_step(method.loss_fn, optimizer)).lower(state, batch).compile()
+    memory = compiled.memory_analysis()
+    out = {"temp_mb": memory.temp_size_in_bytes / 2**20, "argument_mb": memory.argument_size_in_bytes / 2**20,
+           "compile_s": time.perf_counter() - start}
+    if timed:
+        state, metrics = compiled(state, batch)  # warm-up
+        jax.block_until_ready(metrics)
+        start = time.perf_counter()
+        for _ in range(repeats):
+            state, metrics = compiled(state, batch)
+        jax.block_until_ready(metrics)
+        out["step_s"] = (time.perf_counter() - start) / repeats
+        out["loss"] = float(metrics["loss"])
+        if "solver_steps" in metrics:
+            out["solver_steps"] = int(metrics["solver_steps"])
+    return out
+
+
+def ratios(results: dict) -> dict:
+    """The claims: DEQReg flat in solver steps, the unrolled baselines linear in T."""
+    mem = {name: {int(k): v["temp_mb"] for k, v in runs.items()} for name, runs in results.items()}
+    out = {}
+    deq = mem.get("deqreg", {})
+    if deq:
+        lo, hi = min(deq), max(deq)
+        out[f"deqreg_{hi}_over_deqreg_{lo}"] = deq[hi] / deq[lo]
+    for name, runs in mem.items():
+        if name == "deqreg" or len(runs) < 2:
+            continue
+        steps = sorted(runs)
+        slope, intercept = np.polyfit(steps, [runs[t] for t in steps], 1)
+        out[f"{name}_mb_per_step"] = float(slope)
+        out[f"{name}_{steps[-1]}_over_{name}_{steps[0]}"] = runs[steps[-1]] / runs[steps[0]]
+        if deq and 48 in deq:  # how many BPTT steps cost as much as DEQReg at 48 solver steps
+            out[f"deqreg_48_equals_{name}_T"] = float((deq[48] - intercept) / slope)
+        if deq and 48 in deq and 6 in runs:
+            out[f"{name}_6_over_deqreg_48"] = runs[6] / deq[48]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=64, help="side of the cube (square with --ndim 2)")
+    parser.add_argument("--sizes", default=None, help="comma-separated sides; overrides --size")
+    parser.add_argument("--ndim", type=int, default=3, choices=(2, 3))
+    parser.add_argument("--deq-steps", default="4,12,48,96")
+    parser.add_argument("--unroll-steps", default="2,4,6,12")
+    parser.add_argument("--variants", default="vanilla,riir")
+    parser.add_argument("--skip-time", action="store_true", help="compile only: memory, no step times")
+    parser.add_argument("--time", default="all", help="which runs to time, e.g. deqreg:48,unroll_riir:6")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+
+    runs = [("deqreg", int(s)) for s in args.deq_steps.split(",") if s]
+    runs += [(f"unroll_{v}", int(s)) for v in args.variants.split(",") if v for s in args.unroll_steps.split(",") if s]
+    timed = set() if args.skip_time else {f"{n}:{s}" for n, s in runs} if args.time == "all" else set(args.time.split(","))
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size]
+    out = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
+           "deqreg": dict(DEQ, **CORRECTION), "loss": LOSS, "optimizer": "adamw", "runs": []}
+    for size in sizes:
+        pair = synthetic_pair(jax.random.key(0), (size,) * args.ndim, anatomy="brain")
+        batch = {k: np.asarray(pair[k], np.float32)[None] for k in ("fixed", "moving")}
+        results: dict = {}
+        for name, steps in runs:
+            results.setdefault(name, {})[str(steps)] = measure(
+                name, steps, batch, timed=f"{name}:{steps}" in timed, repeats=args.repeats)
+        out["runs"].append({"shape": [size] * args.ndim, "batch": 1, "results": results, "ratios": ratios(results)})
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Unrolled baselines on the DEQReg demo's data (64×64 synthetic brain slices).
+
+    python train.py --config configs/unroll_demo.py:vanilla,3 --workdir runs/unroll_demo
+
+The part after the colon is the variant (vanilla | riir | gradirn) and, optionally, T.
+Everything else is ``deqreg_demo.py``'s, so the convergence study compares like with like.
+"""
+
+from configs import default, deqreg_demo
+
+
+def get_config(arg=None):
+    """The config for ``arg`` = "variant[,T]" (default "vanilla,3")."""
+    config = deqreg_demo.get_config()
+    del config.solver
+    for field in ("correction_states", "correction_weight"):
+        del config.model[field]
+    default.unroll_model(config.model, arg or "vanilla,3")
+    return config

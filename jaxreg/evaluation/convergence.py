@@ -1,0 +1,209 @@
+"""The convergence study of DEQReg's paper (Fig. 3, Table 2): quality vs inference steps.
+
+Unrolled networks are trained for ``T`` steps and degrade when run for more; DEQReg, an
+equilibrium model, keeps improving with more solver steps. ``convergence_study`` scores
+trained runs (any mix of ``deqreg`` and ``unroll`` workdirs) on a split for every
+inference step count and writes into ``out_dir``:
+
+* ``convergence.json``: per run its name (the workdir's basename), model, variant (the
+  unrolled variant, or DEQReg's solver), trained step count, checkpoint and, per step
+  count, mean ± std Dice, folding %, SDlogJ (and TRE where the pairs have keypoints);
+* ``convergence.png``: Dice and folding % against inference steps (log₂ axis), one line
+  per run, each run's trained step count marked in its colour;
+* ``convergence.md``: a Table 2-like summary, one row per run.
+
+Every run is also scored at its own trained step count, so that row of the table is
+always filled.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import numpy as np
+from matplotlib import colormaps
+from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, NullLocator
+from tqdm.auto import tqdm
+
+from jaxreg.data import pipeline
+from jaxreg.evaluation.evaluate import load_run
+from jaxreg.evaluation.report import write_json
+from jaxreg.io import atomic_path
+from jaxreg.training import sharding
+from jaxreg.training.validation import pair_metrics, summarize
+from jaxreg.training.workdir import load_config
+
+__all__ = ["STEPS", "convergence_figure", "convergence_study", "convergence_table", "trained_steps"]
+
+#: Inference step counts of the paper's Fig. 3.
+STEPS = (1, 2, 4, 8, 16, 32, 48, 64, 96)
+#: Metrics kept per step count (those the pairs allow).
+_KEYS = ("dice", "dice_std", "folding", "folding_std", "sdlogj", "sdlogj_std", "tre", "tre_std")
+_ITERATIVE = ("deqreg", "unroll")
+
+
+def trained_steps(config) -> tuple[str, str, int]:
+    """``(model, variant, T)`` of a run's config: T is ``solver.max_steps`` or ``model.steps``.
+
+    Raises:
+      ValueError: the model has no step count (not ``"deqreg"`` or ``"unroll"``).
+    """
+    name = config.model.get("name")
+    if name == "deqreg":
+        solver = config.get("solver") or {}
+        return name, str(solver.get("method", "anderson")), int(solver.get("max_steps", 48))
+    if name == "unroll":
+        return name, str(config.model.get("variant", "vanilla")), int(config.model.get("steps", 6))
+    raise ValueError(f"the convergence study needs an iterative model {_ITERATIVE}; this run's model is {name!r}.")
+
+
+def _step_counts(steps: Sequence[int]) -> tuple[int, ...]:
+    steps = tuple(steps)
+    if not steps or not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 1 for n in steps):
+        raise ValueError(f"`steps` must be positive integers; got {steps!r}.")
+    return tuple(sorted({int(n) for n in steps}))
+
+
+def _run_names(workdirs: Sequence[Path]) -> list[str]:
+    """Basenames, or ``parent/basename`` where two runs share a basename."""
+    names = [w.name for w in workdirs]
+    return [f"{w.parent.name}/{w.name}" if names.count(w.name) > 1 else w.name for w in workdirs]
+
+
+def _predict_fn(module):
+    """Jitted ``(params, fixed, moving, steps=n) -> ddf`` running exactly n steps (n static)."""
+    def predict(params, fixed, moving, *, steps: int):
+        return module.predict(params, fixed, moving, steps=steps)
+
+    return jax.jit(predict, static_argnames="steps")
+
+
+def _score(config, method, params, counts: Sequence[int], *, split: str, limit, desc: str, progress: bool) -> list[dict]:
+    """Per step count: mean ± std of the pair metrics over the split's pairs."""
+    predict, mesh = _predict_fn(method.module), sharding.make_mesh()
+    labels = (config.get("eval") or {}).get("labels")
+    rows: dict[int, list] = {n: [] for n in counts}
+    for record in tqdm(pipeline.records(config.data, split, limit=limit), desc=desc, unit="pair", disable=not progress):
+        fixed, moving = (jax.device_put(np.asarray(record[k])[None], sharding.replicated(mesh)) for k in ("fixed", "moving"))
+        for n in counts:
+            ddf = np.asarray(predict(params, fixed, moving, steps=n))[0]
+            rows[n].append(pair_metrics(record, ddf, labels=labels, with_hd95=False))
+    if not rows[counts[0]]:
+        raise ValueError(f"the {split!r} split of data.source={config.data.get('source')!r} has no pairs.")
+    out = []
+    for n in counts:
+        summary = summarize(rows[n])
+        out.append({"steps": n, **{k: summary[k] for k in _KEYS if k in summary}, "num_pairs": len(rows[n])})
+    return out
+
+
+def _at(curve: Sequence[dict], steps: int) -> dict:
+    return next((c for c in curve if c["steps"] == steps), {})
+
+
+def _value(entry: dict, key: str) -> float:
+    value = entry.get(key)
+    return np.nan if value is None else float(value)
+
+
+def _fmt(entry: dict, key: str, scale: float, decimals: int) -> str:
+    mean, std = entry.get(key), entry.get(f"{key}_std")
+    if mean is None or not math.isfinite(mean):
+        return "–"
+    text = f"{mean * scale:.{decimals}f}"
+    return text + (f" ± {std * scale:.{decimals}f}" if std is not None and math.isfinite(std) else "")
+
+
+def convergence_table(runs: Sequence[dict]) -> str:
+    """The Table 2-like Markdown table of ``convergence.json``'s ``runs`` (Dice in %)."""
+    header = ("| Run | Trained steps | Dice at trained steps (%) ↑ | Best Dice (%) (at steps) | Dice at max steps (%) "
+              "| \\|J\\|≤0 at max steps (%) ↓ |")
+    lines = [header, "|---" * 6 + "|"]
+    for run in runs:
+        curve, last = run["curve"], run["curve"][-1]
+        scored = [c for c in curve if c.get("dice") is not None and math.isfinite(c["dice"])]
+        best = max(scored, key=lambda c: c["dice"]) if scored else {}
+        best_text = f"{_fmt(best, 'dice', 100, 2)} ({best['steps']})" if best else "–"
+        lines.append(f"| {run['name']} ({run['model']} {run['variant']}) | {run['trained_steps']} "
+                     f"| {_fmt(_at(curve, run['trained_steps']), 'dice', 100, 2)} | {best_text} "
+                     f"| {_fmt(last, 'dice', 100, 2)} ({last['steps']}) | {_fmt(last, 'folding', 1, 3)} |")
+    return "\n".join(lines)
+
+
+def convergence_figure(path, runs: Sequence[dict], *, title: str | None = None) -> None:
+    """Writes the two-panel PNG (Dice, folding % vs inference steps), atomically."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    axes = fig.subplots(1, 2)
+    cmap = colormaps["tab10"]
+    ticks = sorted({c["steps"] for run in runs for c in run["curve"]})
+    for i, run in enumerate(runs):
+        color, x = cmap(i % 10), [c["steps"] for c in run["curve"]]
+        for ax, key in zip(axes, ("dice", "folding")):
+            y = [_value(c, key) for c in run["curve"]]
+            ax.plot(x, y, "o-", color=color, markersize=4, label=f"{run['name']} ({run['variant']}, T = {run['trained_steps']})")
+            ax.axvline(run["trained_steps"], color=color, linestyle=":", linewidth=1.2)
+            ax.plot([run["trained_steps"]], [_value(_at(run["curve"], run["trained_steps"]), key)],
+                    marker="*", color=color, markersize=13, markeredgecolor="black", linestyle="none")
+    for ax, label in zip(axes, ("Dice ↑", "|J| ≤ 0 (%) ↓")):
+        ax.set_xscale("log", base=2)
+        ax.xaxis.set_major_locator(FixedLocator(ticks))
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xticklabels([str(t) for t in ticks])
+        ax.set_xlabel("inference steps (★ / dotted: trained steps)")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(bottom=0.0)
+    axes[0].legend(fontsize=8, loc="best")
+    if title:
+        fig.suptitle(title)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=90)
+
+
+def convergence_study(workdirs: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike, steps: Sequence[int] = STEPS,
+                      split: str = "test", limit: int | None = None, step=None, progress: bool = True) -> dict:
+    """Scores DEQReg / unrolled runs at every inference step count; returns ``convergence.json``'s content.
+
+    Args:
+      workdirs: training workdirs of ``deqreg`` or ``unroll`` runs (``config.json`` + checkpoints).
+      out_dir: folder for ``convergence.{json,png,md}`` (created).
+      steps: inference step counts; each run is also scored at its trained step count.
+      split: the split whose pairs are registered.
+      limit: only the first ``limit`` pairs (None or 0: all).
+      step: checkpoint of every run: ``"latest"`` (default), ``"best"`` or a step number.
+      progress: show progress bars.
+
+    Raises:
+      ValueError: no workdirs, bad ``steps``, or a run of a non-iterative model (e.g. voxelmorph).
+    """
+    workdirs = [Path(w) for w in workdirs]
+    if not workdirs:
+        raise ValueError("the convergence study needs at least one workdir.")
+    counts = _step_counts(steps)
+    for workdir in workdirs:  # fail before any scoring
+        try:
+            trained_steps(load_config(workdir))
+        except ValueError as error:
+            raise ValueError(f"{workdir}: {error}") from None
+    runs = []
+    for workdir, name in zip(workdirs, _run_names(workdirs)):
+        config, method, params, chosen, _ = load_run(workdir, step=step, split=split)
+        model, variant, trained = trained_steps(config)
+        run_counts = tuple(sorted(set(counts) | {trained}))
+        curve = _score(config, method, params, run_counts, split=split, limit=limit, desc=name, progress=progress)
+        runs.append({"name": name, "workdir": str(workdir), "model": model, "variant": variant, "trained_steps": trained,
+                     "checkpoint": chosen, "curve": curve})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result = {"out_dir": str(out_dir), "split": split, "limit": limit or None, "steps": list(counts),
+              "backend": jax.default_backend(), "runs": runs}
+    write_json(out_dir / "convergence.json", result)
+    convergence_figure(out_dir / "convergence.png", runs, title=f"Convergence on {split} ({runs[0]['curve'][0]['num_pairs']} pairs)")
+    with atomic_path(out_dir / "convergence.md") as tmp:
+        Path(tmp).write_text(f"# Convergence ({split})\n\n{convergence_table(runs)}\n")
+    return result

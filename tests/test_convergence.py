@@ -1,0 +1,153 @@
+"""The convergence study (DEQReg Fig. 3 / Table 2) on two tiny trained runs: a DEQReg and an unrolled one.
+
+The runs are 2-step trainings of ``tests/configs/tiny_deq.py`` (T = 4 solver steps, S = 2)
+and ``tests/configs/tiny_unroll.py`` (vanilla, T = 2) on 16² synthetic brains.
+"""
+
+import importlib.util
+import json
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+from matplotlib.image import imread
+from scipy import ndimage
+
+from jaxreg import metrics, models
+from jaxreg.data import pipeline
+from jaxreg.evaluation.convergence import convergence_study
+from jaxreg.training import train_and_evaluate
+from jaxreg.training.workdir import load_config, save_config
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = (1, 3, 8)  # plus each run's trained steps: 4 (DEQReg) and 2 (unrolled)
+LIMIT = 2
+
+
+def _config(name, arg=None):
+    if str(ROOT) not in sys.path:  # the configs import `configs`, a package at the repo root
+        sys.path.insert(0, str(ROOT))
+    spec = importlib.util.spec_from_file_location(name, ROOT / "tests" / "configs" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config(arg)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("convergence")
+    deq, unroll = root / "deq", root / "unroll"
+    config = _config("tiny_deq")
+    config.solver.method = "fixed_point"  # compiles faster than Anderson; the study is solver-agnostic
+    train_and_evaluate(config, deq)
+    config = _config("tiny_unroll")
+    config.optimizer.learning_rate = 0.03  # fields large enough that Dice depends on the step count
+    train_and_evaluate(config, unroll)
+    had_pyplot = "matplotlib.pyplot" in sys.modules
+    result = convergence_study([deq, unroll], steps=STEPS, limit=LIMIT, out_dir=root / "out", progress=False)
+    assert had_pyplot or "matplotlib.pyplot" not in sys.modules  # object-oriented matplotlib only
+    return result, {"deq": deq, "unroll": unroll}, root / "out"
+
+
+def _params(workdir):
+    """The latest checkpoint's parameters, read with orbax directly (not through jaxreg)."""
+    step = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    with warnings.catch_warnings():  # "Sharding info not provided": restored as saved, on one device
+        warnings.simplefilter("ignore", UserWarning)
+        tree = ocp.PyTreeCheckpointer().restore((workdir / "checkpoints" / str(step) / "default").absolute())
+    return tree["params"]
+
+
+def _curve(run):
+    return {c["steps"]: c for c in run["curve"]}
+
+
+def test_json_has_every_step_count(study):
+    result, _, out = study
+    assert json.loads((out / "convergence.json").read_text()) == json.loads(json.dumps(result))
+    deq, unroll = result["runs"]
+    assert (deq["name"], deq["model"], deq["variant"], deq["trained_steps"]) == ("deq", "deqreg", "fixed_point", 4)
+    assert (unroll["name"], unroll["model"], unroll["variant"], unroll["trained_steps"]) == ("unroll", "unroll", "vanilla", 2)
+    assert result["steps"] == list(STEPS)
+    assert list(_curve(deq)) == [1, 3, 4, 8] and list(_curve(unroll)) == [1, 2, 3, 8]
+    for run in result["runs"]:
+        assert run["checkpoint"] == 2
+        for entry in run["curve"]:
+            assert 0.0 <= entry["dice"] <= 1.0 and entry["dice_std"] >= 0.0
+            assert 0.0 <= entry["folding"] <= 100.0 and np.isfinite(entry["sdlogj"])
+            assert entry["num_pairs"] == LIMIT
+
+
+def test_unrolled_dice_matches_independent_computation(study):
+    result, workdirs, _ = study
+    config = load_config(workdirs["unroll"])
+    module, params = models.build(config.model, config.loss).module, _params(workdirs["unroll"])
+    records = list(pipeline.records(config.data, "test", limit=LIMIT))
+    curve = _curve(result["runs"][1])
+    for n in (1, 8):
+        dices = []
+        for record in records:
+            ddf = np.asarray(module.predict(params, record["fixed"][None], record["moving"][None], steps=n))[0]
+            fixed_labels, moving_labels = np.asarray(record["fixed_labels"]), np.asarray(record["moving_labels"])
+            coords = np.indices(fixed_labels.shape).astype(np.float64) + np.moveaxis(ddf, -1, 0)
+            warped = ndimage.map_coordinates(moving_labels, coords, order=0, mode="nearest")
+            labels = [k for k in np.union1d(fixed_labels, moving_labels) if k]
+            dices.append(np.mean([2 * np.sum((fixed_labels == k) & (warped == k))
+                                  / (np.sum(fixed_labels == k) + np.sum(warped == k)) for k in labels]))
+        assert curve[n]["dice"] == pytest.approx(np.mean(dices), abs=1e-6)
+        assert curve[n]["dice_std"] == pytest.approx(np.std(dices), abs=1e-6)
+    assert abs(curve[8]["dice"] - curve[1]["dice"]) > 0.01  # the check above can tell step counts apart
+
+
+def test_deqreg_runs_exactly_n_solver_steps(study):
+    result, workdirs, _ = study
+    config = load_config(workdirs["deq"])
+    module, params = models.build(config.model, config.loss, config.solver).module, _params(workdirs["deq"])
+    records = list(pipeline.records(config.data, "test", limit=LIMIT))
+    curve = _curve(result["runs"][0])
+    # n = 1 (< S = 2 captured states): one application of T from φ₀ = 0.
+    one = [float(metrics.sdlogj(np.asarray(module.trajectory(params, r["fixed"][None], r["moving"][None], steps=1))[-1, 0]))
+           for r in records]
+    assert curve[1]["sdlogj"] == pytest.approx(np.mean(one), rel=1e-4, abs=1e-7)
+    eight = [float(metrics.sdlogj(np.asarray(module.predict(params, r["fixed"][None], r["moving"][None], steps=8))[0]))
+             for r in records]
+    assert curve[8]["sdlogj"] == pytest.approx(np.mean(eight), rel=1e-4, abs=1e-7)
+    assert curve[8]["sdlogj"] != pytest.approx(curve[1]["sdlogj"], rel=1e-3)
+
+
+def test_figure_and_table(study):
+    result, _, out = study
+    image = imread(out / "convergence.png")
+    assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 300
+    lines = (out / "convergence.md").read_text().splitlines()
+    rows = [line for line in lines if line.startswith("| ") and not line.startswith("| Run")]
+    assert len(rows) == 2
+    assert rows[0].startswith("| deq (deqreg fixed_point) | 4 |") and rows[1].startswith("| unroll (unroll vanilla) | 2 |")
+    unroll = _curve(result["runs"][1])
+    assert f"{100 * unroll[2]['dice']:.2f}" in rows[1] and "(8)" in rows[1]
+
+
+def test_cli(study, tmp_path, capsys):
+    _, workdirs, _ = study
+    spec = importlib.util.spec_from_file_location("convergence_cli", ROOT / "benchmarks" / "convergence.py")
+    cli = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(cli)
+    cli.main([str(workdirs["unroll"]), "--steps", "1,2", "--limit", "1", "--out", str(tmp_path), "--no-progress"])
+    printed = json.loads(capsys.readouterr().out)
+    assert [c["steps"] for c in printed["runs"][0]["curve"]] == [1, 2] and printed["runs"][0]["curve"][0]["num_pairs"] == 1
+    with pytest.raises(SystemExit):
+        cli.main([str(workdirs["unroll"]), "--steps", "1,x"])
+
+
+def test_rejects_voxelmorph_and_bad_steps(study, tmp_path):
+    _, workdirs, _ = study
+    save_config(_config("tiny"), tmp_path / "vm")
+    with pytest.raises(ValueError, match="voxelmorph"):
+        convergence_study([workdirs["deq"], tmp_path / "vm"], out_dir=tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()  # refused before any scoring
+    for steps in ((), (0, 2), (1.5,)):
+        with pytest.raises(ValueError, match="steps"):
+            convergence_study([workdirs["deq"]], steps=steps, out_dir=tmp_path / "out", progress=False)
