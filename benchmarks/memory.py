@@ -6,7 +6,7 @@
 One full training step (forward, backward, AdamW update: ``jit(make_train_step(loss_fn, optimizer))``)
 is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_analysis()``
 ``temp_size_in_bytes`` (meaningful on CPU, DESIGN.md §5). ``step_s`` is the wall time per step
-after a warm-up call. Models: DEQReg (Anderson, phantom backward K = 5, τ = 0.8, S = 3 corrected
+after a warm-up call (DEQReg runs all max_steps unless ``--tol``). Models: DEQReg (Anderson, phantom backward K = 5, τ = 0.8, S = 3 corrected
 states, γ = 0.5) at solver max_steps 4, 12, 48, 96, and the unrolled baselines (vanilla, RIIR-like,
 BPTT) at T = 2, 4, 6, 12; VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion, batch 1,
 one synthetic brain pair.
@@ -25,21 +25,21 @@ from jaxreg import models
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.training import create_state, make_optimizer, make_train_step
 
-DEQ = {"method": "anderson", "tol": 1e-3, "history": 5, "backward": "phantom", "phantom_steps": 5,
+DEQ = {"method": "anderson", "history": 5, "backward": "phantom", "phantom_steps": 5,
        "phantom_damping": 0.8}
 CORRECTION = {"correction_states": 3, "correction_weight": 0.5}
 LOSS = {"similarity": "lncc", "window": 5, "weight": 0.1}
 
 
-def config(name: str, steps: int) -> tuple[dict, dict]:
+def config(name: str, steps: int, tol: float) -> tuple[dict, dict]:
     """``(model, solver)`` config sections for ``"deqreg"`` or ``"unroll_<variant>"`` at ``steps``."""
     if name == "deqreg":
-        return {"name": "deqreg", **CORRECTION}, dict(DEQ, max_steps=steps)
+        return {"name": "deqreg", **CORRECTION}, dict(DEQ, max_steps=steps, tol=tol)
     return {"name": "unroll", "variant": name.removeprefix("unroll_"), "steps": steps}, {}
 
 
-def measure(name: str, steps: int, batch: dict, *, timed: bool, repeats: int) -> dict:
-    model, solver = config(name, steps)
+def measure(name: str, steps: int, batch: dict, *, timed: bool, repeats: int, tol: float) -> dict:
+    model, solver = config(name, steps, tol)
     method = models.build(model, LOSS, solver)
     optimizer = make_optimizer({"learning_rate": 1e-4, "weight_decay": 1e-4})
     state = create_state(method.init(jax.random.key(0), batch), optimizer, jax.random.key(1))
@@ -95,6 +95,8 @@ def main() -> None:
     parser.add_argument("--skip-time", action="store_true", help="compile only: memory, no step times")
     parser.add_argument("--time", default="all", help="which runs to time, e.g. deqreg:48,unroll_riir:6")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--tol", type=float, default=1e-12,
+                        help="DEQReg solver tolerance; the default runs every max_step (paper: 1e-3, early stop)")
     args = parser.parse_args()
 
     runs = [("deqreg", int(s)) for s in args.deq_steps.split(",") if s]
@@ -102,14 +104,14 @@ def main() -> None:
     timed = set() if args.skip_time else {f"{n}:{s}" for n, s in runs} if args.time == "all" else set(args.time.split(","))
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size]
     out = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
-           "deqreg": dict(DEQ, **CORRECTION), "loss": LOSS, "optimizer": "adamw", "runs": []}
+           "deqreg": dict(DEQ, tol=args.tol, **CORRECTION), "loss": LOSS, "optimizer": "adamw", "runs": []}
     for size in sizes:
         pair = synthetic_pair(jax.random.key(0), (size,) * args.ndim, anatomy="brain")
         batch = {k: np.asarray(pair[k], np.float32)[None] for k in ("fixed", "moving")}
         results: dict = {}
         for name, steps in runs:
             results.setdefault(name, {})[str(steps)] = measure(
-                name, steps, batch, timed=f"{name}:{steps}" in timed, repeats=args.repeats)
+                name, steps, batch, timed=f"{name}:{steps}" in timed, repeats=args.repeats, tol=args.tol)
         out["runs"].append({"shape": [size] * args.ndim, "batch": 1, "results": results, "ratios": ratios(results)})
     print(json.dumps(out, indent=2))
 

@@ -22,9 +22,11 @@ from jaxreg.deq import implicit, solvers
 from jaxreg.models.unet import DECODER, ENCODER, UNet
 from jaxreg.models.voxelmorph import SIMILARITIES, registration_loss
 
-__all__ = ["BACKWARDS", "DEQReg", "UpdateNet", "capture_steps"]
+__all__ = ["BACKWARDS", "SOLVER_OPTIONS", "DEQReg", "UpdateNet", "capture_steps"]
 
 BACKWARDS = ("phantom", "ift")
+#: Options of :func:`jaxreg.deq.solvers.solve` a config's ``solver`` section may set.
+SOLVER_OPTIONS = ("method", "max_steps", "tol", "stop", "history", "damping")
 
 
 class UpdateNet(nn.Module):
@@ -89,6 +91,10 @@ class DEQReg:
                  phantom_steps: int = 5, phantom_damping: float = 0.8, correction_states: int = 3,
                  correction_weight: float = 0.5, similarity: str = "lncc", window: int = 5, weight: float = 0.1):
         self.solver = dict(solver or {})
+        unknown = set(self.solver) - set(SOLVER_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown `solver` option(s) {sorted(unknown)}; known: {SOLVER_OPTIONS} "
+                             "(and backward, phantom_steps, phantom_damping).")
         self.solver.setdefault("max_steps", 48)
         if self.solver.get("method") == "broyden":  # short Broyden memories diverge; it keeps its whole history
             self.solver.pop("history", None)
@@ -177,10 +183,14 @@ class DEQReg:
         metrics = dict(parts, solver_steps=info.steps, solver_residual=info.residual,
                        solver_converged=info.converged.astype(jnp.float32))
         if captured is not None and self.capture and self.correction_weight:
-            corrected = [implicit.phantom_steps(self.update, params, x, jax.lax.stop_gradient(state),
-                                                steps=self.phantom_steps, damping=self.phantom_damping)
-                         for state in captured]
-            correction = sum(self._pair_losses(x, state)[0] for state in corrected)
+            def corrected_loss(params, state):
+                state = implicit.phantom_steps(self.update, params, x, state, steps=self.phantom_steps,
+                                               damping=self.phantom_damping)
+                return self._pair_losses(x, state)[0]
+
+            # Each corrected state keeps its K phantom steps' activations for the backward pass:
+            # training memory is that of (S + 1)·K differentiated steps, flat in max_steps.
+            correction = sum(corrected_loss(params, state) for state in jax.lax.stop_gradient(captured))
             loss = loss + self.correction_weight * correction
             metrics["correction"] = correction
         return loss, metrics

@@ -177,11 +177,13 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
         raise ValueError(f"the {split!r} split of data.source={data.get('source')!r} has no pairs.")
 
     summary = summarize(rows)
-    label_names = [k[len("dice_"):] for k in rows[0] if k.startswith("dice_") and k[len("dice_"):].isdigit()]
+    # Labels over all pairs (a label can be absent from some pairs: NaN there).
+    label_names = sorted({k[len("dice_"):] for row in rows for k in row
+                          if k.startswith("dice_") and k[len("dice_"):].isdigit()}, key=int)
     if label_names:
         figures.dice_boxplot(out_dir / "figures" / "dice_boxplot.png",
-                             {name: [r[f"dice_{name}"] for r in rows] for name in label_names} | {"mean": [r["dice"] for r in rows]},
-                             before={name: [r[f"dice_before_{name}"] for r in rows] for name in label_names}
+                             {name: [r.get(f"dice_{name}", np.nan) for r in rows] for name in label_names} | {"mean": [r["dice"] for r in rows]},
+                             before={name: [r.get(f"dice_before_{name}", np.nan) for r in rows] for name in label_names}
                              | {"mean": [r["dice_before"] for r in rows]},
                              title=f"Dice per label, {split} ({len(rows)} pairs)")
     result = {"workdir": str(workdir), "out_dir": str(out_dir), "split": split, "step": chosen, "num_pairs": len(rows), "params": "ema" if use_ema else "raw",

@@ -68,7 +68,7 @@ def summarize(rows: Sequence[Mapping[str, float]]) -> dict[str, float]:
 
     NaNs (a label absent from a pair) are left out of that metric's statistics.
     """
-    names = [k for k in rows[0] if isinstance(rows[0][k], (int, float))] if rows else []
+    names = list(dict.fromkeys(k for row in rows for k in row if isinstance(row[k], (int, float))))
     out = {}
     for name in names:
         values = np.asarray([row.get(name, np.nan) for row in rows], np.float64)
