@@ -8,7 +8,7 @@ is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_ana
 ``temp_size_in_bytes`` (meaningful on CPU, DESIGN.md §5). ``step_s`` is the wall time per step
 after a warm-up call (DEQReg runs all max_steps unless ``--tol``). Models: DEQReg (Anderson, phantom backward K = 5, τ = 0.8, S = 3 corrected
 states, γ = 0.5) at solver max_steps 4, 12, 48, 96, and the unrolled baselines (vanilla, RIIR-like,
-BPTT) at T = 2, 4, 6, 12; VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion, batch 1,
+BPTT) at T = 2, 4, 6, 12; ``deqreg_s0`` is DEQReg without the corrected states (S = 0); VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion, batch 1,
 one synthetic brain pair.
 """
 
@@ -35,6 +35,8 @@ def config(name: str, steps: int, tol: float) -> tuple[dict, dict]:
     """``(model, solver)`` config sections for ``"deqreg"`` or ``"unroll_<variant>"`` at ``steps``."""
     if name == "deqreg":
         return {"name": "deqreg", **CORRECTION}, dict(DEQ, max_steps=steps, tol=tol)
+    if name == "deqreg_s0":  # the phantom gradient alone, without the S corrected states
+        return {"name": "deqreg", "correction_states": 0}, dict(DEQ, max_steps=steps, tol=tol)
     return {"name": "unroll", "variant": name.removeprefix("unroll_"), "steps": steps}, {}
 
 
@@ -67,11 +69,12 @@ def ratios(results: dict) -> dict:
     mem = {name: {int(k): v["temp_mb"] for k, v in runs.items()} for name, runs in results.items()}
     out = {}
     deq = mem.get("deqreg", {})
-    if deq:
-        lo, hi = min(deq), max(deq)
-        out[f"deqreg_{hi}_over_deqreg_{lo}"] = deq[hi] / deq[lo]
+    for name in ("deqreg", "deqreg_s0"):
+        if mem.get(name):
+            lo, hi = min(mem[name]), max(mem[name])
+            out[f"{name}_{hi}_over_{name}_{lo}"] = mem[name][hi] / mem[name][lo]
     for name, runs in mem.items():
-        if name == "deqreg" or len(runs) < 2:
+        if name.startswith("deqreg") or len(runs) < 2:
             continue
         steps = sorted(runs)
         slope, intercept = np.polyfit(steps, [runs[t] for t in steps], 1)
@@ -81,6 +84,8 @@ def ratios(results: dict) -> dict:
             out[f"deqreg_48_equals_{name}_T"] = float((deq[48] - intercept) / slope)
         if deq and 48 in deq and 6 in runs:
             out[f"{name}_6_over_deqreg_48"] = runs[6] / deq[48]
+        if 48 in mem.get("deqreg_s0", {}) and 6 in runs:
+            out[f"{name}_6_over_deqreg_s0_48"] = runs[6] / mem["deqreg_s0"][48]
     return out
 
 
@@ -99,7 +104,7 @@ def main() -> None:
                         help="DEQReg solver tolerance; the default runs every max_step (paper: 1e-3, early stop)")
     args = parser.parse_args()
 
-    runs = [("deqreg", int(s)) for s in args.deq_steps.split(",") if s]
+    runs = [(name, int(s)) for name in ("deqreg", "deqreg_s0") for s in args.deq_steps.split(",") if s]
     runs += [(f"unroll_{v}", int(s)) for v in args.variants.split(",") if v for s in args.unroll_steps.split(",") if s]
     timed = set() if args.skip_time else {f"{n}:{s}" for n, s in runs} if args.time == "all" else set(args.time.split(","))
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size]
