@@ -97,6 +97,7 @@ def deqreg_model(model: ml_collections.ConfigDict) -> None:
     model.name = "deqreg"
     model.correction_states = 3  # S intermediate states (Eq. 9), at equal intervals of the trajectory
     model.correction_weight = 0.5  # γ, the weight of each corrected state's loss
+    model.sequential_states = True  # backward one state at a time: memory of one phantom pass (slow on CPU)
 
 
 def unroll_model(model: ml_collections.ConfigDict, arg: str | None) -> None:

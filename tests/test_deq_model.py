@@ -82,8 +82,6 @@ def test_deqreg_phantom_gradient_uses_half_the_memory_of_riir(train_steps):
     assert mb["deq48_phantom_only"] <= 0.5 * mb["riir6"], mb
 
 
-@pytest.mark.xfail(strict=True, reason="each of the S = 3 corrected states keeps its own K = 5 phantom steps' "
-                   "activations alive at once: memory = (S + 1)·K BPTT steps (see the report)")
 def test_deqreg_with_correction_uses_half_the_memory_of_riir(train_steps):
     """The paper's setting (S = 3, γ = 0.5). Memory is flat in max_steps (tested above): 96 stands for 48."""
     mb = _mb(train_steps)
