@@ -123,8 +123,7 @@ class DEQReg:
 
     def init(self, key, batch):
         fixed = jnp.asarray(batch["fixed"])[..., None]
-        ddf = jnp.zeros((*fixed.shape[:-1], fixed.ndim - 2), fixed.dtype)
-        return self.net.init(key, fixed, fixed, ddf)
+        return self.net.init(key, fixed, fixed, self._start(fixed))
 
     def _start(self, fixed):
         return jnp.zeros((*fixed.shape[:-1], fixed.ndim - 2), fixed.dtype)

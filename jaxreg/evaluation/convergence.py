@@ -89,7 +89,7 @@ def _score(config, method, params, counts: Sequence[int], *, split: str, limit, 
     labels = (config.get("eval") or {}).get("labels")
     rows: dict[int, list] = {n: [] for n in counts}
     for record in tqdm(pipeline.records(config.data, split, limit=limit), desc=desc, unit="pair", disable=not progress):
-        fixed, moving = (jax.device_put(np.asarray(record[k])[None], sharding.replicated(mesh)) for k in ("fixed", "moving"))
+        fixed, moving = (sharding.replicate_host(np.asarray(record[k])[None], mesh) for k in ("fixed", "moving"))
         for n in counts:
             ddf = np.asarray(predict(params, fixed, moving, steps=n))[0]
             rows[n].append(pair_metrics(record, ddf, labels=labels, with_hd95=False))

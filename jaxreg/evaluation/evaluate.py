@@ -151,7 +151,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
     rows, times, memory = [], [], (None, "unavailable")
     pairs = pipeline.records(data, split, limit=int(ev.get("limit", 0) or 0))
     for index, record in enumerate(tqdm(pairs, desc=f"eval {split}", unit="pair", disable=not progress)):
-        fixed, moving = (jax.device_put(np.asarray(record[k])[None], sharding.replicated(mesh)) for k in ("fixed", "moving"))
+        fixed, moving = (sharding.replicate_host(np.asarray(record[k])[None], mesh) for k in ("fixed", "moving"))
         if index == 0:  # compile outside the timing
             jax.block_until_ready(predict(params, fixed, moving))
             memory = _memory_mb(predict, params, fixed, moving)

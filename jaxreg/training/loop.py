@@ -52,18 +52,13 @@ def make_predict(method: models.Method, mesh) -> callable:
     return jax.jit(method.predict, out_shardings=out)
 
 
-def _replicate_host(array, mesh):
-    # Every host holds the whole (replicated) array: local data = global data.
-    return jax.make_array_from_process_local_data(sharding.replicated(mesh), np.asarray(array))
-
-
 def validate(predict, params, data: Mapping, *, split: str = "val", limit: int | None = None,
              labels=None, with_hd95: bool = True, mesh=None) -> dict[str, float]:
     """Registers the pairs of ``split`` and returns the mean ± std of :func:`pair_metrics`."""
     mesh = sharding.make_mesh() if mesh is None else mesh
     rows = []
     for record in pipeline.records(data, split, limit=limit):
-        fixed, moving = (_replicate_host(record[k][None], mesh) for k in ("fixed", "moving"))
+        fixed, moving = (sharding.replicate_host(record[k][None], mesh) for k in ("fixed", "moving"))
         ddf = np.asarray(predict(params, fixed, moving))[0]
         rows.append(pair_metrics(record, ddf, labels=labels, with_hd95=with_hd95))
     if not rows:

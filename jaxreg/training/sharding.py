@@ -15,8 +15,8 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-__all__ = ["DATA_AXIS", "data_sharding", "host_batch_size", "initialize_distributed", "make_mesh", "replicated",
-           "shard_batch"]
+__all__ = ["DATA_AXIS", "data_sharding", "host_batch_size", "initialize_distributed", "make_mesh", "replicate_host",
+           "replicated", "shard_batch"]
 
 DATA_AXIS = "data"
 
@@ -64,6 +64,11 @@ def host_batch_size(per_device: int, mesh: Mesh) -> int:
         raise ValueError(f"`data.batch_size` (per device) must be >= 1; got {per_device}.")
     local = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
     return per_device * local
+
+
+def replicate_host(array, mesh: Mesh) -> jax.Array:
+    """A host array every process holds in full → a replicated global array (multi-host safe)."""
+    return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(array))
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
