@@ -8,7 +8,8 @@ is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_ana
 ``temp_size_in_bytes`` (meaningful on CPU, DESIGN.md §5). ``step_s`` is the wall time per step
 after a warm-up call (DEQReg runs all max_steps unless ``--tol``). Models: DEQReg (Anderson, phantom backward K = 5, τ = 0.8, S = 3 corrected
 states, γ = 0.5) at solver max_steps 4, 12, 48, 96, and the unrolled baselines (vanilla, RIIR-like,
-BPTT) at T = 2, 4, 6, 12; ``deqreg_s0`` is DEQReg without the corrected states (S = 0); VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion, batch 1,
+BPTT) at T = 2, 4, 6, 12; ``deqreg_s0`` is DEQReg without the corrected states (S = 0), ``deqreg_remat`` with each phantom
+step rematerialised in the backward pass (``solver.phantom_remat``); VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion, batch 1,
 one synthetic brain pair.
 """
 
@@ -37,6 +38,8 @@ def config(name: str, steps: int, tol: float) -> tuple[dict, dict]:
         return {"name": "deqreg", **CORRECTION}, dict(DEQ, max_steps=steps, tol=tol)
     if name == "deqreg_s0":  # the phantom gradient alone, without the S corrected states
         return {"name": "deqreg", "correction_states": 0}, dict(DEQ, max_steps=steps, tol=tol)
+    if name == "deqreg_remat":  # each phantom step recomputed in the backward pass
+        return {"name": "deqreg", **CORRECTION}, dict(DEQ, max_steps=steps, tol=tol, phantom_remat=True)
     return {"name": "unroll", "variant": name.removeprefix("unroll_"), "steps": steps}, {}
 
 
@@ -69,7 +72,7 @@ def ratios(results: dict) -> dict:
     mem = {name: {int(k): v["temp_mb"] for k, v in runs.items()} for name, runs in results.items()}
     out = {}
     deq = mem.get("deqreg", {})
-    for name in ("deqreg", "deqreg_s0"):
+    for name in ("deqreg", "deqreg_s0", "deqreg_remat"):
         if mem.get(name):
             lo, hi = min(mem[name]), max(mem[name])
             out[f"{name}_{hi}_over_{name}_{lo}"] = mem[name][hi] / mem[name][lo]
@@ -84,8 +87,9 @@ def ratios(results: dict) -> dict:
             out[f"deqreg_48_equals_{name}_T"] = float((deq[48] - intercept) / slope)
         if deq and 48 in deq and 6 in runs:
             out[f"{name}_6_over_deqreg_48"] = runs[6] / deq[48]
-        if 48 in mem.get("deqreg_s0", {}) and 6 in runs:
-            out[f"{name}_6_over_deqreg_s0_48"] = runs[6] / mem["deqreg_s0"][48]
+        for deq_name in ("deqreg_s0", "deqreg_remat"):
+            if 48 in mem.get(deq_name, {}) and 6 in runs:
+                out[f"{name}_6_over_{deq_name}_48"] = runs[6] / mem[deq_name][48]
     return out
 
 
@@ -94,6 +98,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="side of the cube (square with --ndim 2)")
     parser.add_argument("--sizes", default=None, help="comma-separated sides; overrides --size")
     parser.add_argument("--ndim", type=int, default=3, choices=(2, 3))
+    parser.add_argument("--deq", default="deqreg,deqreg_s0,deqreg_remat", help="DEQReg variants to measure")
     parser.add_argument("--deq-steps", default="4,12,48,96")
     parser.add_argument("--unroll-steps", default="2,4,6,12")
     parser.add_argument("--variants", default="vanilla,riir")
@@ -104,7 +109,7 @@ def main() -> None:
                         help="DEQReg solver tolerance; the default runs every max_step (paper: 1e-3, early stop)")
     args = parser.parse_args()
 
-    runs = [(name, int(s)) for name in ("deqreg", "deqreg_s0") for s in args.deq_steps.split(",") if s]
+    runs = [(name, int(s)) for name in args.deq.split(",") if name for s in args.deq_steps.split(",") if s]
     runs += [(f"unroll_{v}", int(s)) for v in args.variants.split(",") if v for s in args.unroll_steps.split(",") if s]
     timed = set() if args.skip_time else {f"{n}:{s}" for n, s in runs} if args.time == "all" else set(args.time.split(","))
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size]

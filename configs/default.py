@@ -89,6 +89,7 @@ def deq_solver() -> ml_collections.ConfigDict:
     solver.backward = "phantom"  # phantom (paper, Eq. 7-8) | ift (exact implicit gradient)
     solver.phantom_steps = 5  # K damped steps differentiated from φ*
     solver.phantom_damping = 0.8  # τ of the phantom steps
+    solver.phantom_remat = False  # recompute each phantom step in the backward pass: memory of 1 step, not K
     return solver
 
 
@@ -98,6 +99,7 @@ def deqreg_model(model: ml_collections.ConfigDict) -> None:
     model.correction_states = 3  # S intermediate states (Eq. 9), at equal intervals of the trajectory
     model.correction_weight = 0.5  # γ, the weight of each corrected state's loss
     model.sequential_states = True  # backward one state at a time: memory of one phantom pass (slow on CPU)
+    model.jacobian_weight = 0.0  # weight of ‖∂T/∂φ‖_F²/d at φ* (keeps T contractive); 0 in the paper
 
 
 def unroll_model(model: ml_collections.ConfigDict, arg: str | None) -> None:

@@ -30,6 +30,7 @@ STEPS = {
     "deq4": ({"name": "deqreg", **SMALL}, dict(DEQ, max_steps=4)),
     "deq96": ({"name": "deqreg", **SMALL}, dict(DEQ, max_steps=96)),
     "deq48_phantom_only": ({"name": "deqreg", "correction_weight": 0.0, **SMALL}, dict(DEQ, max_steps=48)),
+    "deq48_remat": ({"name": "deqreg", **SMALL}, dict(DEQ, max_steps=48, phantom_remat=True)),
     "vanilla2": ({"name": "unroll", "variant": "vanilla", "steps": 2, **SMALL}, {}),
     "vanilla4": ({"name": "unroll", "variant": "vanilla", "steps": 4, **SMALL}, {}),
     "vanilla8": ({"name": "unroll", "variant": "vanilla", "steps": 8, **SMALL}, {}),
@@ -88,6 +89,11 @@ def test_deqreg_with_correction_uses_half_the_memory_of_riir(train_steps):
     assert mb["deq96"] <= 0.5 * mb["riir6"], mb
 
 
+def test_rematerialised_phantom_steps_use_less_memory(train_steps):
+    mb = _mb(train_steps)
+    assert mb["deq48_remat"] < 0.8 * mb["deq96"], mb
+
+
 def test_adam_steps_lower_the_loss(train_steps, batch):
     compiled, state, _ = train_steps["deq4"]
     losses = []
@@ -119,6 +125,7 @@ def test_capture_steps_closed_form():
     ({"name": "deqreg"}, {}, {"method": "newton"}, "method"),
     ({"name": "deqreg", "correction_weight": -0.5}, {}, {}, "correction_weight"),
     ({"name": "deqreg"}, {}, {"phantom_steps": 0}, "phantom_steps"),
+    ({"name": "deqreg", "jacobian_weight": -1.0}, {}, {}, "jacobian_weight"),
 ])
 def test_bad_options_raise_naming_the_option(model, loss, solver, option):
     with pytest.raises(ValueError, match=option):
@@ -230,3 +237,16 @@ def test_ift_and_phantom_gradients_match_autodiff_through_a_long_iteration(batch
     cosine = g_ift @ g_phantom / (np.linalg.norm(g_ift) * np.linalg.norm(g_phantom))
     assert cosine > 0.99, cosine
     assert np.linalg.norm(g_phantom - ref) <= 5e-2 * np.linalg.norm(ref)
+
+
+def test_jacobian_regulariser_is_added_to_the_loss_with_its_weight(batch):
+    """loss(w) = loss(0) + w·jacobian, and the estimate is near ‖∂T/∂φ‖_F²/d ≈ 1 of the near-identity start."""
+    solver = dict(DEQ, max_steps=3)
+    plain = models.build({"name": "deqreg", "correction_states": 0, **SMALL}, LOSS, solver)
+    regularised = models.build({"name": "deqreg", "correction_states": 0, "jacobian_weight": 2.0, **SMALL}, LOSS, solver)
+    params = plain.init(jax.random.key(0), batch)
+    loss0, metrics0 = plain.loss_fn(params, batch, jax.random.key(1))
+    loss2, metrics2 = regularised.loss_fn(params, batch, jax.random.key(1))
+    assert "jacobian" not in metrics0
+    np.testing.assert_allclose(float(loss2), float(loss0) + 2.0 * float(metrics2["jacobian"]), rtol=1e-5)
+    assert 0.8 < float(metrics2["jacobian"]) < 1.2, metrics2  # T ≈ identity at initialisation

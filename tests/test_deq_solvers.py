@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg.deq import SOLVERS, describe, fixed_point_layer, phantom_steps, solve
+from jaxreg.deq import SOLVERS, describe, fixed_point_layer, jacobian_penalty, phantom_steps, solve
 
 
 @pytest.fixture
@@ -191,14 +191,47 @@ def test_layer_forward_z0_and_info_have_no_gradient(x64):
     assert all(np.all(np.asarray(leaf) == 0) for leaf in jax.tree.leaves(g_info))
 
 
-def test_phantom_steps_matches_python_loop():
+@pytest.mark.parametrize("remat", [False, True])
+def test_phantom_steps_matches_python_loop(remat):
     params, x, _ = _tanh_problem()
     z0 = np.linspace(-1, 1, N)
     z = z0
     for _ in range(3):
         z = 0.6 * np.tanh(params["W"] @ z + params["U"] @ x + params["c"]) + 0.4 * z
-    got = phantom_steps(_f, params, x, jnp.asarray(z0, jnp.float32), steps=3, damping=0.6)
+    got = phantom_steps(_f, params, x, jnp.asarray(z0, jnp.float32), steps=3, damping=0.6, remat=remat)
     np.testing.assert_allclose(np.asarray(got), z, rtol=1e-5, atol=1e-6)
+
+
+def test_rematerialised_phantom_gradient_matches_numerical_derivative(x64):
+    """remat changes memory, not the gradient: d/dc of sum(z_K) against central differences."""
+    params, x, _ = _tanh_problem()
+    z0 = jnp.linspace(-1.0, 1.0, N)
+
+    def total(c):
+        return jnp.sum(phantom_steps(_f, dict(params, c=c), x, z0, steps=3, damping=0.6, remat=True))
+
+    grad = np.asarray(jax.grad(total)(jnp.asarray(params["c"])))
+    h, eye = 1e-6, np.eye(N)
+    numeric = [(total(params["c"] + h * eye[i]) - total(params["c"] - h * eye[i])) / (2 * h) for i in range(N)]
+    np.testing.assert_allclose(grad, np.asarray(numeric), rtol=1e-6, atol=1e-9)
+
+
+def test_jacobian_penalty_estimates_the_frobenius_norm_of_a_linear_map():
+    """Hutchinson: E‖εᵀA‖² = ‖A‖_F²; 20 000 probes land within 3 % of numpy's norm."""
+    a = np.random.default_rng(0).normal(size=(6, 6)).astype(np.float32)
+    exact = np.linalg.norm(a, "fro") ** 2 / 6
+    got = jacobian_penalty(lambda p, xx, z: p @ z + xx, jnp.asarray(a), jnp.ones(6), jnp.zeros(6),
+                           jax.random.key(0), samples=20_000)
+    np.testing.assert_allclose(float(got), exact, rtol=0.03)
+    with pytest.raises(ValueError, match="samples"):
+        jacobian_penalty(lambda p, xx, z: z, None, None, jnp.zeros(2), jax.random.key(0), samples=0)
+
+
+def test_jacobian_penalty_gradient_shrinks_the_map():
+    """One gradient step on ‖∂T/∂z‖² of T(z) = a·z lowers |a| (d/da of a² is 2a, up to probe noise)."""
+    grad = jax.grad(lambda a: jacobian_penalty(lambda p, xx, z: p * z, a, None, jnp.zeros(64),
+                                               jax.random.key(1), samples=64))(jnp.float32(0.7))
+    np.testing.assert_allclose(float(grad), 1.4, rtol=0.1)
 
 
 # --- option validation ---------------------------------------------------------------------

@@ -3,11 +3,11 @@
 ``solvers``: :func:`solve` (plain iteration, Anderson, Broyden) for z = T(z) with our own
 stopping rule and per-step residuals. ``implicit``: :func:`fixed_point_layer`, a
 ``custom_vjp`` layer with phantom or exact implicit-function gradients, and
-:func:`phantom_steps`.
+:func:`phantom_steps`, :func:`jacobian_penalty`.
 """
 
 from jaxreg.deq import implicit, solvers
-from jaxreg.deq.implicit import BACKWARDS, fixed_point_layer, phantom_steps
+from jaxreg.deq.implicit import BACKWARDS, fixed_point_layer, jacobian_penalty, phantom_steps
 from jaxreg.deq.solvers import SOLVERS, SolverInfo, describe, solve, validate_options
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "describe",
     "fixed_point_layer",
     "implicit",
+    "jacobian_penalty",
     "phantom_steps",
     "solve",
     "solvers",

@@ -31,7 +31,7 @@ _SOLVER_KEYS = ("method", "max_steps", "tol", "stop", "history", "damping")
 
 
 def phantom_steps(f: Callable, params, x, z: jax.Array, *, steps: int,
-                  damping: float) -> jax.Array:
+                  damping: float, remat: bool = False) -> jax.Array:
     """K damped steps ``z <- damping*f(params, x, z) + (1-damping)*z`` from ``z``.
 
     Plain, differentiable JAX (``lax.scan``); the backward of the ``"phantom"`` layer and
@@ -44,6 +44,10 @@ def phantom_steps(f: Callable, params, x, z: jax.Array, *, steps: int,
       z: start state, e.g. a ``(*spatial, ndim)`` field or a ``(B, ...)`` batch.
       steps: K >= 1, static.
       damping: tau in (0, 1].
+      remat: rematerialise each step in the backward pass (``jax.checkpoint`` in a rolled
+        scan): the activation memory of one step of ``f`` instead of K, for one more
+        forward of ``f`` per step. For large volumes on accelerators; on a CPU the rolled
+        backward is much slower.
 
     Returns:
       ``z_K``, shaped like ``z``.
@@ -53,12 +57,43 @@ def phantom_steps(f: Callable, params, x, z: jax.Array, *, steps: int,
     def body(z, _):
         return (damping * f(params, x, z) + (1.0 - damping) * z).astype(z.dtype), None
 
+    if remat:
+        # Rolled: in straight-line (unrolled) code XLA schedules the recomputations early
+        # and the memory saving vanishes (measured: 154 MB with or without remat for K = 5
+        # at 32³; rolled, 36 MB, about one step's worth).
+        return lax.scan(jax.checkpoint(body), z, None, length=int(steps))[0]
     # Unrolled: on CPU the backward of a rolled scan over conv nets runs ~15x slower
     # (measured: 3.4 s vs 0.23 s for K = 5 at 4×64²); K is small, so compile time is fine.
     return lax.scan(body, z, None, length=int(steps), unroll=True)[0]
 
 
 _phantom_steps = phantom_steps  # fixed_point_layer's keyword argument shadows the name
+
+
+def jacobian_penalty(f: Callable, params, x, z: jax.Array, key: jax.Array, *, samples: int = 1) -> jax.Array:
+    """Hutchinson estimate of ``‖∂T/∂z‖_F² / z.size`` at ``z``, with ``T(z) = f(params, x, z)``.
+
+    The Jacobian regulariser of deep equilibrium models (Bai, Koltun & Kolter, 2021): the
+    mean of ``‖εᵀ ∂T/∂z‖² / z.size`` over ``samples`` standard normal probes ``ε``, an
+    unbiased estimate of the squared Frobenius norm per element. Below 1, ``T`` tends to
+    be contractive near ``z`` (solvers converge, iterates stop drifting); lower is more
+    contractive. Differentiable with respect to ``params`` and ``x``.
+
+    Args:
+      f: ``f(params, x, z) -> T(z)`` shaped like ``z``.
+      params, x: pytrees of parameters and inputs.
+      z: the point, e.g. an equilibrium ``(B, *spatial, ndim)`` (treat it as a constant).
+      key: PRNG key of the probes.
+      samples: number of probes (>= 1).
+
+    Returns:
+      A scalar ``>= 0``.
+    """
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
+    _, vjp = jax.vjp(lambda zz: f(params, x, zz), z)
+    probes = jax.random.normal(key, (samples, *z.shape), z.dtype)
+    return jnp.mean(jax.vmap(lambda e: jnp.sum(jnp.square(vjp(e)[0])))(probes)) / z.size
 
 
 def _check_phantom(steps, damping):
@@ -79,7 +114,8 @@ def _solver_options(name: str, options: Mapping | None, default: Mapping | None 
 
 def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
                       backward: str = "phantom", phantom_steps: int = 5,
-                      damping: float = 0.5, adjoint: Mapping | None = None) -> Callable:
+                      damping: float = 0.5, adjoint: Mapping | None = None,
+                      remat: bool = False) -> Callable:
     """Builds a fixed-point layer ``layer(params, x, z0) -> (z_star, info)``.
 
     Args:
@@ -93,6 +129,7 @@ def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
       damping: tau in (0, 1], damping of the phantom steps.
       adjoint: solver options for the ``"ift"`` adjoint fixed point; ``None`` uses
         ``solver``'s. Its convergence is not reported (a backward pass cannot return it).
+      remat: rematerialise each phantom step in the backward pass (see :func:`phantom_steps`).
 
     Returns:
       ``layer(params, x, z0) -> (z_star, info)``: ``z_star`` shaped like ``z0`` is the
@@ -126,7 +163,7 @@ def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
         g = cotangents[0]  # the info cotangent is ignored: info is not differentiable
         if backward == "phantom":
             _, vjp = jax.vjp(lambda p, xx: _phantom_steps(f, p, xx, z, steps=steps,
-                                                          damping=tau), params, x)
+                                                          damping=tau, remat=remat), params, x)
             gp, gx = vjp(g)
         else:
             _, vjp_z = jax.vjp(lambda zz: f(params, x, zz), z)

@@ -86,18 +86,23 @@ class DEQReg:
       correction_states, correction_weight: S and γ of the intermediate-state correction.
       sequential_states: differentiate the phantom passes of φ* and the S states one at a
         time (memory of one pass; slow on CPUs) or all at once (see ``_phantom_losses``).
+      phantom_remat: rematerialise each phantom step in the backward pass: activation
+        memory of one update-network pass instead of K, for K more forward passes.
+      jacobian_weight: weight of the Jacobian regulariser ``‖∂T/∂φ‖_F²/d`` at φ* (Hutchinson,
+        one probe; Bai et al. 2021), which keeps T contractive so that more inference steps
+        do not drift; 0 (the paper) turns it off.
       similarity, window, weight: the loss: LNCC (window 5 in the paper) + λ·diffusion.
     """
 
     def __init__(self, *, encoder=ENCODER, decoder=DECODER, solver: Mapping | None = None, backward: str = "phantom",
                  phantom_steps: int = 5, phantom_damping: float = 0.8, correction_states: int = 3,
-                 correction_weight: float = 0.5, sequential_states: bool = True, similarity: str = "lncc",
-                 window: int = 5, weight: float = 0.1):
+                 correction_weight: float = 0.5, sequential_states: bool = True, phantom_remat: bool = False,
+                 jacobian_weight: float = 0.0, similarity: str = "lncc", window: int = 5, weight: float = 0.1):
         self.solver = dict(solver or {})
         unknown = set(self.solver) - set(SOLVER_OPTIONS)
         if unknown:
             raise ValueError(f"unknown `solver` option(s) {sorted(unknown)}; known: {SOLVER_OPTIONS} "
-                             "(and backward, phantom_steps, phantom_damping).")
+                             "(and backward, phantom_steps, phantom_damping, phantom_remat).")
         self.solver.setdefault("max_steps", 48)
         if self.solver.get("method") == "broyden":  # short Broyden memories diverge; it keeps its whole history
             self.solver.pop("history", None)
@@ -107,14 +112,18 @@ class DEQReg:
             raise ValueError(f"`loss.similarity` must be one of {SIMILARITIES}; got {similarity!r}.")
         if correction_weight < 0:
             raise ValueError(f"`model.correction_weight` (γ) must be >= 0; got {correction_weight}.")
+        if not jacobian_weight >= 0:
+            raise ValueError(f"`model.jacobian_weight` must be >= 0; got {jacobian_weight}.")
         self.capture = capture_steps(int(self.solver["max_steps"]), int(correction_states))
         solvers.validate_options(**self.solver)
         self.net = UpdateNet(tuple(encoder), tuple(decoder))
         self.backward, self.phantom_steps, self.phantom_damping = backward, int(phantom_steps), float(phantom_damping)
         self.correction_weight, self.sequential_states = float(correction_weight), bool(sequential_states)
+        self.phantom_remat, self.jacobian_weight = bool(phantom_remat), float(jacobian_weight)
         self.loss_options = {"similarity": similarity, "window": int(window), "weight": float(weight)}
         self.layer = implicit.fixed_point_layer(self.update, solver=self.solver, backward=backward,
-                                                phantom_steps=self.phantom_steps, damping=self.phantom_damping)
+                                                phantom_steps=self.phantom_steps, damping=self.phantom_damping,
+                                                remat=self.phantom_remat)
 
     # T(φ) = φ + f_θ(I_f, I_m∘φ, φ); x = (fixed, moving) as (B, *S, 1) images.
     def update(self, params, x, ddf):
@@ -177,7 +186,7 @@ class DEQReg:
 
         def one(state):
             z = implicit.phantom_steps(self.update, params, x, state, steps=self.phantom_steps,
-                                       damping=self.phantom_damping)
+                                       damping=self.phantom_damping, remat=self.phantom_remat)
             return self._pair_losses(x, z)
 
         states = jax.lax.stop_gradient(states)
@@ -186,8 +195,11 @@ class DEQReg:
         return jax.lax.scan(lambda carry, state: (carry, jax.checkpoint(one)(state)), None, states)[1]
 
     def loss_fn(self, params, batch, key):
-        """Equilibrium loss + γ·Σ loss of the S corrected states; metrics include solver stats."""
-        del key
+        """Equilibrium loss + γ·Σ loss of the S corrected states (+ the Jacobian regulariser).
+
+        Metrics include the solver's steps, residual and convergence, and ``jacobian``
+        (``‖∂T/∂φ‖_F²/d`` at φ*) when it is regularised.
+        """
         x = (jnp.asarray(batch["fixed"])[..., None], jnp.asarray(batch["moving"])[..., None])
         start = self._start(x[0])
         corrections = bool(self.capture) and self.correction_weight > 0
@@ -210,4 +222,9 @@ class DEQReg:
         if corrections:
             loss = loss + self.correction_weight * correction
             metrics["correction"] = correction
+        if self.jacobian_weight > 0:
+            jacobian = implicit.jacobian_penalty(self.update, params, x, jax.lax.stop_gradient(ddf if self.backward == "ift"
+                                                 else z_star), key)
+            loss = loss + self.jacobian_weight * jacobian
+            metrics["jacobian"] = jacobian
         return loss, metrics

@@ -62,11 +62,12 @@ def _deqreg(model: Mapping, loss: Mapping, solver: Mapping) -> Method:
     from jaxreg.deq.model import DEQReg
 
     solver = dict(solver or {})
-    options = {k: solver.pop(k) for k in ("backward", "phantom_steps", "phantom_damping") if k in solver}
+    options = {k: solver.pop(k) for k in ("backward", "phantom_steps", "phantom_damping", "phantom_remat") if k in solver}
     deq = DEQReg(encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
                  solver=solver, correction_states=int(model.get("correction_states", 3)),
                  correction_weight=float(model.get("correction_weight", 0.5)),
-                 sequential_states=bool(model.get("sequential_states", True)), **options, **_loss_options(loss, window=5))
+                 sequential_states=bool(model.get("sequential_states", True)),
+                 jacobian_weight=float(model.get("jacobian_weight", 0.0)), **options, **_loss_options(loss, window=5))
     return Method(deq, deq.init, deq.loss_fn, deq.predict)
 
 
