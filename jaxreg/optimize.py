@@ -1,22 +1,62 @@
 """Classical instance-optimisation registration in pure JAX (no trained model).
 
-:func:`optimize` registers one pair by gradient descent (optax Adam) on
-``similarity(fixed, moving ∘ φ) + weight · regularizer``, coarse to fine. At each level the
-images are area-averaged down by the level factor (``jax.image.resize`` with
-anti-aliasing), the transform parameters are optimised there for a fixed number of steps,
-and then resized to the next level with :func:`jaxreg.spatial.resize_ddf` (which rescales
-the voxel units). Each level is one jitted ``lax.scan`` over its steps; images are
-arguments, options are static, so a second call with same-shaped inputs and the same
-options reuses the compiled programs.
+:func:`optimize` registers one pair by minimising
+``similarity(fixed, warp(moving, φ)) + weight · regularizer(field)`` with optax Adam,
+coarse to fine:
 
-Intensities: each image channel is mapped to ``[0, 1]`` by its own 0.5 / 99.5 percentiles
-and clipped (robust min-max), so that the defaults (LNCC ``eps``, MSE scale, learning rate,
-``weight``) do not depend on the scanner's units.
+* **Levels.** At factor ``f`` both images are resized to ``round(S / f)`` with
+  ``jax.image.resize(..., antialias=True)`` (a triangle filter as wide as the factor:
+  area-weighted averaging). The parameters of the previous level are resized with
+  :func:`jaxreg.spatial.resize_ddf`, which rescales the voxel units. Each level is one
+  jitted ``lax.scan`` over its steps; images and fields are arguments, options static,
+  so a second call with same-shaped inputs and the same options compiles nothing.
+* **Field.** The optimised parameters ``p`` stand for ``field = box3(p)`` (one 3-voxel
+  box filter per axis: a preconditioner that keeps Adam's per-voxel steps from
+  roughening the field). With ``transform="svf"`` the field is a stationary velocity and
+  ``φ = exp(field)`` by scaling and squaring (:func:`jaxreg.spatial.integrate_velocity`);
+  with ``"ddf"`` it is the displacement. The regulariser acts on the field.
+* **Gradient of exp.** Levels with at most ``EXACT_GRADIENT_MAX_VOXELS`` (2**18) voxels
+  differentiate exactly through scaling and squaring. Larger levels use
+  ``d exp(v)/dv ≈ I`` (the first-order update of log-domain demons): the exact adjoint
+  scatter-adds through every squaring and costs ~5x the whole step on CPU.
+* **Schedule.** Adam with a cosine decay of the learning rate to 10 % within each level
+  (damps the jitter of Adam's constant-size steps: on OASIS, 0.013 % -> 0.0002 % folded).
+* **Intensities.** Each image channel is mapped to ``[0, 1]`` by its own 0.5 / 99.5
+  percentiles (of every 2nd voxel per axis) and clipped, so the defaults do not depend on
+  the scanner's units. A masked LNCC/MSE weighs the per-voxel terms by the (area-averaged)
+  ``fixed_mask``; mutual information gets it as its ``mask``.
+
+Defaults, measured on two real pairs (``benchmarks/register.py``, tuned on a 2-core CPU
+shared with a training job). OASIS: two brains 160x192x144, mean Dice of tissue labels
+1, 2 (segs resampled through their NIfTI headers; 0.640 before), B->A / A->B.
+PROMISE12: prostate MRI 32x128x128, gland Dice (0.743 before), 1->0 / 0->1. svf, LNCC,
+diffusion, levels (4, 2), steps (100, 100) unless stated; fold = % voxels with det J <= 0::
+
+  variant                              OASIS Dice    fold %       PROMISE Dice  fold %
+  no smoothing, window 5, w 0.5        .818 / .807   .095 / .100  -             -
+  no smoothing, window 3, w 0.1        .813 / .795   .70 / .98    -             -
+  box3, window 3, w 0.5, lr .05        .824 / .801   0 / .0001    -             -
+  box3, window 5, w 0.1, lr .05        .821 / .811   .001 / .002  .800 / .776   .03 / 0
+  box3, window 5, w 0.5, lr .1         .824 / .806   .012 / .010  .798 / .773   .31 / .04
+  box3 twice, window 5, w 0.5          .809 / .799   0 / 0        -             -
+  levels (8, 4, 2), window 3, w 0.25   .823 / .784   0 / .001     -             -
+  steps (50, 100) / (100, 50)          .817/.810, .808/.801       -             -
+  levels (4, 2, 1), steps (.., 10)     .821 / .812   0 / 0        (2x the time)
+  box3, w5, w 0.5, lr .05, approx grad .820 / .809   0 / 0        .802 / .776   .006 / .001
+  same, exact grad everywhere          .824 / .818   0 / 0        .803 / .796   0 / 0
+                                       (5x slower: ~100 s a pair on the shared CPU)
+  same, exact <= 2**18 voxels: DEFAULT .821 / .811   0 / .0001    .803 / .796   0 / 0
+
+Full resolution (levels ending in 1) adds <0.003 Dice on OASIS at twice the time on CPU,
+so the defaults stop at half resolution and upsample the velocity. With the defaults on
+the idle 2-core CPU, OASIS takes 20 s for a first call (compilation included) and 14 s
+for a second; PROMISE12 11 s and 5 s.
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 import numbers
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
@@ -27,7 +67,7 @@ import numpy as np
 import optax
 
 from jaxreg import losses, spatial
-from jaxreg.losses import _valid_filter  # the box filter behind losses.lncc (masked variant below)
+from jaxreg.losses import _valid_filter  # box filter of lncc
 
 __all__ = ["OptimizeResult", "optimize"]
 
@@ -35,11 +75,12 @@ TRANSFORMS = ("svf", "ddf")
 SIMILARITIES = ("lncc", "mse", "mi")
 REGULARIZERS = ("diffusion", "bending")
 MIN_LEVEL_SIDE = 4  # smallest spatial side (voxels) allowed at the coarsest level
-CALLBACK_EVERY = 10
-import os
-_SMOOTH = int(os.environ.get("SMOOTH", "0"))
-_DECAY = float(os.environ.get("DECAY", "1"))
-_EXACT_SVF_GRAD = bool(int(os.environ.get("EXACT", "0")))  # steps between progress callbacks
+CALLBACK_EVERY = 10  # steps between progress callbacks
+SMOOTHING_PASSES = 1  # 3-voxel box filters applied to the parameters in the forward pass
+FINAL_LR_FRACTION = 0.1  # cosine decay of the learning rate within each level, down to this
+# Levels with at most this many voxels differentiate exactly through scaling and squaring;
+# larger ones use the first-order gradient (see the module docstring for the trade-off).
+EXACT_GRADIENT_MAX_VOXELS = 2**18
 
 
 class OptimizeResult(NamedTuple):
@@ -85,8 +126,9 @@ def _normalise(image: jax.Array) -> jax.Array:
     # of a full 160x192x144 volume takes over a second on CPU.
     sample = image[tuple(slice(None, None, 2) for _ in axes)]
     lo, hi = jnp.percentile(sample, jnp.array([0.5, 99.5]), axis=axes)
-    lo = jnp.where(hi > lo, lo, jnp.min(image, axis=axes))  # fall back to min-max when
-    hi = jnp.where(hi > lo, hi, jnp.max(image, axis=axes))  # more than 99 % is one value
+    flat = hi <= lo  # more than 99 % of the voxels share one value: plain min-max
+    lo = jnp.where(flat, jnp.min(image, axis=axes), lo)
+    hi = jnp.where(flat, jnp.max(image, axis=axes), hi)
     return jnp.clip((image - lo) / jnp.maximum(hi - lo, 1e-12), 0.0, 1.0)
 
 
@@ -143,32 +185,38 @@ def _similarity(fixed, warped, weight, *, similarity: str, window: int, bins: in
 
 
 @jax.jit(static_argnames=("steps", "transform", "similarity", "window", "bins", "regularizer",
-                          "integration_steps", "with_callback"))
+                          "integration_steps", "exact_gradient", "with_callback"))
 def _run_level(params, fixed, moving, weight, reg_weight, learning_rate, token, level, *, steps,
-               transform, similarity, window, bins, regularizer, integration_steps, with_callback):
-    """Runs ``steps`` Adam steps at one level; returns ``(params, (steps,) losses)``."""
+               transform, similarity, window, bins, regularizer, integration_steps, exact_gradient,
+               with_callback):
+    """Runs ``steps`` Adam steps at one level.
+
+    ``params`` ``(*L, ndim)`` (voxels of this level) stand for the field ``smooth(params)``;
+    returns ``(smooth(final params), (steps,) loss trace)``. ``weight`` is ``None`` or the
+    ``(*L)`` similarity weight map.
+    """
     regularize = losses.diffusion if regularizer == "diffusion" else losses.bending_energy
 
-    def smooth(p):
-        for _ in range(_SMOOTH):
+    def smooth(p):  # the field the parameters stand for: box-filtered, edges repeated
+        for _ in range(SMOOTHING_PASSES):
             p = _valid_filter(p, jnp.full((3,), 1 / 3, p.dtype), p.ndim - 1, pad_mode="edge")
         return p
 
     def objective(p):
-        p = smooth(p)
+        field = smooth(p)
         if transform == "svf":
-            if _EXACT_SVF_GRAD:
-                ddf = spatial.integrate_velocity(p, steps=integration_steps)
-            else:  # first-order (log-demons) gradient: d exp(v) / dv ~ identity
-                ddf = p + jax.lax.stop_gradient(spatial.integrate_velocity(p, steps=integration_steps) - p)
+            # Forward: exp(v) by scaling and squaring. Backward: exact, or d exp(v)/dv ≈ I (the
+            # first-order update of log-domain demons), which skips the scatter-adds of the
+            # exact adjoint: ~5x cheaper on CPU, slightly lower Dice (module docstring).
+            exp = spatial.integrate_velocity(field, steps=integration_steps)
+            ddf = exp if exact_gradient else field + jax.lax.stop_gradient(exp - field)
         else:
-            ddf = p
+            ddf = field
         warped = spatial.warp(moving, ddf, order=1, mode="nearest")
         sim = _similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
-        return sim + reg_weight * regularize(p)
+        return sim + reg_weight * regularize(field)
 
-    sched = optax.cosine_decay_schedule(1.0, steps, _DECAY) if _DECAY < 1 else (lambda i: 1.0)
-    opt = optax.chain(optax.scale_by_adam(), optax.scale_by_schedule(sched), optax.scale(-learning_rate))
+    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=FINAL_LR_FRACTION))
 
     def step(carry, i):
         p, state = carry
@@ -202,7 +250,8 @@ def _as_image(x, name: str) -> jax.Array:
         x = x[..., None]
     if not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"`{name}` contains NaN or Inf values.")
-    if bool(jnp.all(jnp.max(x, axis=tuple(range(x.ndim - 1))) == jnp.min(x, axis=tuple(range(x.ndim - 1))))):
+    axes = tuple(range(x.ndim - 1))
+    if bool(jnp.all(jnp.max(x, axis=axes) == jnp.min(x, axis=axes))):
         raise ValueError(f"`{name}` is constant (an empty image); there is nothing to register.")
     return x
 
@@ -250,24 +299,25 @@ def optimize(
     window: int = 5,
     bins: int = 32,
     regularizer: str = "diffusion",
-    weight: float = 1.0,
-    levels: Sequence[int] = (4, 2, 1),
-    steps: Sequence[int] = (100, 100, 50),
-    learning_rate: float = 0.1,
+    weight: float = 0.5,
+    levels: Sequence[int] = (4, 2),
+    steps: Sequence[int] = (100, 100),
+    learning_rate: float = 0.05,
     integration_steps: int = 7,
     callback: Callable[[int, int, float], None] | None = None,
 ) -> OptimizeResult:
     """Registers ``moving`` onto ``fixed`` by multi-resolution instance optimisation.
 
-    Minimises ``similarity(fixed, warp(moving, φ)) + weight · regularizer(params)`` with
-    Adam, coarse to fine. ``params`` is the displacement itself (``transform="ddf"``) or a
-    stationary velocity ``v`` with ``φ = exp(v)`` by scaling and squaring
-    (``transform="svf"``, diffeomorphic, the default); the regulariser acts on ``params``.
+    Minimises ``similarity(fixed, warp(moving, φ)) + weight · regularizer(field)`` with
+    Adam, coarse to fine (details and the measurements behind the defaults: module
+    docstring). ``field`` is the displacement itself (``transform="ddf"``) or a stationary
+    velocity ``v`` with ``φ = exp(v)`` by scaling and squaring (``transform="svf"``,
+    diffeomorphic, the default).
 
     Args:
-      fixed: ``(*S)`` or ``(*S, C)`` image, 2-D ``(H, W)`` or 3-D ``(D, H, W)``; a rank-3
-        array is a 3-D image (use ``(H, W, C)`` → add a depth... no: 2-D images with channels
-        are not supported). Each channel is robustly min-max normalised (see module docs).
+      fixed: 2-D ``(H, W)`` or 3-D ``(D, H, W)`` image, or ``(D, H, W, C)`` (a rank-3 array
+        is a 3-D image, as in :mod:`jaxreg.losses`; 2-D images with channels are not
+        accepted). Each channel is robustly min-max normalised (module docstring).
       moving: image of the same shape as ``fixed`` (resample it first if it is not).
       fixed_mask: optional ``(*S)`` array, nonzero where the similarity counts (per-voxel
         weights for LNCC/MSE, the ``mask`` of mutual information).
@@ -277,10 +327,13 @@ def optimize(
       bins: number of mutual-information histogram bins.
       regularizer: ``"diffusion"`` or ``"bending"`` (see :mod:`jaxreg.losses`).
       weight: regulariser weight ``>= 0`` (higher is smoother).
-      levels: downsampling factors, coarse to fine, e.g. ``(4, 2, 1)``.
+      levels: downsampling factors, coarse to fine; every side must stay >= 4 voxels. The
+        default stops at half resolution (full resolution, ``(4, 2, 1)``, doubles the time
+        on CPU for < 0.003 Dice on brains) and upsamples the field.
       steps: Adam steps at each level (same length as ``levels``).
       learning_rate: Adam step size (voxels of the current level per step, roughly).
-      integration_steps: scaling-and-squaring steps for ``"svf"``.
+      integration_steps: scaling-and-squaring steps for ``"svf"`` (``|v| / 2**steps``
+        should stay below ~0.5 voxel).
       callback: optional ``callback(level_index, step, loss)``, called from the compiled
         loop every 10 steps and at the last step of each level (e.g. for a progress bar).
 
@@ -323,23 +376,26 @@ def optimize(
     token = next(_TOKENS)
     if callback is not None:
         _CALLBACKS[token] = callback
-    options = dict(transform=transform, similarity=similarity, window=int(window), bins=int(bins),
-                   regularizer=regularizer, integration_steps=int(integration_steps),
-                   with_callback=callback is not None)
+    options = {"transform": transform, "similarity": similarity, "window": int(window),
+               "bins": int(bins), "regularizer": regularizer,
+               "integration_steps": int(integration_steps), "with_callback": callback is not None}
     ndim = len(shape)
     params = jnp.zeros(level_shapes[0] + (ndim,), jnp.float32)
     traces = []
     try:
         for i, (ls, n) in enumerate(zip(level_shapes, steps)):
-            params = _resize(params, shape=ls)
+            if params.shape[:-1] != ls:
+                params = _resize(params, shape=ls)
             w = None if weight_map is None else _downsample(weight_map[..., None], shape=ls)[..., 0]
             params, trace = _run_level(
                 params, _downsample(fixed, shape=ls), _downsample(moving, shape=ls), w,
                 jnp.float32(weight), jnp.float32(learning_rate), jnp.int32(token), jnp.int32(i),
                 steps=n, **options,
+                exact_gradient=transform == "svf" and math.prod(ls) <= EXACT_GRADIENT_MAX_VOXELS,
             )
             traces.append(trace)
-        params = _resize(params, shape=shape)
+        if params.shape[:-1] != shape:
+            params = _resize(params, shape=shape)
         trace = np.concatenate([np.asarray(t) for t in traces])  # blocks until the loops end
     finally:
         _CALLBACKS.pop(token, None)
