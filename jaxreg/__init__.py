@@ -1,11 +1,15 @@
 """jaxreg: deformable medical image registration in JAX.
 
+``jaxreg.register(fixed, moving)`` registers a pair: classical optimisation by default
+(``jaxreg.optimize``), or a trained model (``model=workdir`` or ``jaxreg.load_model``).
+
 The spatial toolbox is re-exported at the top level (``jaxreg.warp``, ...); losses and
 metrics live in their modules because both define ``dice`` with opposite directions
 (``jaxreg.losses.dice`` is lower-is-better, ``jaxreg.metrics.dice`` higher-is-better).
 """
 
-from jaxreg import evaluation, io, losses, metrics, spatial
+from jaxreg import evaluation, io, losses, metrics, optimize, spatial
+from jaxreg.register import Model, Registration, load_model, register
 from jaxreg.spatial import (
     compose,
     identity_grid,
@@ -18,14 +22,19 @@ from jaxreg.spatial import (
 __version__ = "0.1.0"
 
 __all__ = [
+    "Model",
+    "Registration",
     "__version__",
     "compose",
     "evaluation",
     "identity_grid",
     "integrate_velocity",
     "io",
+    "load_model",
     "losses",
     "metrics",
+    "optimize",
+    "register",
     "resize_ddf",
     "spatial",
     "warp",

@@ -89,11 +89,25 @@ class Checkpoints:
         Raises:
           FileNotFoundError: no such checkpoint.
         """
+        return self.manager.restore(self._saved_step(step), args=ocp.args.StandardRestore(abstract_like(target)))
+
+    def restore_raw(self, *, step: int | None = None) -> dict:
+        """The state saved at ``step`` (default: the latest) as a plain dict of host arrays.
+
+        No template needed (so no training data): enough for inference, whose parameters
+        are plain dicts; optimiser states come back as lists, so resume with :meth:`restore`.
+
+        Raises:
+          FileNotFoundError: no such checkpoint.
+        """
+        return self.manager.restore(self._saved_step(step), args=ocp.args.StandardRestore())
+
+    def _saved_step(self, step: int | None) -> int:
         steps = self.all_steps()
         step = steps[-1] if step is None and steps else step
         if step is None or step not in steps:
             raise FileNotFoundError(f"no checkpoint at step {step} in {self.directory}; have steps {steps}.")
-        return self.manager.restore(int(step), args=ocp.args.StandardRestore(abstract_like(target)))
+        return int(step)
 
     def wait(self) -> None:
         """Blocks until pending asynchronous saves are on disk."""

@@ -1,0 +1,20 @@
+"""The generated API reference matches the docstrings (regenerate with ``python docs/make_api.py``)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_api_reference_is_up_to_date():
+    out = subprocess.run([sys.executable, str(ROOT / "docs" / "make_api.py"), "--check"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+
+
+def test_every_public_name_is_documented():
+    api = (ROOT / "docs" / "api.md").read_text()
+    assert "(no docstring)" not in api
+    for name in ("jaxreg.register.register", "jaxreg.register.load_model", "jaxreg.optimize.optimize"):
+        assert f"### `{name}(" in api, name

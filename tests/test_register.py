@@ -1,0 +1,211 @@
+"""jaxreg.register (classical and trained-model paths), load_model and the ``jaxreg register`` command.
+
+References are independent of the code under test: scipy's map_coordinates for warping,
+numpy for Dice and for the closed-form resampling of a flipped or shifted affine, nibabel
+for reading what the command wrote.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import nibabel as nib
+import numpy as np
+import pytest
+from scipy import ndimage
+
+import jaxreg
+from jaxreg import cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _blob_pair(shape=(32, 32), shift=(2.0, -1.5)):
+    """A textured 2-D image with a disc label, and the same moved by ``shift`` voxels (scipy)."""
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape], indexing="ij"))
+    centre = np.array(shape, np.float32)[:, None, None] / 2
+    radius = np.sqrt(((grid - centre) ** 2).sum(0))
+    texture = ndimage.gaussian_filter(np.random.default_rng(0).random(shape), 1.5)
+    labels = (radius < min(shape) / 4).astype(np.int32)
+    fixed = ndimage.gaussian_filter(labels + 4 * (texture - texture.mean()), 0.7)
+    coords = grid + np.asarray(shift, np.float32)[:, None, None]  # moving(x) = fixed(x + shift)
+    moving = ndimage.map_coordinates(fixed, coords, order=1, mode="nearest")
+    moving_labels = ndimage.map_coordinates(labels, coords, order=0, mode="nearest")
+    return fixed.astype(np.float32), moving.astype(np.float32), labels, moving_labels
+
+
+def _dice(a, b):
+    return 2 * np.sum((a > 0) & (b > 0)) / (np.sum(a > 0) + np.sum(b > 0))
+
+
+def _scipy_warp(image, ddf, order=1):
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in image.shape], indexing="ij"))
+    coords = grid + np.moveaxis(np.asarray(ddf, np.float64), -1, 0)
+    return ndimage.map_coordinates(np.asarray(image, np.float64), coords, order=order, mode="nearest")
+
+
+FAST = {"levels": (2, 1), "steps": (40, 30)}
+
+
+def test_classical_register_aligns_a_shifted_pair_and_warps_like_scipy():
+    fixed, moving, labels, moving_labels = _blob_pair()
+    result = jaxreg.register(fixed, moving, moving_labels=moving_labels, **FAST)
+    assert result.ddf.shape == (32, 32, 2)
+    before, after = _dice(labels, moving_labels), _dice(labels, np.asarray(result.warped_labels))
+    assert after > before + 0.1, (before, after)
+    # warped(x) = moving(x + ddf) = fixed(x + ddf + shift): the centre of the field is −shift
+    np.testing.assert_allclose(np.asarray(result.ddf)[12:20, 12:20].mean(axis=(0, 1)), [-2.0, 1.5], atol=0.25)
+    np.testing.assert_allclose(np.asarray(result.warped), _scipy_warp(moving, result.ddf), atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(result.warped_labels), _scipy_warp(moving_labels, result.ddf, order=0))
+    assert result.info["method"] == "optimize" and result.info["time_s"] > 0
+    assert np.mean(np.abs(fixed - np.asarray(result.warped))) < 0.6 * np.mean(np.abs(fixed - moving))
+
+
+def test_second_call_on_same_shapes_does_not_compile(caplog):
+    fixed, moving, _, _ = _blob_pair()
+    jaxreg.register(fixed, moving, **FAST)
+    with jax.log_compiles(True), caplog.at_level(logging.DEBUG, logger="jax"):
+        jaxreg.register(moving, fixed, **FAST)
+    compiles = [r.getMessage() for r in caplog.records if "Compiling" in r.getMessage()]
+    assert not compiles, compiles
+
+
+@pytest.mark.parametrize("fixed, moving, kwargs, match", [
+    (np.full((16, 16), np.nan), np.ones((16, 16)), {}, "fixed"),
+    (np.eye(16), np.where(np.eye(16) > 0, np.inf, 0.0), {}, "moving"),
+    (np.eye(16), np.ones((16, 16, 16)), {}, "rank"),
+    (np.ones((16, 16)), np.eye(16), {}, "constant"),
+    (np.eye(16), np.eye(16)[::-1], {"fixed_mask": np.ones((8, 8))}, "fixed_mask"),
+    (np.eye(16), np.eye(16)[::-1], {"moving_labels": np.ones((8, 8))}, "moving_labels"),
+    (np.eye(16), np.eye(16)[::-1], {"model": "/nonexistent/workdir"}, "does not exist"),
+])
+def test_bad_input_raises_a_clear_error(fixed, moving, kwargs, match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        jaxreg.register(fixed, moving, **kwargs)
+
+
+# --- trained models ---------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deq_workdir(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("deq")
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests/configs/tiny_deq.py"),
+                          "--workdir", str(workdir)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return workdir
+
+
+def test_trained_model_registers_odd_shapes_with_solver_options(deq_workdir):
+    fixed, moving, _, _ = _blob_pair(shape=(18, 22))
+    model = jaxreg.load_model(deq_workdir)
+    assert model.name == "deqreg" and model.step > 0
+    result = jaxreg.register(fixed, moving, model=model, steps=3)
+    assert result.ddf.shape == (18, 22, 2)
+    assert np.all(np.isfinite(np.asarray(result.ddf)))
+    np.testing.assert_allclose(np.asarray(result.warped), _scipy_warp(moving, result.ddf), atol=1e-4)
+    assert result.info["method"] == "deqreg" and result.info["options"] == {"steps": 3}
+    by_path = jaxreg.register(fixed, moving, model=str(deq_workdir), steps=3)
+    np.testing.assert_allclose(np.asarray(by_path.ddf), np.asarray(result.ddf), atol=1e-6)
+
+
+def test_model_rejects_the_optimisers_mask(deq_workdir):
+    fixed, moving, _, _ = _blob_pair(shape=(16, 16))
+    with pytest.raises(ValueError, match="fixed_mask"):
+        jaxreg.register(fixed, moving, model=deq_workdir, fixed_mask=np.ones((16, 16)))
+
+
+# --- the command line ---------------------------------------------------------------------
+
+
+def _save(path, array, affine=None):
+    nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine), str(path))
+
+
+def _volume_pair():
+    """A 3-D blob pair (16³), moving shifted by (1, -1, 1) voxels."""
+    grid = np.stack(np.meshgrid(*[np.arange(16, dtype=np.float32)] * 3, indexing="ij"))
+    fixed = np.exp(-((grid - 8) ** 2).sum(0) / 20.0) + 0.3 * np.exp(-((grid - 4) ** 2).sum(0) / 6.0)
+    labels = (((grid - 8) ** 2).sum(0) < 16).astype(np.int16)
+    coords = grid + np.array([1.0, -1.0, 1.0], np.float32)[:, None, None, None]
+    moving = ndimage.map_coordinates(fixed, coords, order=1, mode="nearest").astype(np.float32)
+    return fixed.astype(np.float32), moving, labels, ndimage.map_coordinates(labels, coords, order=0, mode="nearest")
+
+
+def test_command_writes_every_output_consistently(tmp_path):
+    fixed, moving, labels, moving_labels = _volume_pair()
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    for name, array in (("f", fixed), ("m", moving), ("l", moving_labels)):
+        _save(tmp_path / f"{name}.nii.gz", array, affine)
+    out = tmp_path / "out"
+    code = cli.main(["register", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
+                     "--moving-labels", str(tmp_path / "l.nii.gz"), "--out", str(out), "--no-progress",
+                     "--option", "levels=(2,1)", "--option", "steps=(30,20)"])
+    assert code == 0
+    assert {p.name for p in out.iterdir()} == {"warped.nii.gz", "disp.nii.gz", "warped_labels.nii.gz", "overview.png",
+                                                "info.json"}
+    disp = nib.load(str(out / "disp.nii.gz")).get_fdata()
+    assert disp.shape == (16, 16, 16, 3)
+    warped = nib.load(str(out / "warped.nii.gz"))
+    np.testing.assert_allclose(warped.affine, affine)
+    np.testing.assert_allclose(warped.get_fdata(), _scipy_warp(moving, disp), atol=1e-4)
+    warped_labels = nib.load(str(out / "warped_labels.nii.gz")).get_fdata()
+    assert _dice(labels, warped_labels) > _dice(labels, moving_labels)
+    info = json.loads((out / "info.json").read_text())
+    assert info["resampled"] is False and info["method"] == "optimize"
+
+
+def test_resampling_onto_the_fixed_grid_matches_closed_forms():
+    image = np.random.default_rng(0).random((6, 7, 5)).astype(np.float32)
+    flipped = np.diag([-1.0, 1.0, 1.0, 1.0])
+    flipped[0, 3] = 5.0  # voxel i of the source is world 5 - i
+    got = cli.resample_to(image, flipped, image.shape, np.eye(4))
+    np.testing.assert_allclose(got[:6], image[::-1][:6], atol=1e-6)
+    shifted = np.eye(4)
+    shifted[1, 3] = -2.0  # source voxel j sits at world j - 2: target voxel j reads source j + 2
+    got = cli.resample_to(image, shifted, image.shape, np.eye(4), order=0)
+    np.testing.assert_array_equal(got[:, :5], image[:, 2:])
+    np.testing.assert_array_equal(got[:, 5:], 0)
+
+
+def test_command_resamples_a_moving_image_on_another_grid_and_says_so(tmp_path, capsys):
+    fixed, moving, _, _ = _volume_pair()
+    _save(tmp_path / "f.nii.gz", fixed)
+    shifted = np.eye(4)
+    shifted[0, 3] = 1.0
+    _save(tmp_path / "m.nii.gz", moving, shifted)
+    code = cli.main(["register", "--fixed", str(tmp_path / "f.nii.gz"), "--moving", str(tmp_path / "m.nii.gz"),
+                     "--out", str(tmp_path / "out"), "--no-progress", "--option", "levels=(1,)", "--option",
+                     "steps=(5,)"])
+    assert code == 0
+    assert "resampling" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "info.json").read_text())["resampled"] is True
+
+
+@pytest.mark.parametrize("setup, message", [
+    ("not_nifti", "nii"),
+    ("missing", "no such file"),
+    ("nan", "NaN"),
+    ("model", "does not exist"),
+])
+def test_command_errors_are_one_line_and_write_nothing(tmp_path, setup, message):
+    fixed, moving, _, _ = _volume_pair()
+    _save(tmp_path / "f.nii.gz", fixed)
+    _save(tmp_path / "m.nii.gz", np.where(fixed > 0.5, np.nan, moving) if setup == "nan" else moving)
+    (tmp_path / "m.txt").write_text("not an image")
+    moving_path = {"not_nifti": "m.txt", "missing": "absent.nii.gz"}.get(setup, "m.nii.gz")
+    args = ["-m", "jaxreg.cli", "register", "--fixed", str(tmp_path / "f.nii.gz"), "--moving",
+            str(tmp_path / moving_path), "--out", str(tmp_path / "out"), "--no-progress"]
+    if setup == "model":
+        args += ["--model", str(tmp_path / "no_such_run")]
+    out = subprocess.run([sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert out.returncode != 0
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
+    assert not (tmp_path / "out").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
