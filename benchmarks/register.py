@@ -1,4 +1,4 @@
-"""Classical registration (``jaxreg.optimize.optimize`` with its defaults) on real pairs.
+"""``jaxreg.register`` with its defaults (classical optimisation, ``jaxreg.optimize``) on real pairs.
 
     python benchmarks/register.py [--data ../shared/data] [--pairs oasis,promise12]
 
@@ -33,7 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage as ndi
 
-from jaxreg import io, metrics, spatial
+from jaxreg import io, metrics, register, spatial
+from jaxreg.cli import parse_option
 from jaxreg import optimize as optimize_module
 from jaxreg.optimize import optimize
 
@@ -59,15 +60,18 @@ def _dice(fixed_seg, moving_seg, ddf, labels) -> dict:
     }
 
 
+OPTIONS: dict = {}  # --option KEY=VALUE: non-default options of jaxreg.register
+
+
 def _register(fixed, moving) -> tuple:
     jax.clear_caches()  # the first call pays compilation, as a user's first call does
     start = time.perf_counter()
-    result = optimize(fixed, moving)
-    jax.block_until_ready(result.ddf)
+    result = register(fixed, moving, **OPTIONS)
+    jax.block_until_ready(result.warped)
     first = time.perf_counter() - start
     start = time.perf_counter()
-    result = optimize(fixed, moving)
-    jax.block_until_ready(result.ddf)
+    result = register(fixed, moving, **OPTIONS)
+    jax.block_until_ready(result.warped)
     second = time.perf_counter() - start
     return result, first, second
 
@@ -82,9 +86,9 @@ def _run(name, images, segs, labels, note_segs=None) -> dict:
             "folding_percent": round(100 * float(metrics.folding_fraction(result.ddf)), 4),
             "time_first_s": round(first, 2),
             "time_second_s": round(second, 2),
-            "steps": list(result.steps),
-            "levels": list(result.levels),
-            "loss_first_last": [round(float(result.losses[0]), 4), round(float(result.losses[-1]), 4)],
+            "steps": list(result.info["steps"]),
+            "levels": list(result.info["levels"]),
+            "loss_first_last": [round(float(result.info["losses"][0]), 4), round(float(result.info["losses"][-1]), 4)],
         }
         for variant, seg_pair in segs.items():
             entry[f"dice_{variant}" if len(segs) > 1 else "dice"] = _dice(
@@ -126,8 +130,11 @@ def main() -> None:
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"),
                         help="folder holding oasis_lapirn_pair/ and promise12_pair/")
     parser.add_argument("--pairs", default="oasis,promise12", help="comma-separated subset")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a non-default option of jaxreg.register, e.g. 'levels=(8,4,2)' (repeatable)")
     args = parser.parse_args()
     wanted = set(args.pairs.split(","))
+    OPTIONS.update(parse_option(text) for text in args.option)
 
     report = {
         "device": str(jax.devices()[0]),
@@ -136,7 +143,7 @@ def main() -> None:
         "jax": jax.__version__,
         "options": {k: (list(p.default) if isinstance(p.default, tuple) else p.default)
                     for k, p in inspect.signature(optimize).parameters.items()
-                    if p.kind is p.KEYWORD_ONLY and k not in ("fixed_mask", "callback")},
+                    if p.kind is p.KEYWORD_ONLY and k not in ("fixed_mask", "callback")} | OPTIONS,
         "exact_gradient_max_voxels": optimize_module.EXACT_GRADIENT_MAX_VOXELS,
         "contended": _contended(),
         "pairs": {},

@@ -31,10 +31,11 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["main"]
+__all__ = ["main", "parse_option", "resample_to"]
 
 
-def _parse_option(text: str) -> tuple[str, object]:
+def parse_option(text: str) -> tuple[str, object]:
+    """``"KEY=VALUE"`` → ``(key, value)``: a Python literal (``(4, 2)``, ``0.5``) or else the bare string."""
     key, sep, value = text.partition("=")
     if not sep or not key.isidentifier():
         raise argparse.ArgumentTypeError(f"--option must be KEY=VALUE (e.g. similarity=mi); got {text!r}.")
@@ -55,7 +56,7 @@ def _parser() -> argparse.ArgumentParser:
     reg.add_argument("--model", default=None, help="a train.py workdir (default: classical optimisation)")
     reg.add_argument("--moving-labels", default=None, help="label map of the moving image, warped alongside")
     reg.add_argument("--fixed-mask", default=None, help="mask on the fixed grid: where the similarity counts")
-    reg.add_argument("--option", action="append", type=_parse_option, default=[], metavar="KEY=VALUE",
+    reg.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
                      help="an option of jaxreg.optimize.optimize or of the model (repeatable)")
     reg.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -137,7 +138,14 @@ def register_files(args: argparse.Namespace) -> dict:
     bar = None
     callback = None
     if args.model is None and not args.no_progress:
-        bar = tqdm(desc="register", unit="step", file=sys.stderr)
+        import inspect
+
+        from jaxreg.optimize import auto_levels, optimize
+
+        levels = options.get("levels") or auto_levels(fixed.shape)
+        steps = options.get("steps", inspect.signature(optimize).parameters["steps"].default)
+        total = steps * len(levels) if isinstance(steps, int) else sum(steps)
+        bar = tqdm(desc="register", unit="step", file=sys.stderr, total=total)
 
         done = {}  # level -> last step reported (the callback comes every few steps)
 

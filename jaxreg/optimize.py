@@ -45,12 +45,17 @@ diffusion, levels (4, 2), steps (100, 100) unless stated; fold = % voxels with d
   box3, w5, w 0.5, lr .05, approx grad .820 / .809   0 / 0        .802 / .776   .006 / .001
   same, exact grad everywhere          .824 / .818   0 / 0        .803 / .796   0 / 0
                                        (5x slower: ~100 s a pair on the shared CPU)
-  same, exact <= 2**18 voxels: DEFAULT .821 / .811   0 / .0001    .803 / .796   0 / 0
+  same, exact <= 2**18 voxels         .821 / .811   0 / .0001    .803 / .796   0 / 0
 
 Full resolution (levels ending in 1) adds <0.003 Dice on OASIS at twice the time on CPU,
-so the defaults stop at half resolution and upsample the velocity. With the defaults on
-the idle 2-core CPU, OASIS takes 20 s for a first call (compilation included) and 14 s
-for a second; PROMISE12 11 s and 5 s.
+so the defaults stop at half resolution and upsample the velocity (images of at most 2**18
+voxels do run at full resolution). The coarsest level was then made to depend on the image
+(:func:`auto_levels`, about 16 voxels across): (4, 2) left unaligned pairs unaligned (the
+ANTs 2-D slices r64 -> r16: NCC 0.566 -> 0.645), (16, 8, 4, 2, 1) gives 0.983. On the
+pairs above it chooses (8, 4, 2): OASIS .821 / .803, PROMISE12 .818 / .810, folding
+0 / .0001 %; on the 2-core CPU OASIS takes 23 s for a first call (compilation included)
+and 15 s for a second, PROMISE12 15 s and 5 s (``benchmarks/register.py``; with (4, 2):
+20 / 14 s and 11 / 5 s).
 """
 
 from __future__ import annotations
@@ -69,7 +74,7 @@ import optax
 from jaxreg import losses, spatial
 from jaxreg.losses import _valid_filter  # box filter of lncc
 
-__all__ = ["OptimizeResult", "optimize"]
+__all__ = ["OptimizeResult", "auto_levels", "optimize"]
 
 TRANSFORMS = ("svf", "ddf")
 SIMILARITIES = ("lncc", "mse", "mi")
@@ -289,6 +294,24 @@ def _check_options(*, transform, similarity, regularizer, window, bins, weight, 
 
 
 # ----------------------------------------------------------------------------- public
+def auto_levels(shape: Sequence[int]) -> tuple[int, ...]:
+    """The default pyramid for an image of spatial ``shape``: factors ``(2**K, ..., 2[, 1])``.
+
+    ``K`` is the largest integer with ``max(shape) / 2**K >= 16`` and
+    ``min(shape) / 2**K >= 4``: the coarsest level is about 16 voxels across, where large
+    displacements (unaligned pairs: a brain 20 % smaller) are found. The finest level is
+    full resolution for images of at most 2**18 voxels and half resolution above (full
+    resolution doubles the time on CPU for < 0.003 Dice on brains). Measured: 160×192×144
+    brains and 32×128×128 prostates → ``(8, 4, 2)``; 256² slices → ``(16, 8, 4, 2, 1)``.
+    """
+    shape = tuple(int(s) for s in shape)
+    top = 0
+    while max(shape) / 2 ** (top + 1) >= 16 and min(shape) / 2 ** (top + 1) >= MIN_LEVEL_SIDE:
+        top += 1
+    finest = 0 if math.prod(shape) <= EXACT_GRADIENT_MAX_VOXELS else 1
+    return tuple(2 ** k for k in range(top, min(finest, top) - 1, -1))
+
+
 def optimize(
     fixed,
     moving,
@@ -300,8 +323,8 @@ def optimize(
     bins: int = 32,
     regularizer: str = "diffusion",
     weight: float = 0.5,
-    levels: Sequence[int] = (4, 2),
-    steps: Sequence[int] = (100, 100),
+    levels: Sequence[int] | None = None,
+    steps: int | Sequence[int] = 100,
     learning_rate: float = 0.05,
     integration_steps: int = 7,
     callback: Callable[[int, int, float], None] | None = None,
@@ -327,10 +350,11 @@ def optimize(
       bins: number of mutual-information histogram bins.
       regularizer: ``"diffusion"`` or ``"bending"`` (see :mod:`jaxreg.losses`).
       weight: regulariser weight ``>= 0`` (higher is smoother).
-      levels: downsampling factors, coarse to fine; every side must stay >= 4 voxels. The
-        default stops at half resolution (full resolution, ``(4, 2, 1)``, doubles the time
-        on CPU for < 0.003 Dice on brains) and upsamples the field.
-      steps: Adam steps at each level (same length as ``levels``).
+      levels: downsampling factors, coarse to fine; every side must stay >= 4 voxels.
+        ``None``: :func:`auto_levels` of the image shape (powers of two from a coarsest
+        level about 16 voxels across, e.g. ``(8, 4, 2)`` for brains 160×192×144, down to
+        half resolution, or full resolution for images of at most 2**18 voxels).
+      steps: Adam steps at each level: one number for all, or one per level.
       learning_rate: Adam step size (voxels of the current level per step, roughly).
       integration_steps: scaling-and-squaring steps for ``"svf"`` (``|v| / 2**steps``
         should stay below ~0.5 voxel).
@@ -353,7 +377,10 @@ def optimize(
             f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added)."
         )
     shape = fixed.shape[:-1]
-    levels, steps = _positive_ints(levels, "levels"), _positive_ints(steps, "steps")
+    levels = auto_levels(shape) if levels is None else _positive_ints(levels, "levels")
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
+        steps = (steps,) * len(levels)
+    steps = _positive_ints(steps, "steps")
     if len(levels) != len(steps):
         raise ValueError(f"`levels` and `steps` must have the same length; got {levels} and {steps}.")
     level_shapes = [tuple(max(1, round(s / f)) for s in shape) for f in levels]

@@ -212,3 +212,14 @@ def test_first_order_svf_gradient_path(pair, monkeypatch):
     error = np.linalg.norm(ddf[inner] - u[inner], axis=-1)
     assert np.mean(error) < 0.3 * np.mean(np.linalg.norm(u[inner], axis=-1))
     assert np.all(_np_jacobian_det_2d(ddf) > 0)
+
+
+@pytest.mark.parametrize("shape", [(160, 192, 144), (32, 128, 128), (256, 256), (32, 32), (16, 16, 16), (40, 300)])
+def test_auto_levels_follow_their_rule_by_brute_force(shape):
+    """Coarsest 2**K: the largest K with max/2**K >= 16 and min/2**K >= 4; finest 1 up to 2**18 voxels, else 2."""
+    from jaxreg.optimize import auto_levels
+
+    k = max(k for k in range(12) if max(shape) / 2**k >= 16 and min(shape) / 2**k >= 4 or k == 0)
+    finest = 1 if np.prod(shape) <= 2**18 or k == 0 else 2
+    expected = [2**j for j in range(k, -1, -1) if 2**j >= finest]
+    assert list(auto_levels(shape)) == expected

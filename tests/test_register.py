@@ -114,6 +114,18 @@ def test_trained_model_registers_odd_shapes_with_solver_options(deq_workdir):
     np.testing.assert_allclose(np.asarray(by_path.ddf), np.asarray(result.ddf), atol=1e-6)
 
 
+def test_voxelmorph_workdir_registers_a_volume_and_takes_no_options(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests/configs/tiny.py"),
+                          "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    fixed, moving, _, _ = _volume_pair()
+    result = jaxreg.register(fixed[:, :, :15], moving[:, :, :15], model=tmp_path)  # 15: padded to 16 and back
+    assert result.ddf.shape == (16, 16, 15, 3) and result.info["method"] == "voxelmorph"
+    np.testing.assert_allclose(np.asarray(result.warped), _scipy_warp(moving[:, :, :15], result.ddf), atol=1e-4)
+    with pytest.raises(ValueError, match="no options"):
+        jaxreg.register(fixed, moving, model=tmp_path, steps=3)
+
+
 def test_model_rejects_the_optimisers_mask(deq_workdir):
     fixed, moving, _, _ = _blob_pair(shape=(16, 16))
     with pytest.raises(ValueError, match="fixed_mask"):
@@ -209,3 +221,11 @@ def test_command_errors_are_one_line_and_write_nothing(tmp_path, setup, message)
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], out.stderr
     assert not (tmp_path / "out").exists()
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_console_script_is_installed():
+    """`pip install -e .` puts the `jaxreg` command beside the interpreter (pyproject [project.scripts])."""
+    script = Path(sys.executable).parent / "jaxreg"
+    assert script.exists(), f"{script} missing: reinstall with pip install -e ."
+    out = subprocess.run([str(script), "register", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "--moving-labels" in out.stdout, out.stderr
