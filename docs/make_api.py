@@ -29,6 +29,7 @@ MODULES = (
     ("jaxreg.deq", "deep equilibrium solvers and layers"),
     ("jaxreg.deq.model", "DEQReg"),
     ("jaxreg.deq.unroll", "unrolled baselines"),
+    ("jaxreg.diffusion", "diffusion schedules (DiffuseReg)"),
     ("jaxreg.training", "training state, loop, checkpoints, sharding"),
     ("jaxreg.evaluation", "evaluating a workdir, figures, reports"),
 )
