@@ -1,4 +1,4 @@
-"""Noise schedules against numpy closed forms; the posterior against an independent Bayes derivation."""
+"""Diffusion: schedules against numpy closed forms, the posterior against Bayes' rule, samplers with an oracle."""
 
 import numpy as np
 import pytest
@@ -78,3 +78,39 @@ def test_posterior_at_step_zero_is_x0():
 def test_bad_options_raise(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+# --- samplers with an oracle noise predictor ------------------------------------------------
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from jaxreg.diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample  # noqa: E402
+
+
+def _oracle(schedule, x0):
+    """The perfect ε network for a known x₀: ε = (x_t − √ᾱ_t x₀)/√(1 − ᾱ_t)."""
+    return lambda x, t: predict_eps(schedule, x, t, x0)
+
+
+@pytest.mark.parametrize("steps, eta", [(1, 0.0), (10, 0.0), (50, 0.0), (50, 1.0)])
+def test_ddim_with_an_oracle_returns_x0(steps, eta):
+    s = linear_schedule()
+    x0 = jnp.asarray(np.random.default_rng(0).normal(size=(2, 8, 8, 2)), jnp.float32)
+    x_T = jax.random.normal(jax.random.key(1), x0.shape)
+    got = jax.jit(lambda x: ddim_sample(_oracle(s, x0), s, x, steps=steps, eta=eta, key=jax.random.key(5)))(x_T)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(x0), atol=1e-4)
+
+
+def test_ddpm_with_an_oracle_returns_x0():
+    s = linear_schedule(200, beta_start=1e-4, beta_end=0.02)
+    x0 = jnp.asarray(np.random.default_rng(2).normal(size=(1, 6, 6, 3)), jnp.float32)
+    got = ddpm_sample(_oracle(s, x0), s, jax.random.normal(jax.random.key(3), x0.shape), key=jax.random.key(4))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(x0), atol=1e-4)
+
+
+def test_ddim_timesteps_and_bad_steps():
+    np.testing.assert_array_equal(ddim_timesteps(2000, 5), [1999, 1499, 1000, 500, 0])
+    for bad in (0, 2001, 2.5):
+        with pytest.raises(ValueError, match="steps"):
+            ddim_timesteps(2000, bad)
