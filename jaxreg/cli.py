@@ -138,14 +138,10 @@ def register_files(args: argparse.Namespace) -> dict:
     bar = None
     callback = None
     if args.model is None and not args.no_progress:
-        import inspect
+        from jaxreg.optimize import pyramid
 
-        from jaxreg.optimize import auto_levels, optimize
-
-        levels = options.get("levels") or auto_levels(fixed.shape)
-        steps = options.get("steps", inspect.signature(optimize).parameters["steps"].default)
-        total = steps * len(levels) if isinstance(steps, int) else sum(steps)
-        bar = tqdm(desc="register", unit="step", file=sys.stderr, total=total)
+        steps = pyramid(fixed.shape, **{k: options[k] for k in ("levels", "steps") if k in options})[1]
+        bar = tqdm(desc="register", unit="step", file=sys.stderr, total=sum(steps))
 
         done = {}  # level -> last step reported (the callback comes every few steps)
 

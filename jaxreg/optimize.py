@@ -74,13 +74,14 @@ import optax
 from jaxreg import losses, spatial
 from jaxreg.losses import _valid_filter  # box filter of lncc
 
-__all__ = ["OptimizeResult", "auto_levels", "optimize"]
+__all__ = ["OptimizeResult", "auto_levels", "check_pair", "optimize", "pyramid"]
 
 TRANSFORMS = ("svf", "ddf")
 SIMILARITIES = ("lncc", "mse", "mi")
 REGULARIZERS = ("diffusion", "bending")
 MIN_LEVEL_SIDE = 4  # smallest spatial side (voxels) allowed at the coarsest level
 CALLBACK_EVERY = 10  # steps between progress callbacks
+STEPS_PER_LEVEL = 100  # default Adam steps at each level
 SMOOTHING_PASSES = 1  # 3-voxel box filters applied to the parameters in the forward pass
 FINAL_LR_FRACTION = 0.1  # cosine decay of the learning rate within each level, down to this
 # Levels with at most this many voxels differentiate exactly through scaling and squaring;
@@ -312,6 +313,43 @@ def auto_levels(shape: Sequence[int]) -> tuple[int, ...]:
     return tuple(2 ** k for k in range(top, min(finest, top) - 1, -1))
 
 
+def check_pair(fixed, moving) -> tuple[jax.Array, jax.Array]:
+    """Checks an image pair and returns it as float32 ``(*S, C)`` arrays (a channel axis added).
+
+    Rank 2 is a 2-D image, rank 3 a 3-D one, rank 4 a 3-D one with channels.
+
+    Raises:
+      ValueError: another rank or dtype, NaN or Inf, a constant image, ranks or shapes
+        that differ; the message names the argument.
+    """
+    fixed, moving = _as_image(fixed, "fixed"), _as_image(moving, "moving")
+    if fixed.ndim != moving.ndim:
+        raise ValueError(f"`fixed` and `moving` must have the same spatial rank (both 2-D or both 3-D); got shapes "
+                         f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added).")
+    if fixed.shape != moving.shape:
+        raise ValueError(
+            f"`fixed` and `moving` must have the same shape (resample first); got "
+            f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added)."
+        )
+    return fixed, moving
+
+
+def pyramid(shape: Sequence[int], levels: Sequence[int] | None = None,
+            steps: int | Sequence[int] = STEPS_PER_LEVEL) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(levels, steps)`` as :func:`optimize` runs them for spatial ``shape``: one step count per level.
+
+    Raises:
+      ValueError: non-positive factors or steps, or lists of different lengths.
+    """
+    levels = auto_levels(shape) if levels is None else _positive_ints(levels, "levels")
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
+        steps = (steps,) * len(levels)
+    steps = _positive_ints(steps, "steps")
+    if len(levels) != len(steps):
+        raise ValueError(f"`levels` and `steps` must have the same length; got {levels} and {steps}.")
+    return levels, steps
+
+
 def optimize(
     fixed,
     moving,
@@ -324,7 +362,7 @@ def optimize(
     regularizer: str = "diffusion",
     weight: float = 0.5,
     levels: Sequence[int] | None = None,
-    steps: int | Sequence[int] = 100,
+    steps: int | Sequence[int] = STEPS_PER_LEVEL,
     learning_rate: float = 0.05,
     integration_steps: int = 7,
     callback: Callable[[int, int, float], None] | None = None,
@@ -370,19 +408,9 @@ def optimize(
     _check_options(transform=transform, similarity=similarity, regularizer=regularizer, window=window,
                    bins=bins, weight=weight, learning_rate=learning_rate,
                    integration_steps=integration_steps, callback=callback)
-    fixed, moving = _as_image(fixed, "fixed"), _as_image(moving, "moving")
-    if fixed.shape[:-1] != moving.shape[:-1] or fixed.shape[-1] != moving.shape[-1]:
-        raise ValueError(
-            f"`fixed` and `moving` must have the same shape (resample first); got "
-            f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added)."
-        )
+    fixed, moving = check_pair(fixed, moving)
     shape = fixed.shape[:-1]
-    levels = auto_levels(shape) if levels is None else _positive_ints(levels, "levels")
-    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
-        steps = (steps,) * len(levels)
-    steps = _positive_ints(steps, "steps")
-    if len(levels) != len(steps):
-        raise ValueError(f"`levels` and `steps` must have the same length; got {levels} and {steps}.")
+    levels, steps = pyramid(shape, levels, steps)
     level_shapes = [tuple(max(1, round(s / f)) for s in shape) for f in levels]
     for f, ls in zip(levels, level_shapes):
         if min(ls) < MIN_LEVEL_SIDE:

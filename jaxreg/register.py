@@ -79,14 +79,15 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
 
     Args:
       workdir: the folder given to ``train.py --workdir``.
-      step: ``"latest"`` or a checkpoint step number.
+      step: ``"latest"``, ``"best"`` (by the run's ``training.best_metric``) or a step number.
 
     Raises:
-      FileNotFoundError: no such workdir, no config or no checkpoint there.
-      ValueError: the workdir holds an unknown model.
+      FileNotFoundError: no such workdir, no config or no (such) checkpoint there.
+      ValueError: the workdir holds an unknown model, or a bad ``step``.
     """
     # Imported here: training, checkpoints and models are not needed by the classical path.
     from jaxreg import models
+    from jaxreg.evaluation.evaluate import resolve_step, wants_ema
     from jaxreg.training.checkpoints import Checkpoints
     from jaxreg.training.workdir import load_config
 
@@ -96,54 +97,24 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
                                 f"python train.py --config ... --workdir {workdir}).")
     config = load_config(workdir)
     method = models.build(config.model, config.loss, config.get("solver"))
+    training = config.training
     with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
-        saved = checkpoints.all_steps()
-        if not saved:
-            raise FileNotFoundError(f"no checkpoints in {workdir / 'checkpoints'}: train first.")
-        chosen = saved[-1] if step in (None, "latest") else int(step)
+        chosen = resolve_step(workdir, checkpoints, step, best_metric=training.get("best_metric"),
+                              best_mode=training.get("best_mode", "max"))
         state = checkpoints.restore_raw(step=chosen)
-    use_ema = bool((config.get("eval") or {}).get("use_ema", True)) and state.get("ema_params") is not None
-    return Model(str(config.model.name), method, state["ema_params"] if use_ema else state["params"], config, workdir,
-                 chosen)
-
-
-def _as_image(x, name: str) -> jax.Array:
-    """A float32 image; errors name the argument."""
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.number) or x.ndim < 2:
-        raise ValueError(f"`{name}` must be a numeric 2-D or 3-D image (*S) or (*S, C); got shape {x.shape}, "
-                         f"dtype {x.dtype}.")
-    return x.astype(jnp.float32)
-
-
-def _spatial_shape(fixed: jax.Array, moving: jax.Array) -> tuple[int, ...]:
-    """The spatial shape of the pair: rank 2 is a 2-D image, rank 3 a 3-D one, rank 4 a 3-D one with channels."""
-    if fixed.ndim != moving.ndim:
-        raise ValueError(f"`fixed` and `moving` must have the same rank; got shapes {fixed.shape} and {moving.shape}.")
-    if fixed.ndim not in (2, 3, 4):
-        raise ValueError(f"`fixed` must be a 2-D (H, W) or 3-D (D, H, W) image, optionally with channels (D, H, W, C); "
-                         f"got shape {fixed.shape}.")
-    if fixed.shape != moving.shape:
-        raise ValueError(f"`fixed` and `moving` must have the same shape (resample one onto the other's grid first, "
-                         f"e.g. with `jaxreg register` on NIfTI files); got {fixed.shape} and {moving.shape}.")
-    return tuple(fixed.shape[:3]) if fixed.ndim == 4 else tuple(fixed.shape)
-
-
-def _check_finite_and_contrast(x: jax.Array, name: str) -> None:
-    x = np.asarray(x)
-    if not np.all(np.isfinite(x)):
-        raise ValueError(f"`{name}` contains NaN or Inf values ({int(np.sum(~np.isfinite(x)))} voxels).")
-    if np.ptp(x) == 0:
-        raise ValueError(f"`{name}` is constant (value {float(x.flat[0])}): there is nothing to register.")
+    params = state["ema_params"] if wants_ema(config) and state.get("ema_params") is not None else state["params"]
+    return Model(str(config.model.name), method, params, config, workdir, chosen)
 
 
 def _model_inputs(model: Model, image: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """A ``(1, *S')`` single-channel image in [0, 1], padded (edge) to sides the U-Net accepts."""
+    """A ``(1, *S')`` single-channel image in [0, 1], padded (edge) to sides the U-Net accepts.
+
+    ``image`` is ``(*S, C)``; models take one channel, the mean of the channels.
+    """
     from jaxreg.data.preprocess import rescale_intensity
     from jaxreg.models import unet
 
-    if image.ndim > len(shape):  # models take one channel: the mean of the channels
-        image = jnp.mean(image, axis=-1)
+    image = jnp.mean(image, axis=-1)
     image = jnp.asarray(rescale_intensity(np.asarray(image), out_range=(0.0, 1.0), percentiles=(0.5, 99.5)))
     factor = 2 ** len(model.config.model.get("encoder") or unet.ENCODER)
     pad = [(0, -s % factor) for s in shape]
@@ -193,10 +164,9 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, f
     """
     del key  # reserved for the stochastic samplers (DiffuseReg)
     start = time.perf_counter()
-    fixed, moving = _as_image(fixed, "fixed"), _as_image(moving, "moving")
-    shape = _spatial_shape(fixed, moving)
-    for x, name in ((fixed, "fixed"), (moving, "moving")):
-        _check_finite_and_contrast(x, name)
+    given = fixed, moving  # optimize takes them as given (rank 3 means 3-D, so no channel axis added)
+    fixed, moving = optimize_lib.check_pair(fixed, moving)  # (*S, C) float32
+    shape = fixed.shape[:-1]
     if fixed_mask is not None and tuple(np.shape(fixed_mask)) != shape:
         raise ValueError(f"`fixed_mask` must have the spatial shape of `fixed` {shape}; got {tuple(np.shape(fixed_mask))}.")
     if moving_labels is not None and tuple(np.shape(moving_labels)) != shape:
@@ -204,7 +174,7 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, f
                          f"got {tuple(np.shape(moving_labels))}.")
 
     if model is None:
-        result = optimize_lib.optimize(fixed, moving, fixed_mask=fixed_mask, callback=callback, **options)
+        result = optimize_lib.optimize(*given, fixed_mask=fixed_mask, callback=callback, **options)
         ddf = result.ddf
         info = {"method": "optimize", "steps": result.steps, "levels": result.levels,
                 "losses": np.asarray(result.losses), "options": dict(options)}
@@ -213,7 +183,7 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, f
             raise ValueError("`fixed_mask` is used by the classical optimiser only (model=None).")
         model = model if isinstance(model, Model) else load_model(model)
         ddf, info = _register_with_model(model, fixed, moving, shape, options)
-    warped = spatial.warp(moving, ddf)
+    warped = spatial.warp(moving, ddf).reshape(np.shape(given[1]))  # shaped like the moving image given
     warped_labels = None if moving_labels is None else spatial.warp(jnp.asarray(moving_labels), ddf, order=0)
     jax.block_until_ready(warped)
     info["time_s"] = time.perf_counter() - start

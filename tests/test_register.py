@@ -78,7 +78,7 @@ def test_second_call_on_same_shapes_does_not_compile(caplog):
 @pytest.mark.parametrize("fixed, moving, kwargs, match", [
     (np.full((16, 16), np.nan), np.ones((16, 16)), {}, "fixed"),
     (np.eye(16), np.where(np.eye(16) > 0, np.inf, 0.0), {}, "moving"),
-    (np.eye(16), np.ones((16, 16, 16)), {}, "rank"),
+    (np.eye(16), np.tile(np.eye(16), (16, 1, 1)), {}, "rank"),
     (np.ones((16, 16)), np.eye(16), {}, "constant"),
     (np.eye(16), np.eye(16)[::-1], {"fixed_mask": np.ones((8, 8))}, "fixed_mask"),
     (np.eye(16), np.eye(16)[::-1], {"moving_labels": np.ones((8, 8))}, "moving_labels"),

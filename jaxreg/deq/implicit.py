@@ -24,10 +24,10 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxreg.deq.solvers import OPTIONS as _SOLVER_KEYS
 from jaxreg.deq.solvers import solve, validate_options
 
 BACKWARDS = ("phantom", "ift")
-_SOLVER_KEYS = ("method", "max_steps", "tol", "stop", "history", "damping")
 
 
 def phantom_steps(f: Callable, params, x, z: jax.Array, *, steps: int,

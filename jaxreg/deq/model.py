@@ -19,14 +19,14 @@ import jax.numpy as jnp
 
 from jaxreg import spatial
 from jaxreg.deq import implicit, solvers
+from jaxreg.deq.implicit import BACKWARDS
 from jaxreg.models.unet import DECODER, ENCODER, UNet
 from jaxreg.models.voxelmorph import SIMILARITIES, registration_loss
 
 __all__ = ["BACKWARDS", "SOLVER_OPTIONS", "DEQReg", "UpdateNet", "capture_steps"]
 
-BACKWARDS = ("phantom", "ift")
 #: Options of :func:`jaxreg.deq.solvers.solve` a config's ``solver`` section may set.
-SOLVER_OPTIONS = ("method", "max_steps", "tol", "stop", "history", "damping")
+SOLVER_OPTIONS = solvers.OPTIONS
 
 
 class UpdateNet(nn.Module):
@@ -204,16 +204,17 @@ class DEQReg:
         start = self._start(x[0])
         corrections = bool(self.capture) and self.correction_weight > 0
         if self.backward == "ift":
-            ddf, info = self.layer(params, x, start)
-            loss, parts = self._pair_losses(x, ddf)
+            equilibrium, info = self.layer(params, x, start)
+            loss, parts = self._pair_losses(x, equilibrium)
             if corrections:
                 _, _, captured = solvers.solve(lambda z: self.update(jax.lax.stop_gradient(params), x, z), start,
                                                capture=self.capture, **self.solver)
                 correction = jnp.sum(self._phantom_losses(params, x, captured)[0])
         else:
-            z_star, info, captured = solvers.solve(lambda z: self.update(jax.lax.stop_gradient(params), x, z), start,
-                                                   capture=self.capture if corrections else (), **self.solver)
-            states = jnp.concatenate([z_star[None], captured]) if corrections else z_star[None]
+            equilibrium, info, captured = solvers.solve(lambda z: self.update(jax.lax.stop_gradient(params), x, z),
+                                                        start, capture=self.capture if corrections else (),
+                                                        **self.solver)
+            states = jnp.concatenate([equilibrium[None], captured]) if corrections else equilibrium[None]
             losses, per_state = self._phantom_losses(params, x, states)
             loss, parts = losses[0], {k: v[0] for k, v in per_state.items()}
             correction = jnp.sum(losses[1:])
@@ -223,8 +224,7 @@ class DEQReg:
             loss = loss + self.correction_weight * correction
             metrics["correction"] = correction
         if self.jacobian_weight > 0:
-            jacobian = implicit.jacobian_penalty(self.update, params, x, jax.lax.stop_gradient(ddf if self.backward == "ift"
-                                                 else z_star), key)
+            jacobian = implicit.jacobian_penalty(self.update, params, x, jax.lax.stop_gradient(equilibrium), key)
             loss = loss + self.jacobian_weight * jacobian
             metrics["jacobian"] = jacobian
         return loss, metrics

@@ -29,6 +29,8 @@ with warnings.catch_warnings():  # jaxopt warns on import that it is unmaintaine
     import jaxopt
 
 SOLVERS = ("fixed_point", "anderson", "broyden")
+#: The options of :func:`solve` a solver configuration may set (``capture`` is per call).
+OPTIONS = ("method", "max_steps", "tol", "stop", "history", "damping")
 STOPS = ("relative", "absolute")
 _EPS = 1e-8
 _RIDGE = 1e-5  # Anderson's Tikhonov term, relative to the mean squared residual

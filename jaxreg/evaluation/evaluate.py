@@ -36,7 +36,7 @@ from jaxreg.training.validation import pair_metrics, summarize
 from jaxreg.training.workdir import load_config
 from jaxreg.training.writers import read_metrics
 
-__all__ = ["Run", "evaluate_workdir", "load_run", "resolve_step"]
+__all__ = ["Run", "evaluate_workdir", "load_run", "resolve_step", "wants_ema"]
 
 
 def resolve_step(workdir, checkpoints: Checkpoints, step, *, best_metric: str | None, best_mode: str = "max") -> int:
@@ -67,6 +67,11 @@ def resolve_step(workdir, checkpoints: Checkpoints, step, *, best_metric: str | 
     return number
 
 
+def wants_ema(config) -> bool:
+    """Whether inference should use the EMA parameters (``eval.use_ema``, default true) where a run kept them."""
+    return bool((config.get("eval") or {}).get("use_ema", True))
+
+
 class Run(NamedTuple):
     """A trained run loaded for inference."""
 
@@ -95,7 +100,7 @@ def load_run(workdir, *, step=None, split: str = "test") -> Run:
         chosen = resolve_step(workdir, checkpoints, step or "latest", best_metric=training.get("best_metric"),
                               best_mode=training.get("best_mode", "max"))
         state = checkpoints.restore(template, step=chosen)
-    ema = bool((config.get("eval") or {}).get("use_ema", True)) and state.ema_params is not None
+    ema = wants_ema(config) and state.ema_params is not None
     return Run(config, method, state.ema_params if ema else state.params, chosen, ema)
 
 
