@@ -109,3 +109,51 @@ def unroll_model(model: ml_collections.ConfigDict, arg: str | None) -> None:
     model.variant = variant  # vanilla | riir | gradirn (jaxreg.deq.unroll)
     model.steps = int(steps or 6)  # T: steps trained through (BPTT)
     model.hidden = 8  # RIIR's hidden-state channels
+
+
+def diffusereg_model(model: ml_collections.ConfigDict, loss: ml_collections.ConfigDict) -> None:
+    """Turns ``model``/``loss`` into DiffuseReg's: the paper's Swin-UNETR denoiser and consistency loss."""
+    for field in ("encoder", "decoder", "integration_steps"):  # the U-Net fields do not apply
+        del model[field]
+    model.name = "diffusereg"
+    model.features = 120  # Swin token width of the first stage (doubles per stage)
+    model.depths = (2, 2, 2, 2)  # Swin blocks per stage
+    model.heads = (3, 6, 12, 24)  # attention heads per stage
+    model.window = (2, 4, 4)  # window sides in tokens (D, H, W)
+    model.patch = 2  # patch side of the token embedding
+    model.fusion = "layerwise"  # layerwise (joint attention in every field block) | input (concatenation ablation)
+    model.conditional_mask = True  # tile the shifted-window mask over the image tokens (ablation: False)
+    model.time_in_resblocks = True  # a time projection in every conv block (ablation: False)
+    loss.ssim_weight = 1.0  # λ₁ of 1 − SSIM(I_m∘φ̂₀, I_f)
+    loss.ssim_window = 9  # SSIM Gaussian window side (σ 1.5)
+    loss.smooth_weight = 0.1  # λ₂ of the diffusion regulariser of φ̂₀
+    loss.consistency_weighting = "none"  # none (paper) | alpha_bar: weight the SSIM and smoothness terms by ᾱ_t
+
+
+def diffusion_section() -> ml_collections.ConfigDict:
+    """The ``diffusion`` section of DiffuseReg: teacher, schedule, normalisation and the sampler."""
+    diffusion = ml_collections.ConfigDict()
+    diffusion.teacher_workdir = ""  # required: a trained registration run whose fields φ₀ are the targets
+    diffusion.teacher_step = "latest"  # the teacher's checkpoint: latest | best | a step number
+    diffusion.stats_pairs = 0  # training pairs the per-channel φ₀ statistics are computed on (0: all)
+    diffusion.mean = ml_collections.config_dict.placeholder(list)  # filled by training (W/diffusion_stats.json)
+    diffusion.std = ml_collections.config_dict.placeholder(list)  # filled by training
+    diffusion.schedule = "linear"  # linear | cosine
+    diffusion.num_steps = 2000  # T
+    diffusion.beta_start = 1e-6  # β_1 of the linear schedule
+    diffusion.beta_end = 1e-2  # β_T of the linear schedule
+    diffusion.condition_dropout = 0.0  # share of training samples without images (classifier-free guidance)
+
+    diffusion.sampler = sampler = ml_collections.ConfigDict()  # what eval.py and predict use
+    sampler.method = "ddim"  # ddim | ddpm (all T steps)
+    sampler.steps = 50  # DDIM model calls
+    sampler.eta = 0.0  # DDIM stochasticity (0: deterministic)
+    sampler.seed = 0  # seed of the sampler's noise
+    sampler.cfg_scale = 0.0  # classifier-free guidance scale (needs condition_dropout > 0 in training)
+    sampler.ensemble = 1  # samples per pair (mean field reported; std = uncertainty)
+    sampler.start = "noise"  # noise | teacher (start from the teacher's field at start_step)
+    sampler.start_step = -1  # step to start from (-1: T − 1)
+    sampler.guidance = guidance = ml_collections.ConfigDict()  # weights of energies on x̂₀ (0: off)
+    for term in ("diffusion", "bending", "folding", "similarity", "organ", "direction"):
+        guidance[term] = 0.0
+    return diffusion

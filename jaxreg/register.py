@@ -87,8 +87,8 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
     """
     # Imported here: training, checkpoints and models are not needed by the classical path.
     from jaxreg import models
-    from jaxreg.evaluation.evaluate import resolve_step, wants_ema
     from jaxreg.training.checkpoints import Checkpoints
+    from jaxreg.training.restore import resolve_step, wants_ema
     from jaxreg.training.workdir import load_config
 
     workdir = Path(workdir)
@@ -96,7 +96,7 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
         raise FileNotFoundError(f"model workdir {str(workdir)!r} does not exist (train one with "
                                 f"python train.py --config ... --workdir {workdir}).")
     config = load_config(workdir)
-    method = models.build(config.model, config.loss, config.get("solver"))
+    method = models.build_from_config(config)
     training = config.training
     with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
         chosen = resolve_step(workdir, checkpoints, step, best_metric=training.get("best_metric"),

@@ -1,10 +1,10 @@
 """Models: the VoxelMorph U-Net and one-shot network; a registry from config names.
 
-Registered names: ``"voxelmorph"``, ``"deqreg"`` (``jaxreg.deq.model``) and ``"unroll"``
-(the unrolled baselines, ``jaxreg.deq.unroll``).
+Registered names: ``"voxelmorph"``, ``"deqreg"`` (``jaxreg.deq.model``), ``"unroll"``
+(the unrolled baselines, ``jaxreg.deq.unroll``) and ``"diffusereg"`` (``jaxreg.diffusion.model``).
 
-``build(config.model, config.loss)`` returns a :class:`Method`, everything training and
-evaluation need to know about a model:
+``build(config.model, config.loss)`` (or :func:`build_from_config`) returns a
+:class:`Method`, everything training and evaluation need to know about a model:
 
 * ``module``: the Flax module;
 * ``init(key, batch)``: parameters for a batch of the input pipeline;
@@ -20,11 +20,13 @@ from typing import NamedTuple
 
 import jax
 
-from jaxreg.models import unet, voxelmorph
+from jaxreg.models import denoiser, swin, unet, voxelmorph
+from jaxreg.models.denoiser import Denoiser
 from jaxreg.models.unet import UNet
 from jaxreg.models.voxelmorph import VoxelMorph
 
-__all__ = ["MODELS", "Method", "UNet", "VoxelMorph", "build", "unet", "voxelmorph"]
+__all__ = ["MODELS", "Denoiser", "Method", "UNet", "VoxelMorph", "build", "build_from_config", "denoiser", "swin", "unet",
+           "voxelmorph"]
 
 
 class Method(NamedTuple):
@@ -36,7 +38,7 @@ class Method(NamedTuple):
     predict: Callable[[dict, jax.Array, jax.Array], jax.Array]
 
 
-def _voxelmorph(model: Mapping, loss: Mapping, solver: Mapping) -> Method:
+def _voxelmorph(model: Mapping, loss: Mapping, solver: Mapping, **_) -> Method:
     del solver
     module = VoxelMorph(encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
                         integration_steps=int(model.get("integration_steps", 0)))
@@ -57,7 +59,7 @@ def _loss_options(loss: Mapping, *, window: int) -> dict:
             "weight": float(loss.get("weight", 0.1))}
 
 
-def _deqreg(model: Mapping, loss: Mapping, solver: Mapping) -> Method:
+def _deqreg(model: Mapping, loss: Mapping, solver: Mapping, **_) -> Method:
     # Imported when asked for: jaxreg.deq builds on models.unet.
     from jaxreg.deq.model import DEQReg
 
@@ -71,7 +73,7 @@ def _deqreg(model: Mapping, loss: Mapping, solver: Mapping) -> Method:
     return Method(deq, deq.init, deq.loss_fn, deq.predict)
 
 
-def _unroll(model: Mapping, loss: Mapping, solver: Mapping) -> Method:
+def _unroll(model: Mapping, loss: Mapping, solver: Mapping, **_) -> Method:
     from jaxreg.deq.unroll import Unrolled
 
     net = Unrolled(variant=model.get("variant", "vanilla"), steps=int(model.get("steps", 6)),
@@ -80,15 +82,42 @@ def _unroll(model: Mapping, loss: Mapping, solver: Mapping) -> Method:
     return Method(net, net.init, net.loss_fn, net.predict)
 
 
-MODELS = {"voxelmorph": _voxelmorph, "deqreg": _deqreg, "unroll": _unroll}
+def _diffusereg(model: Mapping, loss: Mapping, solver: Mapping, *, diffusion: Mapping | None = None,
+                teacher: Callable | None = None) -> Method:
+    from jaxreg.diffusion.model import DENOISER_FIELDS, DiffuseReg
+
+    del solver
+    diffusion = dict(diffusion or {})
+    sampler = dict(diffusion.get("sampler") or {})
+    sampler["guidance"] = dict(sampler.get("guidance") or {})
+    reg = DiffuseReg(denoiser={k: model[k] for k in DENOISER_FIELDS if k in model},
+                     schedule=diffusion.get("schedule", "linear"), num_steps=int(diffusion.get("num_steps", 2000)),
+                     beta_start=float(diffusion.get("beta_start", 1e-6)), beta_end=float(diffusion.get("beta_end", 1e-2)),
+                     mean=diffusion.get("mean"), std=diffusion.get("std"), teacher=teacher,
+                     ssim_weight=float(loss.get("ssim_weight", 1.0)), smooth_weight=float(loss.get("smooth_weight", 0.1)),
+                     ssim_window=int(loss.get("ssim_window", 9)),
+                     consistency_weighting=loss.get("consistency_weighting", "none"),
+                     condition_dropout=float(diffusion.get("condition_dropout", 0.0)), sampler=sampler)
+    return Method(reg, reg.init, reg.loss_fn, reg.predict)
 
 
-def build(model: Mapping, loss: Mapping, solver: Mapping | None = None) -> Method:
+MODELS = {"voxelmorph": _voxelmorph, "deqreg": _deqreg, "unroll": _unroll, "diffusereg": _diffusereg}
+
+
+def build(model: Mapping, loss: Mapping, solver: Mapping | None = None, *, diffusion: Mapping | None = None,
+          teacher: Callable | None = None) -> Method:
     """The :class:`Method` for ``model.name`` (a key of ``MODELS``).
 
-    ``solver`` (a config's ``solver`` section) is read by the equilibrium models only.
+    ``solver`` (a config's ``solver`` section) is read by the equilibrium models only;
+    ``diffusion`` (the ``diffusion`` section) and ``teacher`` (``teacher(fixed, moving) ->
+    ddf``, the frozen registration net whose fields it learns) by DiffuseReg only.
     """
     name = model.get("name")
     if name not in MODELS:
         raise ValueError(f"`model.name` must be one of {tuple(MODELS)}; got {name!r}.")
-    return MODELS[name](model, loss, solver or {})
+    return MODELS[name](model, loss, solver or {}, diffusion=diffusion, teacher=teacher)
+
+
+def build_from_config(config: Mapping, *, teacher: Callable | None = None) -> Method:
+    """:func:`build` from a whole run config (its ``model``, ``loss``, ``solver`` and ``diffusion`` sections)."""
+    return build(config["model"], config["loss"], config.get("solver"), diffusion=config.get("diffusion"), teacher=teacher)

@@ -93,10 +93,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
     sharding.initialize_distributed(training)
     workdir = Path(workdir)
     is_main = jax.process_index() == 0
+    teacher = None
+    if config.model.get("name") == "diffusereg":  # its targets are a frozen teacher's fields, z-scored
+        # Imported here: teacher loading builds on this module.
+        from jaxreg.training.teacher import prepare_diffusion
+
+        config, teacher = prepare_diffusion(config, workdir, is_main=is_main)
     if is_main:
         save_config(config, workdir)
     mesh = sharding.make_mesh()
-    method = models.build(config.model, config.loss, config.get("solver"))
+    method = models.build_from_config(config, teacher=teacher)
     data = config.data
     per_host = sharding.host_batch_size(int(data.get("batch_size", 1)), mesh)
     train_source = open_source(data, "train")

@@ -1,0 +1,88 @@
+"""Loading a trained run: its config, method and the parameters of one checkpoint.
+
+``load_run(W)`` is what evaluation, the convergence study and DiffuseReg's teacher use;
+``resolve_step`` turns ``"latest"``, ``"best"`` or a number into a saved step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import ml_collections
+
+from jaxreg import models
+from jaxreg.data.sources import open_source
+from jaxreg.training import sharding
+from jaxreg.training.checkpoints import Checkpoints
+from jaxreg.training.loop import init_state
+from jaxreg.training.optimizer import make_optimizer
+from jaxreg.training.workdir import load_config
+from jaxreg.training.writers import read_metrics
+
+__all__ = ["Run", "load_run", "resolve_step", "wants_ema"]
+
+
+def resolve_step(workdir, checkpoints: Checkpoints, step, *, best_metric: str | None, best_mode: str = "max") -> int:
+    """The checkpoint step that ``step`` names: ``"latest"``, ``"best"`` or a number.
+
+    ``"best"`` is the saved checkpoint with the best validation ``best_metric`` in
+    ``W/metrics.jsonl``.
+    """
+    saved = checkpoints.all_steps()
+    if not saved:
+        raise FileNotFoundError(f"no checkpoints in {checkpoints.directory}: train first (python train.py ... --workdir {workdir}).")
+    if step in (None, "", "latest"):
+        return saved[-1]
+    if step == "best":
+        if not best_metric:
+            raise ValueError("--step best needs `training.best_metric` in the run's config.")
+        scored = [(r[best_metric], r["step"]) for r in read_metrics(workdir, split="val")
+                  if r["step"] in saved and r.get(best_metric) is not None]
+        if not scored:
+            raise ValueError(f"no saved checkpoint has a validation {best_metric!r}; use --step latest.")
+        return (max if best_mode == "max" else min)(scored)[1]
+    try:
+        number = int(step)
+    except (TypeError, ValueError):
+        raise ValueError(f"--step must be 'latest', 'best' or a step number; got {step!r}.") from None
+    if number not in saved:
+        raise FileNotFoundError(f"no checkpoint at step {number} in {checkpoints.directory}; have steps {saved}.")
+    return number
+
+
+def wants_ema(config) -> bool:
+    """Whether inference should use the EMA parameters (``eval.use_ema``, default true) where a run kept them."""
+    return bool((config.get("eval") or {}).get("use_ema", True))
+
+
+class Run(NamedTuple):
+    """A trained run loaded for inference."""
+
+    config: ml_collections.ConfigDict
+    method: models.Method
+    params: dict  # the EMA parameters when the run kept them and ``eval.use_ema``
+    step: int  # the checkpoint's step
+    ema: bool  # whether ``params`` are the EMA parameters
+
+
+def load_run(workdir, *, step=None, split: str = "test") -> Run:
+    """The config, method and trained parameters of the run in ``workdir``.
+
+    Args:
+      workdir: a folder written by ``train.py``.
+      step: checkpoint ``"latest"`` (default), ``"best"`` or a step number.
+      split: the split whose first pair shapes the parameter template.
+    """
+    workdir = Path(workdir)
+    config = load_config(workdir)
+    method = models.build_from_config(config)
+    mesh = sharding.make_mesh()
+    template = init_state(method, make_optimizer(config.optimizer), config, open_source(config.data, split)[0], mesh)
+    training = config.training
+    with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
+        chosen = resolve_step(workdir, checkpoints, step or "latest", best_metric=training.get("best_metric"),
+                              best_mode=training.get("best_mode", "max"))
+        state = checkpoints.restore(template, step=chosen)
+    ema = wants_ema(config) and state.ema_params is not None
+    return Run(config, method, state.ema_params if ema else state.params, chosen, ema)
