@@ -74,6 +74,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     ev.num_figures = 4  # pairs drawn as PNG figures
     ev.save_disp = False  # also write Learn2Reg displacement files (3-D)
     ev.use_ema = True  # score the EMA parameters when the run kept them
+    ev.name = ""  # output folder W/eval/<name> ("": the split's name), e.g. one per sampler setting
+    ev.observe_frames = 6  # DiffuseReg: sampler snapshots drawn in figures/sampling.png
+    ev.uncertainty_samples = 8  # DiffuseReg: ensemble size of figures/uncertainty.png (0: no figure)
     return config
 
 

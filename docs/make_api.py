@@ -29,7 +29,11 @@ MODULES = (
     ("jaxreg.deq", "deep equilibrium solvers and layers"),
     ("jaxreg.deq.model", "DEQReg"),
     ("jaxreg.deq.unroll", "unrolled baselines"),
-    ("jaxreg.diffusion", "diffusion schedules (DiffuseReg)"),
+    ("jaxreg.models.swin", "Swin blocks and DiffuseReg's joint window attention"),
+    ("jaxreg.models.denoiser", "DiffuseReg's conditional Swin-UNETR denoiser"),
+    ("jaxreg.diffusion", "DiffuseReg: schedules, samplers, guidance"),
+    ("jaxreg.diffusion.model", "DiffuseReg: training objective, sampling, observation, ensembles"),
+    ("jaxreg.diffusion.guidance", "energies of x̂₀ that steer sampling"),
     ("jaxreg.training", "training state, loop, checkpoints, sharding"),
     ("jaxreg.evaluation", "evaluating a workdir, figures, reports"),
 )

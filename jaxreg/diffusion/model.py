@@ -265,6 +265,8 @@ class DiffuseReg:
         key = jax.random.key(int(options["seed"])) if key is None else key
         key, k_start = jax.random.split(key)
         noise = jax.random.normal(k_start, (n * b, *fixed.shape[1:], ndim), jnp.float32)
+        if isinstance(start, str):
+            _check_start(start)
         if isinstance(start, str) and start == "teacher":
             start = self.teacher_field(fixed, moving)
         if isinstance(start, str):  # "noise"

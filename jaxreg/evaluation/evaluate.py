@@ -29,7 +29,7 @@ from jaxreg.training import sharding
 from jaxreg.training.loop import make_predict
 from jaxreg.training.restore import Run, load_run, resolve_step, wants_ema
 from jaxreg.training.validation import pair_metrics, summarize
-from jaxreg.training.workdir import load_config
+from jaxreg.training.workdir import apply_overrides, load_config
 
 __all__ = ["Run", "evaluate_workdir", "load_run", "resolve_step", "wants_ema"]
 
@@ -58,7 +58,7 @@ def _memory_mb(predict, params, fixed, moving) -> tuple[float | None, str]:
 
 
 def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp: bool | None = None,
-                     progress: bool = True) -> dict:
+                     progress: bool = True, overrides=()) -> dict:
     """Evaluates a trained run; returns the ``metrics.json`` content.
 
     Args:
@@ -67,12 +67,16 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
       step: checkpoint ``"latest"``, ``"best"`` or a step number (default ``config.eval.step``).
       save_disp: write Learn2Reg displacement files (3-D only; default ``config.eval.save_disp``).
       progress: show a progress bar.
+      overrides: ``"section.field=value"`` changes to the run's config for this evaluation,
+        e.g. DiffuseReg sampler options ``"diffusion.sampler.method=ddpm"`` (``eval.py
+        --config.diffusion.sampler.method=ddpm``); ``eval.name`` names the output folder.
     """
     workdir = Path(workdir)
-    ev = load_config(workdir).get("eval") or {}
+    ev = apply_overrides(load_config(workdir), overrides).get("eval") or {}
     split = split or ev.get("split", "test")
-    out_dir = workdir / "eval" / split
-    config, method, params, chosen, use_ema = load_run(workdir, step=step or ev.get("step", "latest"), split=split)
+    out_dir = workdir / "eval" / (ev.get("name") or split)
+    config, method, params, chosen, use_ema = load_run(workdir, step=step or ev.get("step", "latest"), split=split,
+                                                       overrides=overrides)
     data = config.data
     mesh = sharding.make_mesh()
     predict = make_predict(method, mesh)
@@ -83,11 +87,12 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
     if save_disp:
         (out_dir / "disp").mkdir(exist_ok=True)
 
-    rows, times, memory = [], [], (None, "unavailable")
+    rows, times, memory, first = [], [], (None, "unavailable"), None
     pairs = pipeline.records(data, split, limit=int(ev.get("limit", 0) or 0))
     for index, record in enumerate(tqdm(pairs, desc=f"eval {split}", unit="pair", disable=not progress)):
         fixed, moving = (sharding.replicate_host(np.asarray(record[k])[None], mesh) for k in ("fixed", "moving"))
         if index == 0:  # compile outside the timing
+            first = record
             jax.block_until_ready(predict(params, fixed, moving))
             memory = _memory_mb(predict, params, fixed, moving)
         start = time.perf_counter()
@@ -111,6 +116,11 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
     if not rows:
         raise ValueError(f"the {split!r} split of data.source={data.get('source')!r} has no pairs.")
 
+    extras = {}
+    if config.model.name == "diffusereg" and first is not None:  # how samples form, and how sure they are
+        from jaxreg.evaluation.diffusion import diffusion_figures_for
+
+        extras = diffusion_figures_for(out_dir / "figures", method.module, params, first, config, labels=labels)
     summary = summarize(rows)
     # Labels over all pairs (a label can be absent from some pairs: NaN there).
     label_names = sorted({k[len("dice_"):] for row in rows for k in row
@@ -123,7 +133,8 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
                              title=f"Dice per label, {split} ({len(rows)} pairs)")
     result = {"workdir": str(workdir), "out_dir": str(out_dir), "split": split, "step": chosen, "num_pairs": len(rows), "params": "ema" if use_ema else "raw",
               "model": config.model.name, "backend": jax.default_backend(), "devices": jax.device_count(),
-              "time_per_pair_s": float(np.mean(times)), "memory_mb": memory[0], "memory_source": memory[1], "metrics": summary}
+              "time_per_pair_s": float(np.mean(times)), "memory_mb": memory[0], "memory_source": memory[1], "metrics": summary,
+              **extras}
     report.write_json(out_dir / "metrics.json", result)
     report.write_per_pair_csv(out_dir / "per_pair.csv", rows)
     report.write_summary(out_dir / "summary.md", title=f"{config.model.name} (step {chosen})", summary=summary,
@@ -131,5 +142,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
                                                       "checkpoint": f"step {chosen} ({result['params']} parameters)",
                                                       "backend": f"{jax.default_backend()} × {jax.device_count()}",
                                                       "inference memory": f"{memory[0]:.1f} MB ({memory[1]})"
-                                                      if memory[0] is not None else "unavailable"})
+                                                      if memory[0] is not None else "unavailable",
+                                                      "time per pair": f"{result['time_per_pair_s']:.3f} s",
+                                                      **({"sampler": extras["sampler_summary"]} if extras else {})})
     return result

@@ -9,7 +9,9 @@ DiffuseReg's field blocks attend *jointly*: in each window the keys and values a
 ``[time token | moving tokens | fixed tokens | field tokens]`` (:func:`joint_mask`): the
 relative-position bias and the shift mask are tiled over the three token groups and the time
 token attends to, and is attended by, everything. Only the field tokens are kept, so only
-they are queried (the other rows of the joint attention are computed by nobody).
+they are queried (the other rows of the joint attention are computed by nobody). Each
+condition group adds its own learned embedding to its tokens, so that the model can tell
+the fixed image from the moving one.
 
 The masks are numpy (static); ``True`` means "may attend".
 """
@@ -204,7 +206,10 @@ class SwinBlock(nn.Module):
                 y = jnp.roll(y, tuple(-s for s in shifts), axis=axes)
             return window_partition(y, window)
 
-        conds = [windows(norm_c(y)) for y in conditions]
+        # A learned embedding per condition group: attention is blind to the order of its keys,
+        # so without it swapping the fixed and moving images would not change the output.
+        groups = self.param("condition_embedding", nn.initializers.normal(0.5), (len(conditions), c)) if conditions else None
+        conds = [windows(norm_c(y) + groups[i]) for i, y in enumerate(conditions)]
         t = None
         if time is not None:
             nw = math.prod(g // w for g, w in zip(grid, window))

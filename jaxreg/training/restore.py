@@ -17,7 +17,7 @@ from jaxreg.training import sharding
 from jaxreg.training.checkpoints import Checkpoints
 from jaxreg.training.loop import init_state
 from jaxreg.training.optimizer import make_optimizer
-from jaxreg.training.workdir import load_config
+from jaxreg.training.workdir import apply_overrides, load_config
 from jaxreg.training.writers import read_metrics
 
 __all__ = ["Run", "load_run", "resolve_step", "wants_ema"]
@@ -66,16 +66,18 @@ class Run(NamedTuple):
     ema: bool  # whether ``params`` are the EMA parameters
 
 
-def load_run(workdir, *, step=None, split: str = "test") -> Run:
+def load_run(workdir, *, step=None, split: str = "test", overrides=()) -> Run:
     """The config, method and trained parameters of the run in ``workdir``.
 
     Args:
       workdir: a folder written by ``train.py``.
       step: checkpoint ``"latest"`` (default), ``"best"`` or a step number.
       split: the split whose first pair shapes the parameter template.
+      overrides: ``"section.field=value"`` changes to the saved config for this use
+        (e.g. ``"diffusion.sampler.steps=25"``; see ``workdir.apply_overrides``).
     """
     workdir = Path(workdir)
-    config = load_config(workdir)
+    config = apply_overrides(load_config(workdir), overrides)
     method = models.build_from_config(config)
     mesh = sharding.make_mesh()
     template = init_state(method, make_optimizer(config.optimizer), config, open_source(config.data, split)[0], mesh)

@@ -7,14 +7,16 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from collections.abc import Sequence
 from pathlib import Path
 
 import ml_collections
 
 from jaxreg.io import atomic_path
 
-__all__ = ["CONFIG_FILE", "load_config", "save_config"]
+__all__ = ["CONFIG_FILE", "apply_overrides", "load_config", "save_config"]
 
 CONFIG_FILE = "config.json"
 
@@ -42,3 +44,43 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {str(workdir)!r} is not a jaxreg training workdir.")
     return ml_collections.ConfigDict(json.loads(path.read_text()))
+
+
+def _parse_value(text: str):
+    """A Python literal (number, bool, tuple, list, dict, None) or, failing that, the string itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
+    """A copy of ``config`` with ``"section.field=value"`` overrides applied (as ``--config.section.field=value``).
+
+    Fields must exist, except in the ``eval`` section (evaluation settings newer than the run).
+
+    Raises:
+      ValueError: an override without ``=`` or naming a field the config does not have.
+    """
+    config = ml_collections.ConfigDict(config.to_dict())
+    for item in overrides or ():
+        name, sep, text = str(item).partition("=")
+        name = name.removeprefix("--").removeprefix("config.")
+        if not sep or not name:
+            raise ValueError(f"a config override must look like section.field=value; got {item!r}.")
+        *parents, leaf = name.split(".")
+        node = config
+        for part in parents:
+            if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
+                raise ValueError(f"override {item!r}: the run's config has no section {name.rsplit('.', 1)[0]!r}.")
+            node = node[part]
+        if leaf not in node and parents != ["eval"]:  # eval settings may postdate the run
+            raise ValueError(f"override {item!r}: the run's config has no field {name!r}.")
+        try:
+            node[leaf] = _parse_value(text)
+        except TypeError as err:
+            raise ValueError(f"override {item!r}: {err}") from None
+    return config

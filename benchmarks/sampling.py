@@ -1,0 +1,132 @@
+"""DiffuseReg sampling: DDPM-2000 against DDIM-{25, 50, 100, 250}, and guidance, on a trained run.
+
+    python benchmarks/sampling.py --workdir runs/diffusereg_demo            # the demo's test pairs
+    python benchmarks/sampling.py --workdir W --pairs 8 --ddim 25,50 --no-ddpm
+    python benchmarks/sampling.py --paper_size                              # the paper's 32×128×128 model, untrained
+
+Prints JSON: per sampler setting the wall time per pair (batch 1, compiled, mean over the
+pairs), Dice (mean over labels; per label), folding % (NJD), bending energy, and the
+speed-up against DDPM; with ``--guidance`` the same for guided DDIM against unguided.
+``--paper_size`` times one denoiser call of the paper's configuration (feature 120,
+depths 2-2-2-2, 32×128×128) and multiplies by the model calls of each sampler.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from jaxreg import losses  # noqa: E402
+from jaxreg.data import pipeline  # noqa: E402
+from jaxreg.evaluation.evaluate import load_run  # noqa: E402
+from jaxreg.training.validation import pair_metrics, summarize  # noqa: E402
+
+
+def _setting(name: str, **options) -> tuple[str, dict]:
+    return name, options
+
+
+def score(model, params, records, options, *, labels) -> dict:
+    """Time and quality of one sampler setting over ``records``."""
+    predict = jax.jit(lambda p, f, m: model.predict(p, f, m, **options))
+    rows, times = [], []
+    for index, record in enumerate(records):
+        fixed, moving = (jnp.asarray(record[k])[None] for k in ("fixed", "moving"))
+        if index == 0:
+            start = time.perf_counter()
+            jax.block_until_ready(predict(params, fixed, moving))
+            compile_s = time.perf_counter() - start
+        start = time.perf_counter()
+        ddf = np.asarray(jax.block_until_ready(predict(params, fixed, moving)))[0]
+        times.append(time.perf_counter() - start)
+        row = pair_metrics(record, ddf, labels=labels, with_hd95=False)
+        row["bending"] = float(losses.bending_energy(ddf))
+        rows.append(row)
+    summary = summarize(rows)
+    keep = [k for k in summary if k.startswith("dice") or k in ("folding", "folding_std", "sdlogj", "bending", "bending_std")]
+    return {"time_per_pair_s": float(np.mean(times)), "compile_s": compile_s, "pairs": len(rows),
+            **{k: summary[k] for k in keep}}
+
+
+def benchmark_run(args) -> dict:
+    run = load_run(args.workdir, split=args.split)
+    model, params = run.method.module, run.params
+    labels = (run.config.get("eval") or {}).get("labels")
+    records = list(pipeline.records(run.config.data, args.split, limit=args.pairs))
+    settings = [_setting(f"ddim{n}", method="ddim", steps=n, eta=0.0) for n in args.ddim]
+    if args.ddpm:
+        settings.insert(0, _setting(f"ddpm{model.schedule.num_steps}", method="ddpm"))
+    results = {}
+    for name, options in settings:
+        results[name] = score(model, params, records, options, labels=labels)
+        print(f"{name}: {results[name]['time_per_pair_s']:.3f} s/pair, dice {results[name].get('dice', float('nan')):.4f}",
+              file=sys.stderr)
+    ddpm = results.get(f"ddpm{model.schedule.num_steps}")
+    if ddpm:
+        for name, r in results.items():
+            r["speedup_vs_ddpm"] = ddpm["time_per_pair_s"] / r["time_per_pair_s"]
+            r["dice_minus_ddpm"] = r.get("dice", np.nan) - ddpm.get("dice", np.nan)
+    out = {"workdir": str(args.workdir), "split": args.split, "pairs": len(records), "backend": jax.default_backend(),
+           "dice_before": float(np.mean([pair_metrics(r, np.zeros((*np.shape(r["fixed"]), np.ndim(r["fixed"]))),
+                                                      labels=labels, with_hd95=False)["dice"] for r in records])),
+           "samplers": results}
+    if args.guidance:
+        weights = dict((k, float(v)) for k, v in (item.split("=") for item in args.guidance.split(",")))
+        steps = args.ddim[0] if 50 not in args.ddim else 50
+        guided = {}
+        for name, options in (("unguided", {"method": "ddim", "steps": steps}),
+                              ("guided", {"method": "ddim", "steps": steps, "guidance": weights})):
+            guided[name] = score(model, params, records, options, labels=labels)
+        guided["weights"], guided["ddim_steps"] = weights, steps
+        out["guidance"] = guided
+    return out
+
+
+def benchmark_paper_size(args) -> dict:
+    from jaxreg.diffusion.model import DiffuseReg
+
+    model = DiffuseReg()  # the paper's denoiser and schedule
+    shape = (1, 32, 128, 128)
+    fixed = jnp.zeros(shape)
+    params = model.init(jax.random.key(0), {"fixed": fixed})
+    n_params = sum(int(v.size) for v in jax.tree.leaves(params))
+    net = jax.jit(model.net.apply)
+    x, t = jnp.zeros((*shape, 3)), jnp.zeros((1,), jnp.int32)
+    jax.block_until_ready(net(params, x, t, fixed[..., None], fixed[..., None]))
+    start = time.perf_counter()
+    for _ in range(args.repeats):
+        jax.block_until_ready(net(params, x, t, fixed[..., None], fixed[..., None]))
+    per_call = (time.perf_counter() - start) / args.repeats
+    calls = {"ddpm2000": 2000, **{f"ddim{n}": n for n in args.ddim}}
+    return {"shape": shape[1:], "params": n_params, "backend": jax.default_backend(), "seconds_per_call": per_call,
+            "seconds_per_pair_from_calls": {k: n * per_call for k, n in calls.items()},
+            "paper_ddpm2000_s": 333.0}
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", default="runs/diffusereg_demo")
+    parser.add_argument("--split", default="test")
+    parser.add_argument("--pairs", type=int, default=8, help="pairs scored per setting (DDPM is slow)")
+    parser.add_argument("--ddim", default="25,50,100,250", help="DDIM step counts")
+    parser.add_argument("--no-ddpm", dest="ddpm", action="store_false", help="skip DDPM (all T steps)")
+    parser.add_argument("--guidance", default="", help="e.g. bending=0.5: guided vs unguided DDIM-50")
+    parser.add_argument("--paper_size", action="store_true", help="time the paper's model at 32×128×128 instead")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args(argv)
+    args.ddim = [int(n) for n in args.ddim.split(",") if n]
+    result = benchmark_paper_size(args) if args.paper_size else benchmark_run(args)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,282 @@
+"""DiffuseReg: samplers from a start step and observed, guidance against closed forms, the model's
+objective and sampling API, teacher loading and its statistics, bad input."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from jaxreg import losses, models
+from jaxreg.diffusion import guidance, samplers
+from jaxreg.diffusion.model import DiffuseReg
+from jaxreg.diffusion.schedule import linear_schedule, predict_eps, predict_x0, q_sample
+
+TINY_NET = {"features": 8, "depths": (1, 1), "heads": (2, 2), "window": (4, 4)}
+
+
+def _oracle_denoiser(x0):
+    """x̂₀ = the known x₀ whatever x_t is (the perfect network)."""
+    return lambda aux, x, t: jnp.broadcast_to(x0, x.shape)
+
+
+# --- samplers ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("method, steps", [("ddim", 20), ("ddpm", None)])
+def test_sampling_from_a_start_step_returns_x0_with_an_oracle(method, steps):
+    s = linear_schedule(300, beta_start=1e-4, beta_end=0.02)
+    x0 = jnp.asarray(np.random.default_rng(0).normal(size=(2, 6, 6, 2)), jnp.float32)
+    x_start = q_sample(s, x0 + 1.0, 120, jax.random.normal(jax.random.key(0), x0.shape))  # a wrong start field
+    got = samplers.sample(_oracle_denoiser(x0), s, x_start, method=method, steps=steps, key=jax.random.key(1),
+                          start_step=120)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(x0), atol=1e-4)
+
+
+def test_timesteps_of_ddpm_and_ddim():
+    times, previous = samplers.sampling_timesteps(10, method="ddpm")
+    np.testing.assert_array_equal(times, np.arange(9, -1, -1))
+    np.testing.assert_array_equal(previous, np.arange(8, -2, -1))
+    times, previous = samplers.sampling_timesteps(2000, method="ddim", steps=3, start_step=400)
+    np.testing.assert_array_equal(times, [400, 200, 0])
+    np.testing.assert_array_equal(previous, [200, 0, -1])
+    with pytest.raises(ValueError, match="steps"):
+        samplers.sampling_timesteps(2000, method="ddim", steps=2001)
+    with pytest.raises(ValueError, match="steps"):
+        samplers.sampling_timesteps(2000, method="ddim", steps=50, start_step=10)
+    with pytest.raises(ValueError, match="method"):
+        samplers.sampling_timesteps(10, method="euler")
+
+
+def test_observe_yields_every_k_steps_and_ends_where_sample_ends():
+    s = linear_schedule(100, beta_start=1e-4, beta_end=0.02)
+    rng = np.random.default_rng(1)
+    target = jnp.asarray(rng.normal(size=(1, 4, 4, 2)), jnp.float32)
+
+    def denoise(aux, x, t):  # an imperfect network: x̂₀ depends on x_t
+        return 0.5 * target + 0.1 * x
+
+    x_T = jax.random.normal(jax.random.key(2), target.shape)
+    times, previous = samplers.sampling_timesteps(100, method="ddim", steps=25)
+    run = jax.jit(samplers.make_runner(denoise, s, method="ddim", eta=0.5))
+    snaps = list(samplers.observe(run, x_T, times=times, previous=previous, key=jax.random.key(3), every=10))
+    assert [sn.index for sn in snaps] == [10, 20, 25] and all(sn.total == 25 for sn in snaps)
+    assert [sn.t for sn in snaps] == [int(times[9]), int(times[19]), 0]
+    whole = samplers.sample(denoise, s, x_T, method="ddim", steps=25, eta=0.5, key=jax.random.key(3))
+    np.testing.assert_allclose(np.asarray(snaps[-1].x_t), np.asarray(whole), atol=1e-5)
+
+
+def test_guidance_moves_each_step_by_the_closed_form_gradient():
+    """direction: N·E = −Σ⟨u, d⟩ → x̂₀ + w·d exactly; diffusion: against numpy finite differences."""
+    rng = np.random.default_rng(4)
+    x0 = jnp.asarray(rng.normal(size=(2, 6, 5, 2)), jnp.float32)
+    images = jnp.zeros((2, 6, 5, 1))
+    d = jnp.asarray([[0.3, -0.2], [1.0, 0.5]], jnp.float32)
+    ctx = guidance.Context(images, images, direction=d)
+    out = guidance.guide(x0, ctx, {"direction": 0.7}, to_field=lambda x: x)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(x0) + 0.7 * np.asarray(d)[:, None, None, :], atol=1e-5)
+
+    def diffusion_np(u):  # (1/ndim) Σ_axes mean(forward difference²)
+        return sum(np.mean(np.diff(u, axis=a) ** 2) for a in range(2)) / 2
+
+    u = np.asarray(x0[0], np.float64)
+    grad, h = np.zeros_like(u), 1e-6
+    for idx in np.ndindex(u.shape):
+        plus, minus = u.copy(), u.copy()
+        plus[idx] += h
+        minus[idx] -= h
+        grad[idx] = (diffusion_np(plus) - diffusion_np(minus)) / (2 * h)
+    out = guidance.guide(x0[:1], guidance.Context(images[:1], images[:1]), {"diffusion": 0.25}, to_field=lambda x: x)
+    np.testing.assert_allclose(np.asarray(out[0]), u - 0.25 * 30 * grad, atol=1e-4)  # N = 6·5 voxels
+
+
+def test_guidance_lowers_its_energy_in_sampling():
+    """A rough target; bending guidance gives a smoother sample than the unguided one."""
+    s = linear_schedule(200, beta_start=1e-4, beta_end=0.02)
+    target = jnp.asarray(np.random.default_rng(5).normal(size=(1, 16, 16, 2)), jnp.float32)
+    images = jnp.zeros((1, 16, 16, 1))
+    ctx = guidance.Context(images, images)
+
+    def make(weights):
+        return lambda aux, x, t: guidance.guide(0.8 * target + 0.2 * x, aux, weights, to_field=lambda v: v)
+
+    x_T = jax.random.normal(jax.random.key(6), target.shape)
+    plain = samplers.sample(make({}), s, x_T, aux=ctx, method="ddim", steps=20)
+    guided = samplers.sample(make({"bending": 0.02}), s, x_T, aux=ctx, method="ddim", steps=20)
+    assert float(losses.bending_energy(guided[0])) < 0.5 * float(losses.bending_energy(plain[0]))
+
+
+def test_guidance_weights_are_checked():
+    assert guidance.check_weights({"bending": 0.5, "folding": 0.0}) == {"bending": 0.5}
+    with pytest.raises(ValueError, match="unknown guidance term 'smooth'"):
+        guidance.check_weights({"smooth": 1.0})
+    with pytest.raises(ValueError, match="weight"):
+        guidance.check_weights({"bending": -1.0})
+    with pytest.raises(ValueError, match="fixed_mask"):
+        guidance.check_weights({"organ": 1.0}, context_fields=())
+
+
+# --- the model -----------------------------------------------------------------------------
+
+def _model(**kw):
+    teacher = kw.pop("teacher", lambda f, m: jnp.stack([f - m, 0.5 * f], axis=-1))
+    return DiffuseReg(denoiser=TINY_NET, num_steps=kw.pop("num_steps", 100), mean=[0.1, -0.2], std=[2.0, 0.5],
+                      teacher=teacher, **kw)
+
+
+def _pair(b=2, n=16, seed=0):
+    rng = np.random.default_rng(seed)
+    return {"fixed": rng.uniform(size=(b, n, n)).astype(np.float32), "moving": rng.uniform(size=(b, n, n)).astype(np.float32)}
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    """One small model and its parameters for the sampling tests (compiled runners are cached on it)."""
+    model = _model(condition_dropout=0.2, sampler={"steps": 5})
+    return model, model.init(jax.random.key(0), _pair())
+
+
+def test_loss_is_the_three_terms_of_the_paper():
+    """The loss equals MSE + λ₁(1 − SSIM) + λ₂·diffusion recomputed from the same draw outside the model."""
+    model = _model(ssim_weight=1.0, smooth_weight=0.1)
+    batch = _pair()
+    params = model.init(jax.random.key(0), batch)
+    key = jax.random.key(7)
+    loss, parts = model.loss_fn(params, batch, key)
+    # The same random draw, by hand: t, ε from the key as documented (split in three).
+    k_t, k_eps, _ = jax.random.split(key, 3)
+    f, m = jnp.asarray(batch["fixed"]), jnp.asarray(batch["moving"])
+    x0 = (jnp.stack([f - m, 0.5 * f], axis=-1) - jnp.asarray([0.1, -0.2])) / jnp.asarray([2.0, 0.5])
+    t = jax.random.randint(k_t, (2,), 0, 100)
+    eps = jax.random.normal(k_eps, x0.shape)
+    x_t = q_sample(model.schedule, x0, t, eps)
+    eps_hat = model.net.apply(params, x_t, t, f[..., None], m[..., None])
+    u = predict_x0(model.schedule, x_t, t, eps_hat) * jnp.asarray([2.0, 0.5]) + jnp.asarray([0.1, -0.2])
+    from jaxreg import spatial
+
+    ssim = np.mean([float(losses.ssim(f[i], spatial.warp(m[i], u[i]), window=9, sigma=1.5, ndim=2)) for i in range(2)])
+    smooth = np.mean([float(losses.diffusion(u[i])) for i in range(2)])
+    mse = float(jnp.mean((eps_hat - eps) ** 2))
+    np.testing.assert_allclose(float(parts["eps_mse"]), mse, rtol=1e-5)
+    np.testing.assert_allclose(float(loss), mse + ssim + 0.1 * smooth, rtol=1e-4)
+    grads = jax.grad(lambda p: model.loss_fn(p, batch, key)[0])(params)
+    assert all(np.all(np.isfinite(g)) for g in jax.tree.leaves(grads))
+
+
+def test_sample_shapes_ensemble_std_and_predict_under_jit(tiny):
+    model, params = tiny
+    batch = _pair(b=2)
+    result = model.sample(params, batch["fixed"], batch["moving"], ensemble=3, eta=1.0, key=jax.random.key(1))
+    assert result.samples.shape == (3, 2, 16, 16, 2) and result.ddf.shape == result.std.shape == (2, 16, 16, 2)
+    samples = np.asarray(result.samples)
+    np.testing.assert_allclose(np.asarray(result.std), samples.std(axis=0), rtol=1e-4, atol=1e-6)
+    assert float(jnp.min(result.std)) > 0  # three different noises
+    ddf = jax.jit(model.predict)(params, batch["fixed"], batch["moving"])
+    assert ddf.shape == (2, 16, 16, 2) and bool(jnp.all(jnp.isfinite(ddf)))
+    # Deterministic DDIM with the same seed: predict and sample agree.
+    again = model.sample(params, batch["fixed"], batch["moving"])
+    np.testing.assert_allclose(np.asarray(again.ddf), np.asarray(ddf), atol=1e-4)
+
+
+def test_observe_gives_fields_in_voxels_and_stops_early(tiny):
+    model, params = tiny
+    batch = _pair(b=2)
+    observations = list(model.observe(params, batch["fixed"], batch["moving"], every=2, steps=8))
+    assert [o.index for o in observations] == [2, 4, 6, 8]
+    final = model.sample(params, batch["fixed"], batch["moving"], steps=8).ddf
+    np.testing.assert_allclose(np.asarray(observations[-1].ddf_t), np.asarray(final), atol=1e-4)
+    assert observations[0].warped.shape == (2, 16, 16) and np.isinf(observations[0].change)
+    stopped = list(model.observe(params, batch["fixed"], batch["moving"], every=2, steps=8, stop_tol=10.0))
+    assert len(stopped) == 2  # the second observation changed less than 1000 %
+
+
+def test_start_from_the_teacher_and_classifier_free_guidance_run(tiny):
+    model, params = tiny
+    batch = _pair(b=1)
+    a = model.sample(params, batch["fixed"], batch["moving"], start="teacher", start_step=5).ddf
+    b = model.sample(params, batch["fixed"], batch["moving"], cfg_scale=2.0).ddf
+    assert a.shape == b.shape == (1, 16, 16, 2)
+    # The teacher start at a small step stays near the teacher's field (the model is untrained).
+    teacher = np.stack([batch["fixed"] - batch["moving"], 0.5 * batch["fixed"]], axis=-1)
+    assert np.abs(np.asarray(a) - teacher).mean() < 0.5 * np.abs(teacher).mean()
+    assert bool(jnp.all(jnp.isfinite(a))) and bool(jnp.all(jnp.isfinite(b)))
+    with pytest.raises(ValueError, match="start field"):
+        model.sample(params, batch["fixed"], batch["moving"], start=jnp.zeros((1, 8, 8, 2)), start_step=10)
+
+
+@pytest.mark.parametrize("options, match", [
+    ({"steps": 2001}, "steps"),
+    ({"method": "plms"}, "method"),
+    ({"guidance": {"wiggle": 1.0}}, "unknown guidance term"),
+    ({"temperature": 1.0}, "unknown sampler option"),
+    ({"ensemble": 0}, "ensemble"),
+    ({"start": "zeros"}, "start"),
+])
+def test_bad_sampler_options_raise(tiny, options, match):
+    model, params = tiny
+    batch = _pair(b=1)
+    with pytest.raises(ValueError, match=match):
+        model.sample(params, batch["fixed"], batch["moving"], **options)
+    with pytest.raises(ValueError, match=match):
+        DiffuseReg(denoiser=TINY_NET, num_steps=2000, sampler=options)
+
+
+def test_no_teacher_is_a_clear_error():
+    model = DiffuseReg(denoiser=TINY_NET, num_steps=10)
+    batch = _pair(b=1)
+    params = model.init(jax.random.key(0), batch)
+    with pytest.raises(ValueError, match="teacher"):
+        model.loss_fn(params, batch, jax.random.key(0))
+
+
+# --- teacher -------------------------------------------------------------------------------
+
+def test_teacher_workdir_errors(tmp_path):
+    from jaxreg.training.teacher import load_teacher
+    from jaxreg.training.workdir import save_config
+
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_teacher(tmp_path / "nowhere")
+    with pytest.raises(ValueError, match="empty"):
+        load_teacher("")
+    with pytest.raises(FileNotFoundError, match="config.json"):
+        load_teacher(tmp_path)
+    other = ml_collections.ConfigDict({"model": {"name": "diffusereg"}})
+    save_config(other, tmp_path / "diffusion_run")
+    with pytest.raises(ValueError, match="holds a 'diffusereg' model"):
+        load_teacher(tmp_path / "diffusion_run")
+
+
+def test_field_statistics_match_numpy():
+    from jaxreg.training.teacher import field_statistics
+
+    data = ml_collections.ConfigDict({"source": "synthetic", "seed": 0, "num_pairs": {"train": 3, "val": 1, "test": 1},
+                                      "options": {"shape": (16, 16), "anatomy": "cardiac"}})
+    teacher = lambda f, m: jnp.stack([f - m, 2.0 * f + 1.0], axis=-1)  # noqa: E731
+    stats = field_statistics(teacher, data, progress=False)
+    from jaxreg.data.sources import open_source
+
+    source = open_source(data, "train")
+    fields = np.stack([np.stack([r["fixed"] - r["moving"], 2 * r["fixed"] + 1], -1) for r in (source[i] for i in range(3))])
+    np.testing.assert_allclose(stats["mean"], fields.reshape(-1, 2).mean(0), rtol=1e-5)
+    np.testing.assert_allclose(stats["std"], fields.reshape(-1, 2).std(0), rtol=1e-4)
+    assert stats["pairs"] == 3
+    json.dumps(stats)  # storable as is
+
+
+def test_registry_builds_diffusereg_with_its_sections():
+    method = models.build({"name": "diffusereg", **TINY_NET}, {"ssim_weight": 0.5},
+                          diffusion={"num_steps": 50, "sampler": {"steps": 7, "guidance": {"bending": 0.0}}})
+    assert method.module.schedule.num_steps == 50 and method.module.sampler["steps"] == 7
+    assert method.module.ssim_weight == 0.5
+    with pytest.raises(ValueError, match="denoiser field"):
+        models.build({"name": "diffusereg", "widths": 3}, {})
+
+
+def test_predict_eps_and_x0_round_trip_in_the_model_units():
+    model = _model()
+    u = jnp.asarray(np.random.default_rng(3).normal(size=(1, 4, 4, 2)), jnp.float32)
+    np.testing.assert_allclose(np.asarray(model.denormalize(model.normalize(u))), np.asarray(u), atol=1e-6)
+    x_t = q_sample(model.schedule, u, 10, jnp.ones_like(u))
+    np.testing.assert_allclose(np.asarray(predict_eps(model.schedule, x_t, 10, u)), 1.0, atol=1e-3)

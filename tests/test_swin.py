@@ -1,0 +1,436 @@
+"""Swin pieces (windows, masks, relative positions, joint conditional attention) and DiffuseReg's denoiser.
+
+References are independent: brute-force numpy loops over windows and token pairs, closed-form
+neighbourhood rules, and influence maps (which output tokens change when one input token is
+perturbed) predicted from window geometry alone.
+
+Model parameters are drawn with numpy on the tree shapes from ``jax.eval_shape(module.init)``:
+flax's own initialisation compiles every initializer separately (~30 s for the denoiser on a
+slow CPU), and its final conv has std 1e-3, which would make every output difference tiny.
+"""
+
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from jaxreg.models.denoiser import Denoiser
+from jaxreg.models.swin import (
+    SwinBlock,
+    effective_window,
+    joint_mask,
+    relative_position_index,
+    shift_mask,
+    window_partition,
+    window_reverse,
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _random_params(module, *args, seed=0):
+    """Parameters of ``module`` with the tree flax would build, filled with O(1) random values."""
+    shapes = jax.eval_shape(module.init, jax.random.key(0), *args)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, leaf):
+        name = path[-1].key
+        if name == "kernel":  # fan-in scaled, so activations stay O(1) through the net
+            value = rng.standard_normal(leaf.shape) / math.sqrt(math.prod(leaf.shape[:-1]))
+        elif name == "scale":
+            value = 1.0 + 0.1 * rng.standard_normal(leaf.shape)
+        else:  # biases, relative-position tables, time bias, null token
+            value = 0.3 * rng.standard_normal(leaf.shape)
+        return jnp.asarray(value, leaf.dtype)
+
+    return jax.tree_util.tree_map_with_path(draw, shapes)
+
+
+def _windows_of(grid, window):
+    """Window origins (C order over the window counts) and token offsets (C order in a window)."""
+    counts = [g // w for g, w in zip(grid, window)]
+    return list(np.ndindex(*counts)), list(np.ndindex(*window))
+
+
+def _rel_change(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return np.linalg.norm(a - b) / np.linalg.norm(a)
+
+
+# ----------------------------------------------------------------------------- 1. windows
+
+
+@pytest.mark.parametrize("grid,window", [((4, 6), (2, 3)), ((8, 4), (4, 4)), ((4, 6, 4), (2, 3, 2)), ((2, 4, 6), (2, 2, 3))])
+def test_window_partition_matches_loop_and_round_trips(grid, window):
+    rng = np.random.default_rng(0)
+    b, c = 2, 3
+    x = rng.standard_normal((b, *grid, c)).astype(np.float32)
+    origins, offsets = _windows_of(grid, window)
+    expected = np.empty((b * len(origins), math.prod(window), c), np.float32)
+    for bi in range(b):
+        for wi, origin in enumerate(origins):
+            for ti, off in enumerate(offsets):
+                idx = tuple(o * w + d for o, w, d in zip(origin, window, off))
+                expected[bi * len(origins) + wi, ti] = x[(bi, *idx)]
+    got = window_partition(jnp.asarray(x), window)
+    assert got.shape == expected.shape
+    assert_array_equal(np.asarray(got), expected)
+    assert_array_equal(window_partition(x, window), expected)  # numpy in works too
+    assert_array_equal(np.asarray(window_reverse(got, window, grid)), x)
+    w = rng.standard_normal(expected.shape).astype(np.float32)
+    assert_array_equal(np.asarray(window_partition(window_reverse(jnp.asarray(w), window, grid), window)), w)
+
+
+# ----------------------------------------------------------------------------- 2. shift mask
+
+
+def _shift_mask_reference(grid, window, shift):
+    """Token at shifted index p came from (p + shift) mod g; a pair may attend iff true neighbours."""
+    origins, offsets = _windows_of(grid, window)
+    n = len(offsets)
+    out = np.zeros((len(origins), n, n), bool)
+    for wi, origin in enumerate(origins):
+        orig = [tuple((o * w + d + s) % g for o, w, d, s, g in zip(origin, window, off, shift, grid)) for off in offsets]
+        for p, q in itertools.product(range(n), range(n)):
+            out[wi, p, q] = all(abs(a - b) < w for a, b, w in zip(orig[p], orig[q], window))
+    return out
+
+
+@pytest.mark.parametrize(
+    "grid,window,shift",
+    [
+        ((8, 8), (4, 4), (2, 2)),
+        ((8, 12), (4, 4), (2, 2)),
+        ((6, 9), (3, 3), (1, 1)),
+        ((8, 8), (4, 4), (1, 3)),  # shifts other than half a window
+        ((8, 8), (4, 4), (2, 0)),  # one axis unshifted
+        ((4, 8), (4, 4), (0, 2)),  # the window covers axis 0 whole
+        ((4, 8, 8), (2, 4, 4), (1, 2, 2)),
+        ((6, 4, 6), (3, 2, 3), (1, 1, 1)),
+        ((4, 4, 8), (2, 4, 4), (1, 0, 2)),
+    ],
+)
+def test_shift_mask_matches_neighbour_rule(grid, window, shift):
+    expected = _shift_mask_reference(grid, window, shift)
+    got = shift_mask(grid, window, shift)
+    assert got.dtype == bool and got.shape == expected.shape
+    assert_array_equal(got, expected)
+    assert got.any(-1).all()  # every token attends at least to itself
+
+
+@pytest.mark.parametrize("grid,window", [((8, 8), (4, 4)), ((4, 6), (2, 3)), ((4, 8, 8), (2, 4, 4))])
+def test_shift_mask_without_shift_allows_all(grid, window):
+    n_w = math.prod(g // w for g, w in zip(grid, window))
+    got = shift_mask(grid, window, (0,) * len(grid))
+    assert got.shape == (n_w, math.prod(window), math.prod(window))
+    assert got.all()
+
+
+# ----------------------------------------------------------------------------- 3. joint mask
+
+
+@pytest.mark.parametrize("tile", [True, False])
+@pytest.mark.parametrize("time_token", [True, False])
+def test_joint_mask_matches_loop(tile, time_token):
+    rng = np.random.default_rng(1)
+    n_w, n, groups = 3, 4, 3
+    base = rng.random((n_w, n, n)) < 0.5
+    t = int(time_token)
+    size = t + groups * n
+    expected = np.zeros((n_w, size, size), bool)
+    for w in range(n_w):
+        for i, j in itertools.product(range(size), range(size)):
+            if time_token and (i == 0 or j == 0):
+                expected[w, i, j] = True
+                continue
+            (g1, p), (g2, q) = divmod(i - t, n), divmod(j - t, n)
+            field_pair = g1 == groups - 1 and g2 == groups - 1
+            expected[w, i, j] = base[w, p, q] if (tile or field_pair) else True
+    got = joint_mask(base, groups=groups, time_token=time_token, tile=tile)
+    assert got.shape == (n_w, size, size)
+    assert_array_equal(got, expected)
+
+
+def test_joint_mask_on_real_shift_mask():
+    base = shift_mask((8, 8), (4, 4), (2, 2))
+    n = base.shape[1]
+    got = joint_mask(base)
+    assert got.shape == (4, 1 + 3 * n, 1 + 3 * n)
+    assert got[:, 0].all() and got[:, :, 0].all()
+    for g1, g2 in itertools.product(range(3), range(3)):
+        assert_array_equal(got[:, 1 + g1 * n:1 + (g1 + 1) * n, 1 + g2 * n:1 + (g2 + 1) * n], base)
+    assert not got.all()  # the last windows really are masked
+
+
+# ----------------------------------------------------------------------------- 4. relative positions
+
+
+@pytest.mark.parametrize("window", [(3,), (2, 3), (4, 4), (2, 3, 4)])
+def test_relative_position_index(window):
+    offsets = list(np.ndindex(*window))
+    n = len(offsets)
+    sides = [2 * w - 1 for w in window]
+    expected = np.zeros((n, n), np.int64)
+    for p, q in itertools.product(range(n), range(n)):
+        flat = 0
+        for a, b, w, side in zip(offsets[p], offsets[q], window, sides):
+            flat = flat * side + (a - b + w - 1)
+        expected[p, q] = flat
+    got = relative_position_index(window)
+    assert got.shape == (n, n)
+    assert_array_equal(got, expected)
+    # closed-form properties: every offset has its own entry, all entries used, zero offset in the middle
+    assert len(np.unique(got)) == math.prod(sides) and got.min() == 0 and got.max() == math.prod(sides) - 1
+    assert (np.diag(got) == (math.prod(sides) - 1) // 2).all()
+
+
+# ----------------------------------------------------------------------------- 5. effective window
+
+
+def test_effective_window():
+    assert effective_window((4, 8, 8), (2, 4, 4), True) == ((2, 4, 4), (1, 2, 2))
+    assert effective_window((4, 8, 8), (2, 4, 4), False) == ((2, 4, 4), (0, 0, 0))
+    assert effective_window((2, 4, 4), (2, 4, 4), True) == ((2, 4, 4), (0, 0, 0))  # window covers all: no shift
+    assert effective_window((1, 8, 2), (2, 4, 4), True) == ((1, 4, 2), (0, 2, 0))  # clipped to the grid
+    assert effective_window((16, 16), (4, 4), True) == ((4, 4), (2, 2))
+    with pytest.raises(ValueError, match="divisible"):
+        effective_window((6, 8), (4, 4), True)
+    with pytest.raises(ValueError, match="window"):
+        effective_window((8, 8), (4, 4, 4), True)
+
+
+# ----------------------------------------------------------------------------- 6. SwinBlock locality
+
+_GRID, _WIN, _C = (8, 8), (4, 4), 8
+
+
+def _influence(grid, window, shift, s, masked):
+    """Which output tokens may depend on the input token at ``s`` (geometry only).
+
+    Same (shifted) window: ``floor(((r − shift) mod g) / w)`` equal on every axis; with
+    ``masked`` also true neighbours: ``|r − s| < w`` on every axis (not across the wrap-around).
+    """
+    out = np.zeros(grid, bool)
+    for r in np.ndindex(*grid):
+        same = all(((a - sh) % g) // w == ((b - sh) % g) // w for a, b, sh, g, w in zip(r, s, shift, grid, window))
+        near = all(abs(a - b) < w for a, b, w in zip(r, s, window))
+        out[r] = same and (near or not masked)
+    return out
+
+
+@pytest.fixture(scope="module")
+def swin_inputs():
+    rng = np.random.default_rng(2)
+    x, mov, fix = (jnp.asarray(rng.standard_normal((1, *_GRID, _C)), jnp.float32) for _ in range(3))
+    time = jnp.asarray(rng.standard_normal((1, _C)), jnp.float32)
+    return x, mov, fix, time
+
+
+# perturbed positions: a corner (wraps to the last shifted window), an interior token, an edge token
+_POSITIONS = [(0, 0), (3, 4), (7, 2), (4, 7)]
+
+
+@pytest.mark.parametrize("shift,tile", [(False, True), (True, True), (True, False)])
+def test_swin_block_locality(swin_inputs, shift, tile):
+    x, mov, fix, time = swin_inputs
+    block = SwinBlock(heads=2, window=_WIN, shift=shift, tile_mask=tile)
+    params = block.init(jax.random.key(3), x, [mov, fix], time)
+    apply = jax.jit(block.apply)
+    base = np.asarray(apply(params, x, [mov, fix], time))[0]
+    shifts = (2, 2) if shift else (0, 0)
+    kick = jnp.asarray(np.random.default_rng(13).standard_normal(_C) * 3, jnp.float32)
+    for which, s in itertools.product(("moving", "fixed", "field"), _POSITIONS):
+        bump = jnp.zeros_like(x).at[(0, *s)].set(kick)  # not constant over channels: LayerNorm would cancel it
+        args = {"moving": (x, [mov + bump, fix]), "fixed": (x, [mov, fix + bump]), "field": (x + bump, [mov, fix])}[which]
+        out = np.asarray(apply(params, *args, time))[0]
+        changed = np.abs(out - base).max(-1)
+        # field tokens are always masked against the wrap-around; conditions only if the mask is tiled
+        expected = _influence(_GRID, _WIN, shifts, s, masked=tile or which == "field")
+        assert (changed[~expected] <= 1e-6).all(), (which, s, np.argwhere(changed > 1e-6))
+        assert (changed[expected] > 1e-4).all(), (which, s, changed)
+    if shift:  # the geometry really has wrap-around pairs in a shared window
+        assert _influence(_GRID, _WIN, shifts, (0, 0), masked=False).sum() > _influence(_GRID, _WIN, shifts, (0, 0), masked=True).sum()
+    out = np.asarray(apply(params, x, [mov, fix], time + 1.0))[0]
+    assert (np.abs(out - base).max(-1) > 1e-4).all()  # the time token is seen in every window
+
+
+def test_swin_block_locality_3d_and_batch():
+    """3-D shifted block, batch of 2: a perturbation of sample 0 never reaches sample 1."""
+    grid, c = (4, 4, 8), 4
+    rng = np.random.default_rng(4)
+    x, mov, fix = (jnp.asarray(rng.standard_normal((2, *grid, c)), jnp.float32) for _ in range(3))
+    time = jnp.asarray(rng.standard_normal((2, c)), jnp.float32)
+    block = SwinBlock(heads=2, window=(2, 2, 8), shift=True)  # covers axis 2 whole: shifted on axes 0, 1 only
+    params = block.init(jax.random.key(5), x, [mov, fix], time)
+    apply = jax.jit(block.apply)
+    base = np.asarray(apply(params, x, [mov, fix], time))
+    win, shifts = effective_window(grid, (2, 2, 8), True)
+    assert shifts == (1, 1, 0)
+    kick = jnp.asarray(np.random.default_rng(14).standard_normal(c) * 3, jnp.float32)
+    for s in [(0, 0, 0), (3, 1, 5), (2, 3, 7)]:
+        bump = jnp.zeros_like(x).at[(0, *s)].set(kick)  # not constant over channels: LayerNorm would cancel it
+        out = np.asarray(apply(params, x, [mov, fix + bump], time))
+        changed = np.abs(out - base).max(-1)
+        expected = _influence(grid, win, shifts, s, masked=True)
+        assert (changed[0][~expected] <= 1e-6).all() and (changed[0][expected] > 1e-4).all(), s
+        assert (changed[1] == 0).all()
+    out = np.asarray(apply(params, x, [mov, fix], time.at[1].add(1.0)))
+    changed = np.abs(out - base).max(-1)
+    assert (changed[0] == 0).all() and (changed[1] > 1e-4).all()
+
+
+# ----------------------------------------------------------------------------- 7. denoiser
+
+
+def _denoiser_inputs(shape, batch, seed):
+    rng = np.random.default_rng(seed)
+    nd = len(shape)
+    x_t = jnp.asarray(rng.standard_normal((batch, *shape, nd)), jnp.float32)
+    fixed, moving = (jnp.asarray(rng.uniform(-1, 1, (batch, *shape, 1)), jnp.float32) for _ in range(2))
+    t = jnp.asarray(rng.integers(0, 2000, batch), jnp.int32)
+    return x_t, t, fixed, moving
+
+
+@pytest.fixture(scope="module")
+def denoiser_2d():
+    model = Denoiser(features=8, depths=(2, 2), heads=(2, 2), window=(4, 4), patch=2)
+    x_t, t, fixed, moving = _denoiser_inputs((32, 32), 2, seed=6)
+    cond = jnp.ones((2,))
+    params = _random_params(model, x_t, t, fixed, moving, cond)
+    return jax.jit(model.apply), params, (x_t, t, fixed, moving, cond)
+
+
+def test_denoiser_2d_shape_and_conditioning(denoiser_2d):
+    apply, params, (x_t, t, fixed, moving, cond) = denoiser_2d
+    eps = np.asarray(apply(params, x_t, t, fixed, moving, cond))
+    assert eps.shape == (2, 32, 32, 2) and np.isfinite(eps).all()
+    other = jnp.asarray(np.random.default_rng(7).uniform(-1, 1, fixed.shape), jnp.float32)
+    assert _rel_change(eps, apply(params, x_t, t, other, moving, cond)) > 1e-3  # fixed image is seen
+    assert _rel_change(eps, apply(params, x_t, t, fixed, other, cond)) > 1e-3  # moving image is seen
+    assert _rel_change(eps, apply(params, x_t, t + 500, fixed, moving, cond)) > 1e-3  # t is seen
+    assert _rel_change(eps, apply(params, x_t + 0.5, t, fixed, moving, cond)) > 1e-3  # x_t is seen
+    # samples are independent: changing sample 1's fixed image leaves sample 0 alone
+    out = np.asarray(apply(params, x_t, t, fixed.at[1].set(other[1]), moving, cond))
+    assert_allclose(out[0], eps[0], rtol=1e-5, atol=1e-6 * np.abs(eps).max())
+    assert _rel_change(eps[1], out[1]) > 1e-3
+
+
+def test_denoiser_distinguishes_fixed_from_moving(denoiser_2d):
+    """ε̂(f, m) must differ from ε̂(m, f): the field that warps m onto f is not the one that warps f onto m.
+
+    Swapping the two images must change the prediction (the paper's target, a pull field from
+    moving to fixed, is roughly inverted by the swap); a denoiser symmetric in the pair cannot
+    represent it.
+    """
+    apply, params, (x_t, t, fixed, moving, cond) = denoiser_2d
+    eps = np.asarray(apply(params, x_t, t, fixed, moving, cond))
+    assert _rel_change(eps, apply(params, x_t, t, moving, fixed, cond)) > 1e-3
+
+
+def test_denoiser_condition_dropout(denoiser_2d):
+    apply, params, (x_t, t, fixed, moving, _) = denoiser_2d
+    rng = np.random.default_rng(8)
+    fixed2, moving2 = (jnp.asarray(rng.uniform(-1, 1, fixed.shape), jnp.float32) for _ in range(2))
+    scale = 1e-6 * float(np.abs(np.asarray(apply(params, x_t, t, fixed, moving, jnp.ones(2)))).max())
+    drop = jnp.zeros((2,))
+    a = np.asarray(apply(params, x_t, t, fixed, moving, drop))
+    b = np.asarray(apply(params, x_t, t, fixed2, moving2, drop))
+    assert_allclose(a, b, rtol=1e-5, atol=scale)  # dropped: images are not seen
+    assert _rel_change(a, apply(params, x_t, t + 500, fixed, moving, drop)) > 1e-3  # but t still is
+    mixed = jnp.asarray([1.0, 0.0])
+    a = np.asarray(apply(params, x_t, t, fixed, moving, mixed))
+    b = np.asarray(apply(params, x_t, t, fixed2, moving2, mixed))
+    assert _rel_change(a[0], b[0]) > 1e-3  # kept sample sees its images
+    assert_allclose(a[1], b[1], rtol=1e-5, atol=scale)  # dropped sample does not
+
+
+def test_denoiser_3d_shape_and_conditioning():
+    model = Denoiser(features=8, depths=(1, 1), heads=(2, 2), window=(2, 4, 4), patch=2)
+    x_t, t, fixed, moving = _denoiser_inputs((8, 16, 16), 1, seed=9)
+    params = _random_params(model, x_t, t, fixed, moving)
+    apply = jax.jit(model.apply)
+    eps = np.asarray(apply(params, x_t, t, fixed, moving))
+    assert eps.shape == (1, 8, 16, 16, 3) and np.isfinite(eps).all()
+    assert _rel_change(eps, apply(params, x_t, t, fixed[:, ::-1], moving)) > 1e-3
+    assert _rel_change(eps, apply(params, x_t, t, fixed, moving[:, :, ::-1])) > 1e-3
+    assert _rel_change(eps, apply(params, x_t, t + 300, fixed, moving)) > 1e-3
+
+
+# A single-stage 2-D net (8×8 tokens, 4×4 windows, block 1 shifted) keeps the ablation runs cheap.
+_SMALL = dict(features=8, depths=(2,), heads=(2,), window=(4, 4), patch=2)
+
+
+def test_denoiser_ablation_fusion_input():
+    model = Denoiser(fusion="input", **_SMALL)
+    x_t, t, fixed, moving = _denoiser_inputs((16, 16), 1, seed=10)
+    params = _random_params(model, x_t, t, fixed, moving)
+    assert not any(k.startswith("image") for k in params["params"])  # no image encoder
+    apply = jax.jit(model.apply)
+    eps = np.asarray(apply(params, x_t, t, fixed, moving))
+    assert eps.shape == x_t.shape and np.isfinite(eps).all()
+    assert _rel_change(eps, apply(params, x_t, t, -fixed, moving)) > 1e-3
+    assert _rel_change(eps, apply(params, x_t, t, fixed, -moving)) > 1e-3
+
+
+def test_denoiser_ablation_conditional_mask():
+    """Without the tiled mask the field tokens see wrapped-around image tokens: same params, other ε̂."""
+    x_t, t, fixed, moving = _denoiser_inputs((16, 16), 1, seed=11)
+    paper, ablation = Denoiser(**_SMALL), Denoiser(conditional_mask=False, **_SMALL)
+    params = _random_params(paper, x_t, t, fixed, moving)
+    assert jax.tree.structure(params) == jax.tree.structure(_random_params(ablation, x_t, t, fixed, moving))
+    eps = np.asarray(jax.jit(ablation.apply)(params, x_t, t, fixed, moving))
+    assert eps.shape == x_t.shape and np.isfinite(eps).all()
+    assert _rel_change(eps, jax.jit(paper.apply)(params, x_t, t, fixed, moving)) > 1e-3
+
+
+def test_denoiser_ablation_time_in_resblocks():
+    model = Denoiser(time_in_resblocks=False, **_SMALL)
+    x_t, t, fixed, moving = _denoiser_inputs((16, 16), 1, seed=12)
+    params = _random_params(model, x_t, t, fixed, moving)
+    with_time = _random_params(Denoiser(**_SMALL), x_t, t, fixed, moving)
+    n_res = sum("time" in v for k, v in with_time["params"].items() if isinstance(v, dict) and "conv1" in v)
+    assert n_res == 5  # bottleneck, skip_0, decoder_0, skip_input, decoder_input each get a projection
+    assert not any("time" in v for v in params["params"].values() if isinstance(v, dict) and "conv1" in v)
+    apply = jax.jit(model.apply)
+    eps = np.asarray(apply(params, x_t, t, fixed, moving))
+    assert eps.shape == x_t.shape and np.isfinite(eps).all()
+    assert _rel_change(eps, apply(params, x_t, t + 500, fixed, moving)) > 1e-3  # time tokens still carry t
+
+
+@pytest.mark.parametrize(
+    "kwargs,shape,fixed_shape,match",
+    [
+        ({}, (36, 32), None, "divisible"),  # 36 = 4·9: divisible by patch·2 but not patch·2**2
+        ({}, (32, 30), None, "divisible"),
+        ({}, (32, 32), (1, 32, 16, 1), "fixed and moving"),  # fixed off the grid of x_t
+        ({"heads": (2,)}, (32, 32), None, "heads"),
+        ({"heads": (2, 2, 2)}, (32, 32), None, "heads"),
+        ({"window": (2, 4, 4)}, (32, 32), None, "window"),
+        ({"fusion": "concat"}, (32, 32), None, "fusion"),
+    ],
+)
+def test_denoiser_bad_inputs(kwargs, shape, fixed_shape, match):
+    model = Denoiser(**{"features": 8, "depths": (2, 2), "heads": (2, 2), "window": (4, 4), "patch": 2, **kwargs})
+    x_t = jax.ShapeDtypeStruct((1, *shape, 2), jnp.float32)
+    img = jax.ShapeDtypeStruct((1, *shape, 1), jnp.float32)
+    fixed = jax.ShapeDtypeStruct(fixed_shape, jnp.float32) if fixed_shape else img
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    with pytest.raises(ValueError, match=match):
+        jax.eval_shape(model.init, jax.random.key(0), x_t, t, fixed, img)
+
+
+def test_denoiser_fixed_moving_mismatch():
+    model = Denoiser(**_SMALL)
+    x_t = jax.ShapeDtypeStruct((1, 16, 16, 2), jnp.float32)
+    t = jax.ShapeDtypeStruct((1,), jnp.int32)
+    with pytest.raises(ValueError, match="fixed and moving"):
+        jax.eval_shape(model.init, jax.random.key(0), x_t, t, jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32),
+                       jax.ShapeDtypeStruct((1, 16, 16, 2), jnp.float32))
+    with pytest.raises(ValueError, match="x_t"):
+        jax.eval_shape(model.init, jax.random.key(0), jax.ShapeDtypeStruct((1, 16, 16, 3), jnp.float32), t,
+                       jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32), jax.ShapeDtypeStruct((1, 16, 16, 1), jnp.float32))
