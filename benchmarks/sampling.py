@@ -25,10 +25,10 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from jaxreg import losses  # noqa: E402
-from jaxreg.data import pipeline  # noqa: E402
-from jaxreg.evaluation.evaluate import load_run  # noqa: E402
-from jaxreg.training.validation import pair_metrics, summarize  # noqa: E402
+from jaxreg import losses
+from jaxreg.data import pipeline
+from jaxreg.evaluation.evaluate import load_run
+from jaxreg.training.validation import pair_metrics, summarize
 
 
 def _setting(name: str, **options) -> tuple[str, dict]:
@@ -80,7 +80,7 @@ def benchmark_run(args) -> dict:
                                                       labels=labels, with_hd95=False)["dice"] for r in records])),
            "samplers": results}
     if args.guidance:
-        weights = dict((k, float(v)) for k, v in (item.split("=") for item in args.guidance.split(",")))
+        weights = {k: float(v) for k, v in (item.split("=") for item in args.guidance.split(","))}
         steps = args.ddim[0] if 50 not in args.ddim else 50
         guided = {}
         for name, options in (("unguided", {"method": "ddim", "steps": steps}),

@@ -116,16 +116,22 @@ def _model_inputs(model: Model, image: jax.Array, shape: tuple[int, ...]) -> jax
 
     image = jnp.mean(image, axis=-1)
     image = jnp.asarray(rescale_intensity(np.asarray(image), out_range=(0.0, 1.0), percentiles=(0.5, 99.5)))
-    factor = 2 ** len(model.config.model.get("encoder") or unet.ENCODER)
+    if model.name == "diffusereg":  # Swin-UNETR: patch · 2**stages
+        factor = int(model.config.model.get("patch", 2)) * 2 ** len(model.config.model.get("depths") or (2, 2, 2, 2))
+    else:
+        factor = 2 ** len(model.config.model.get("encoder") or unet.ENCODER)
     pad = [(0, -s % factor) for s in shape]
     return jnp.pad(image, pad, mode="edge")[None]
 
 
-def _register_with_model(model: Model, fixed, moving, shape, options: Mapping) -> tuple[jax.Array, dict]:
-    if model.name not in ("deqreg",) and options:
+def _register_with_model(model: Model, fixed, moving, shape, options: Mapping, key) -> tuple[jax.Array, dict]:
+    if model.name not in ("deqreg", "diffusereg") and options:
         raise ValueError(f"a {model.name!r} model takes no options; got {sorted(options)}.")
     f, m = _model_inputs(model, fixed, shape), _model_inputs(model, moving, shape)
-    ddf = model.method.predict(model.params, f, m, **options)[0]
+    if model.name == "diffusereg":  # a sampler: its options, and the key of its noise
+        ddf = model.method.module.sample(model.params, f, m, key=key, **options).ddf[0]
+    else:
+        ddf = model.method.predict(model.params, f, m, **options)[0]
     ddf = ddf[tuple(slice(0, s) for s in shape)]
     return ddf, {"method": model.name, "workdir": str(model.workdir), "checkpoint": model.step, "options": dict(options)}
 
@@ -143,10 +149,12 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, f
         where it is nonzero (classical path).
       moving_labels: optional ``(*S)`` integer label map of ``moving``, warped with
         nearest-neighbour interpolation into ``warped_labels``.
-      key: PRNG key for stochastic models (unused by the optimiser and deterministic models).
+      key: PRNG key of a sampling model's noise (DiffuseReg; default from its ``seed``);
+        unused by the optimiser and deterministic models.
       callback: ``callback(level, step, loss)`` during optimisation (e.g. a progress bar).
       **options: keyword options of :func:`jaxreg.optimize.optimize`, or of the model's
-        ``predict`` (DEQReg: ``steps``, ``tol``, ``method``, ...).
+        ``predict`` (DEQReg: ``steps``, ``tol``, ``method``, ...; DiffuseReg: sampler
+        options ``method``, ``steps``, ``eta``, ``guidance``, ``ensemble`` (the mean field), ...).
 
     Returns:
       A :class:`Registration`.
@@ -162,7 +170,6 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, f
         result = jaxreg.register(fixed, moving, model="runs/deqreg_demo", steps=24)
         dice = jaxreg.metrics.dice(fixed_labels, jaxreg.warp(moving_labels, result.ddf, order=0))
     """
-    del key  # reserved for the stochastic samplers (DiffuseReg)
     start = time.perf_counter()
     given = fixed, moving  # optimize takes them as given (rank 3 means 3-D, so no channel axis added)
     fixed, moving = optimize_lib.check_pair(fixed, moving)  # (*S, C) float32
@@ -182,7 +189,7 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, f
         if fixed_mask is not None:
             raise ValueError("`fixed_mask` is used by the classical optimiser only (model=None).")
         model = model if isinstance(model, Model) else load_model(model)
-        ddf, info = _register_with_model(model, fixed, moving, shape, options)
+        ddf, info = _register_with_model(model, fixed, moving, shape, options, key)
     warped = spatial.warp(moving, ddf).reshape(np.shape(given[1]))  # shaped like the moving image given
     warped_labels = None if moving_labels is None else spatial.warp(jnp.asarray(moving_labels), ddf, order=0)
     jax.block_until_ready(warped)

@@ -253,7 +253,7 @@ def test_field_statistics_match_numpy():
 
     data = ml_collections.ConfigDict({"source": "synthetic", "seed": 0, "num_pairs": {"train": 3, "val": 1, "test": 1},
                                       "options": {"shape": (16, 16), "anatomy": "cardiac"}})
-    teacher = lambda f, m: jnp.stack([f - m, 2.0 * f + 1.0], axis=-1)  # noqa: E731
+    teacher = lambda f, m: jnp.stack([f - m, 2.0 * f + 1.0], axis=-1)
     stats = field_statistics(teacher, data, progress=False)
     from jaxreg.data.sources import open_source
 
@@ -280,3 +280,20 @@ def test_predict_eps_and_x0_round_trip_in_the_model_units():
     np.testing.assert_allclose(np.asarray(model.denormalize(model.normalize(u))), np.asarray(u), atol=1e-6)
     x_t = q_sample(model.schedule, u, 10, jnp.ones_like(u))
     np.testing.assert_allclose(np.asarray(predict_eps(model.schedule, x_t, 10, u)), 1.0, atol=1e-3)
+
+
+def test_v_prediction_gives_back_eps_and_x0():
+    """v = √ᾱ·ε − √(1−ᾱ)·x₀ (Salimans & Ho): the model recovers ε and x₀ exactly from the true v."""
+    model = DiffuseReg(denoiser=TINY_NET, num_steps=2000, prediction="v")
+    rng = np.random.default_rng(8)
+    x0, eps = (jnp.asarray(rng.normal(size=(3, 4, 4, 2)), jnp.float32) for _ in range(2))
+    t = jnp.asarray([0, 900, 1999])
+    a = np.sqrt(np.cumprod(1 - np.linspace(1e-6, 1e-2, 2000)))[np.asarray(t)].reshape(-1, 1, 1, 1)
+    b = np.sqrt(1 - a**2)
+    x_t = a * np.asarray(x0) + b * np.asarray(eps)
+    v = a * np.asarray(eps) - b * np.asarray(x0)
+    eps_hat, x0_hat = model.eps_and_x0(jnp.asarray(v, jnp.float32), jnp.asarray(x_t, jnp.float32), t)
+    np.testing.assert_allclose(np.asarray(eps_hat), np.asarray(eps), atol=1e-5)
+    np.testing.assert_allclose(np.asarray(x0_hat), np.asarray(x0), atol=1e-5)  # no 1/√ᾱ amplification at t = 1999
+    with pytest.raises(ValueError, match="prediction"):
+        DiffuseReg(denoiser=TINY_NET, prediction="x0")

@@ -29,7 +29,6 @@ from jaxreg.models.swin import (
     window_reverse,
 )
 
-
 # ----------------------------------------------------------------------------- helpers
 
 
@@ -362,7 +361,7 @@ def test_denoiser_3d_shape_and_conditioning():
 
 
 # A single-stage 2-D net (8×8 tokens, 4×4 windows, block 1 shifted) keeps the ablation runs cheap.
-_SMALL = dict(features=8, depths=(2,), heads=(2,), window=(4, 4), patch=2)
+_SMALL = {"features": 8, "depths": (2,), "heads": (2,), "window": (4, 4), "patch": 2}
 
 
 def test_denoiser_ablation_fusion_input():

@@ -10,7 +10,14 @@
 
 from jaxreg.diffusion import guidance, samplers, schedule
 from jaxreg.diffusion.model import DiffuseReg, Observation, Sample
-from jaxreg.diffusion.samplers import Snapshot, ddim_sample, ddim_timesteps, ddpm_sample, observe, sample
+from jaxreg.diffusion.samplers import (
+    Snapshot,
+    ddim_sample,
+    ddim_timesteps,
+    ddpm_sample,
+    observe,
+    sample,
+)
 from jaxreg.diffusion.schedule import (
     Schedule,
     cosine_schedule,

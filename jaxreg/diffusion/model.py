@@ -41,6 +41,9 @@ from jaxreg.models.denoiser import Denoiser
 __all__ = ["SCHEDULES", "DiffuseReg", "Observation", "Sample"]
 
 SCHEDULES = ("linear", "cosine")
+#: What the network's output means: ε (the paper) or v = √ᾱ·ε − √(1−ᾱ)·x₀ (Salimans & Ho
+#: 2022), from which x̂₀ = √ᾱ·x_t − √(1−ᾱ)·v̂ needs no division by √ᾱ_t (≈ 0.007 at t = T − 1).
+PREDICTIONS = ("eps", "v")
 #: Per-sample weights of the consistency terms: "none" (the paper) or ᾱ_t (x̂₀ is only
 #: trustworthy at small t: at t = T − 1, √ᾱ = 0.007 amplifies the error of ε̂ ~150×).
 WEIGHTINGS = ("none", "alpha_bar")
@@ -48,7 +51,7 @@ WEIGHTINGS = ("none", "alpha_bar")
 DENOISER_FIELDS = ("features", "depths", "heads", "window", "patch", "fusion", "conditional_mask", "time_in_resblocks",
                    "mlp_ratio")
 #: Sampler options (``diffusion.sampler`` in a config, keyword arguments of predict/sample).
-SAMPLER_OPTIONS = ("method", "steps", "eta", "seed", "cfg_scale", "guidance", "ensemble", "start", "start_step")
+SAMPLER_OPTIONS = ("method", "steps", "eta", "seed", "cfg_scale", "guidance", "ensemble", "start", "start_step", "clip")
 
 
 class Sample(NamedTuple):
@@ -107,15 +110,19 @@ class DiffuseReg:
       ssim_window: SSIM window side (σ 1.5).
       consistency_weighting: ``"none"`` (the paper) or ``"alpha_bar"`` (``WEIGHTINGS``).
       condition_dropout: share of training samples with the null condition (0: off).
+      prediction: the network predicts ``"eps"`` (the paper) or ``"v"`` (``PREDICTIONS``);
+        the loss is MSE(ε̂, ε) either way, ε̂ derived from v̂.
       sampler: default sampler options (``SAMPLER_OPTIONS``): ``method`` ``"ddim"``,
         ``steps`` 50, ``eta`` 0, ``seed`` 0, ``cfg_scale`` 0, ``guidance`` {}, ``ensemble`` 1,
-        ``start`` ``"noise"``, ``start_step`` None (T − 1).
+        ``start`` ``"noise"``, ``start_step`` None (T − 1), ``clip`` 0 (off; else x̂₀ is
+        clipped to ±clip in z-scored units before guidance).
     """
 
     def __init__(self, *, denoiser: Mapping | None = None, schedule: str = "linear", num_steps: int = 2000,
                  beta_start: float = 1e-6, beta_end: float = 1e-2, mean=None, std=None, teacher: Callable | None = None,
                  ssim_weight: float = 1.0, smooth_weight: float = 0.1, ssim_window: int = 9,
-                 consistency_weighting: str = "none", condition_dropout: float = 0.0, sampler: Mapping | None = None):
+                 consistency_weighting: str = "none", condition_dropout: float = 0.0, prediction: str = "eps",
+                 sampler: Mapping | None = None):
         denoiser = dict(denoiser or {})
         unknown = set(denoiser) - set(DENOISER_FIELDS)
         if unknown:
@@ -137,6 +144,9 @@ class DiffuseReg:
         if consistency_weighting not in WEIGHTINGS:
             raise ValueError(f"`loss.consistency_weighting` must be one of {WEIGHTINGS}; got {consistency_weighting!r}.")
         self.consistency_weighting = consistency_weighting
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"`diffusion.prediction` must be one of {PREDICTIONS}; got {prediction!r}.")
+        self.prediction = prediction
         self.sampler = self._sampler_options(dict(sampler or {}))
 
     # ----------------------------------------------------------------------------- units
@@ -147,6 +157,15 @@ class DiffuseReg:
     def denormalize(self, x):
         """The model's units → voxels."""
         return x if self.mean is None else x * self.std + self.mean
+
+    def eps_and_x0(self, output, x_t, t):
+        """``(ε̂, x̂₀)`` from the network's output at ``x_t``, step ``t`` ``(B,)``."""
+        if self.prediction == "eps":
+            return output, predict_x0(self.schedule, x_t, t, output)
+        shape = (-1,) + (1,) * (x_t.ndim - 1)
+        a = jnp.sqrt(self.schedule.alpha_bars[t]).reshape(shape)
+        b = jnp.sqrt(self.schedule.one_minus_alpha_bars[t]).reshape(shape)
+        return b * x_t + a * output, a * x_t - b * output
 
     # ----------------------------------------------------------------------------- training
     def init(self, key, batch):
@@ -178,9 +197,10 @@ class DiffuseReg:
         condition = None
         if self.condition_dropout:
             condition = (jax.random.uniform(k_drop, (b,)) >= self.condition_dropout).astype(jnp.float32)
-        eps_hat = self.net.apply(params, x_t, t, fixed[..., None], moving[..., None], condition)
+        output = self.net.apply(params, x_t, t, fixed[..., None], moving[..., None], condition)
+        eps_hat, x0_hat = self.eps_and_x0(output, x_t, t)
         mse = jnp.mean((eps_hat - eps) ** 2)
-        ddf0 = self.denormalize(predict_x0(self.schedule, x_t, t, eps_hat))
+        ddf0 = self.denormalize(x0_hat)
         ndim = ddf0.shape[-1]
 
         def consistency(f, m, u):
@@ -203,7 +223,7 @@ class DiffuseReg:
         if unknown:
             raise ValueError(f"unknown sampler option(s) {sorted(unknown)}; known: {SAMPLER_OPTIONS}.")
         base = getattr(self, "sampler", None) or {"method": "ddim", "steps": 50, "eta": 0.0, "seed": 0, "cfg_scale": 0.0,
-                                                   "guidance": {}, "ensemble": 1, "start": "noise", "start_step": None}
+                                                   "guidance": {}, "ensemble": 1, "start": "noise", "start_step": None, "clip": 0.0}
         out = dict(base, **options)
         if out["method"] not in samplers.METHODS:
             raise ValueError(f"sampler `method` must be one of {samplers.METHODS}; got {out['method']!r}.")
@@ -213,6 +233,8 @@ class DiffuseReg:
         ensemble = out["ensemble"]
         if isinstance(ensemble, bool) or not isinstance(ensemble, (int, np.integer)) or ensemble < 1:
             raise ValueError(f"sampler `ensemble` must be an integer >= 1; got {ensemble!r}.")
+        if not float(out["clip"]) >= 0:
+            raise ValueError(f"sampler `clip` must be >= 0 (0: off); got {out['clip']!r}.")
         if not float(out["cfg_scale"]) >= 0:
             raise ValueError(f"sampler `cfg_scale` must be >= 0; got {out['cfg_scale']!r}.")
         if out["start_step"] is not None and int(out["start_step"]) < 0:  # config files use -1 for "none"
@@ -222,8 +244,8 @@ class DiffuseReg:
                                     start_step=out["start_step"])
         return out
 
-    def _denoise(self, cfg_scale: float, weights: tuple):
-        """``denoise(aux, x_t, t) -> x̂₀`` with classifier-free and energy guidance."""
+    def _denoise(self, cfg_scale: float, weights: tuple, clip: float = 0.0):
+        """``denoise(aux, x_t, t) -> x̂₀`` with classifier-free guidance, clipping and energy guidance."""
         weights = dict(weights)
 
         def denoise(aux, x, t):
@@ -233,18 +255,24 @@ class DiffuseReg:
                 both = self.net.apply(params, jnp.concatenate([x, x]), jnp.concatenate([t, t]),
                                       jnp.concatenate([fixed, fixed]), jnp.concatenate([moving, moving]),
                                       jnp.concatenate([jnp.ones((b,)), jnp.zeros((b,))]))
-                eps = (1 + cfg_scale) * both[:b] - cfg_scale * both[b:]
+                output = (1 + cfg_scale) * both[:b] - cfg_scale * both[b:]  # linear in ε and in v alike
             else:
-                eps = self.net.apply(params, x, t, fixed, moving,
-                                     jnp.ones((x.shape[0],)) if self.condition_dropout else None)
-            x0 = predict_x0(self.schedule, x, t, eps)
+                output = self.net.apply(params, x, t, fixed, moving,
+                                        jnp.ones((x.shape[0],)) if self.condition_dropout else None)
+            x0 = self.eps_and_x0(output, x, t)[1]
+            if clip:  # x̂₀ at large t is ε̂'s error amplified up to 1/√ᾱ_t; keep it in the data's range
+                x0 = jnp.clip(x0, -clip, clip)
             return guidance_lib.guide(x0, context, weights, to_field=self.denormalize)
 
         return denoise
 
     @functools.lru_cache(maxsize=32)  # noqa: B019 — one compiled runner per option set, kept with the model
-    def _runner(self, method: str, eta: float, cfg_scale: float, weights: tuple):
-        return jax.jit(samplers.make_runner(self._denoise(cfg_scale, weights), self.schedule, method=method, eta=eta))
+    def _runner(self, method: str, eta: float, cfg_scale: float, weights: tuple, clip: float):
+        return jax.jit(samplers.make_runner(self._denoise(cfg_scale, weights, clip), self.schedule, method=method, eta=eta))
+
+    def _runner_for(self, options: Mapping):
+        return self._runner(options["method"], float(options["eta"]), float(options["cfg_scale"]),
+                            tuple(sorted(options["guidance"].items())), float(options["clip"]))
 
     def _prepare(self, fixed, moving, options, start, fixed_mask, moving_mask, direction, key):
         """Batched inputs of a run: ``(aux, x_start, times, previous, key, n, b)``."""
@@ -299,8 +327,7 @@ class DiffuseReg:
         start = options["start"] if start is None else start
         (f, m, context), x, times, previous, key, n, b = self._prepare(fixed, moving, options, start, fixed_mask,
                                                                        moving_mask, direction, key)
-        run = self._runner(options["method"], float(options["eta"]), float(options["cfg_scale"]),
-                           tuple(sorted(options["guidance"].items())))
+        run = self._runner_for(options)
         x = run((params, f, m, context), x, key, jnp.asarray(times), jnp.asarray(previous))[0]
         samples = self.denormalize(x).reshape(n, b, *x.shape[1:])
         return Sample(jnp.mean(samples, axis=0), jnp.std(samples, axis=0), samples)
@@ -314,8 +341,9 @@ class DiffuseReg:
         start = options["start"]
         (f, m, context), x, times, previous, key, n, b = self._prepare(fixed, moving, options, start, None, None, None,
                                                                        None)
-        run = samplers.make_runner(self._denoise(float(options["cfg_scale"]), tuple(sorted(options["guidance"].items()))),
-                                   self.schedule, method=options["method"], eta=float(options["eta"]))
+        denoise = self._denoise(float(options["cfg_scale"]), tuple(sorted(options["guidance"].items())),
+                                float(options["clip"]))
+        run = samplers.make_runner(denoise, self.schedule, method=options["method"], eta=float(options["eta"]))
         x = run((params, f, m, context), x, key, jnp.asarray(times), jnp.asarray(previous))[0]
         return jnp.mean(self.denormalize(x).reshape(n, b, *x.shape[1:]), axis=0)
 
@@ -335,8 +363,7 @@ class DiffuseReg:
         start = options["start"] if start is None else start
         (f, m, context), x, times, previous, key, _, _ = self._prepare(fixed, moving, options, start, fixed_mask,
                                                                        moving_mask, direction, key)
-        run = self._runner(options["method"], float(options["eta"]), float(options["cfg_scale"]),
-                           tuple(sorted(options["guidance"].items())))
+        run = self._runner_for(options)
         last = None
         warp = jax.jit(jax.vmap(spatial.warp))
         for snap in samplers.observe(run, x, aux=(params, f, m, context), times=times, previous=previous, key=key,

@@ -97,7 +97,8 @@ def _diffusereg(model: Mapping, loss: Mapping, solver: Mapping, *, diffusion: Ma
                      ssim_weight=float(loss.get("ssim_weight", 1.0)), smooth_weight=float(loss.get("smooth_weight", 0.1)),
                      ssim_window=int(loss.get("ssim_window", 9)),
                      consistency_weighting=loss.get("consistency_weighting", "none"),
-                     condition_dropout=float(diffusion.get("condition_dropout", 0.0)), sampler=sampler)
+                     condition_dropout=float(diffusion.get("condition_dropout", 0.0)),
+                     prediction=diffusion.get("prediction", "eps"), sampler=sampler)
     return Method(reg, reg.init, reg.loss_fn, reg.predict)
 
 

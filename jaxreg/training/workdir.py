@@ -16,9 +16,11 @@ import ml_collections
 
 from jaxreg.io import atomic_path
 
-__all__ = ["CONFIG_FILE", "apply_overrides", "load_config", "save_config"]
+__all__ = ["CONFIG_FILE", "INFERENCE_SECTIONS", "apply_overrides", "load_config", "save_config"]
 
 CONFIG_FILE = "config.json"
+#: Config sections read only at inference, where an override may add a field.
+INFERENCE_SECTIONS = ("eval", "diffusion.sampler")
 
 
 def save_config(config: ml_collections.ConfigDict, workdir) -> Path:
@@ -60,7 +62,8 @@ def _parse_value(text: str):
 def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str]) -> ml_collections.ConfigDict:
     """A copy of ``config`` with ``"section.field=value"`` overrides applied (as ``--config.section.field=value``).
 
-    Fields must exist, except in the ``eval`` section (evaluation settings newer than the run).
+    Fields must exist, except in the inference-time sections ``INFERENCE_SECTIONS`` (``eval``,
+    ``diffusion.sampler``), whose settings may be newer than the run.
 
     Raises:
       ValueError: an override without ``=`` or naming a field the config does not have.
@@ -77,7 +80,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
             if part not in node or not isinstance(node[part], ml_collections.ConfigDict):
                 raise ValueError(f"override {item!r}: the run's config has no section {name.rsplit('.', 1)[0]!r}.")
             node = node[part]
-        if leaf not in node and parents != ["eval"]:  # eval settings may postdate the run
+        if leaf not in node and ".".join(parents) not in INFERENCE_SECTIONS:  # these may postdate the run
             raise ValueError(f"override {item!r}: the run's config has no field {name!r}.")
         try:
             node[leaf] = _parse_value(text)

@@ -1,0 +1,103 @@
+"""DiffuseReg end to end: a tiny teacher → train.py (statistics stored) → eval.py with sampler overrides; CLI errors."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = str(ROOT / "tests" / "configs" / "tiny.py")
+TINY_DR = str(ROOT / "tests" / "configs" / "tiny_diffusereg.py")
+
+
+def _run(script, *args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900, check=False)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    teacher, student = tmp_path_factory.mktemp("teacher"), tmp_path_factory.mktemp("diffusereg")
+    out = _run("train.py", f"--config={TINY}", f"--workdir={teacher}", "--config.training.num_steps=2",
+               "--config.training.eval_every=0")
+    assert out.returncode == 0, out.stderr[-3000:]
+    out = _run("train.py", f"--config={TINY_DR}", f"--workdir={student}", f"--config.diffusion.teacher_workdir={teacher}")
+    assert out.returncode == 0, out.stderr[-3000:]
+    return teacher, student
+
+
+@pytest.mark.slow
+def test_training_stores_the_teacher_statistics(runs):
+    _, student = runs
+    stats = json.loads((student / "diffusion_stats.json").read_text())
+    config = json.loads((student / "config.json").read_text())
+    assert stats["pairs"] == 8 and len(stats["mean"]) == len(stats["std"]) == 3
+    np.testing.assert_allclose(config["diffusion"]["mean"], stats["mean"])
+    np.testing.assert_allclose(config["diffusion"]["std"], stats["std"])
+    assert all(s > 0 for s in stats["std"])
+    val = [json.loads(line) for line in (student / "metrics.jsonl").read_text().splitlines()]
+    assert any(r["split"] == "val" and "dice" in r for r in val)
+    assert any(r["split"] == "train" and {"eps_mse", "ssim", "smoothness"} <= set(r) for r in val)
+
+
+@pytest.mark.slow
+def test_eval_writes_sampler_figures_and_takes_overrides(runs):
+    _, student = runs
+    out = _run("eval.py", f"--workdir={student}", "--config.diffusion.sampler.steps=2", "--config.eval.name=ddim2",
+               "--config.eval.limit=2")
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads((student / "eval" / "ddim2" / "metrics.json").read_text())
+    assert result["model"] == "diffusereg" and result["num_pairs"] == 2
+    assert result["sampler"]["steps"] == 2 and result["sampler"]["method"] == "ddim"
+    assert result["uncertainty"]["samples"] == 2 and result["uncertainty"]["mean_std_voxels"] > 0
+    assert {"dice", "folding", "dice_1"} <= set(result["metrics"])
+    figures = student / "eval" / "ddim2" / "figures"
+    assert (figures / "sampling.png").stat().st_size > 1000 and (figures / "uncertainty.png").stat().st_size > 1000
+    assert "ddim, 2 steps" in (student / "eval" / "ddim2" / "summary.md").read_text()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("args, message", [
+    (("--config.diffusion.sampler.steps=21",), "steps"),
+    (("--config.diffusion.sampler.guidance.wiggle=1.0",), "no field"),
+    (("--config.diffusion.sampler.guidance={'wiggle': 1.0}",), "unknown guidance term 'wiggle'"),
+    (("--config.diffusion.nonsense=1",), "no field 'diffusion.nonsense'"),
+])
+def test_eval_bad_sampler_options_are_one_line_errors(runs, args, message):
+    _, student = runs
+    out = _run("eval.py", f"--workdir={student}", *args)
+    assert out.returncode != 0
+    assert message in out.stderr and "Traceback" not in out.stderr
+
+
+@pytest.mark.slow
+def test_train_with_a_bad_teacher_is_a_one_line_error(runs, tmp_path):
+    _, student = runs
+    for teacher, message in ((tmp_path / "missing", "does not exist"), (student, "holds a 'diffusereg' model")):
+        out = _run("train.py", f"--config={TINY_DR}", f"--workdir={tmp_path / 'w'}",
+                   f"--config.diffusion.teacher_workdir={teacher}")
+        assert out.returncode != 0 and message in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+
+
+@pytest.mark.slow
+def test_register_front_door_samples_with_a_diffusereg_workdir(runs):
+    import jax
+
+    import jaxreg
+
+    _, student = runs
+    rng = np.random.default_rng(0)
+    fixed, moving = rng.uniform(size=(2, 12, 16, 16)).astype(np.float32)  # padded to 16³ inside
+    result = jaxreg.register(fixed, moving, model=student, steps=2, eta=1.0, key=jax.random.key(3))
+    again = jaxreg.register(fixed, moving, model=student, steps=2, eta=1.0, key=jax.random.key(3))
+    other = jaxreg.register(fixed, moving, model=student, steps=2, eta=1.0, key=jax.random.key(4))
+    assert result.ddf.shape == (12, 16, 16, 3) and result.info["method"] == "diffusereg"
+    np.testing.assert_array_equal(np.asarray(result.ddf), np.asarray(again.ddf))  # the key decides the sample
+    assert not np.allclose(np.asarray(result.ddf), np.asarray(other.ddf))
+    with pytest.raises(ValueError, match="unknown sampler option"):
+        jaxreg.register(fixed, moving, model=student, temperature=2.0)
