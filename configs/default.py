@@ -69,6 +69,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     ev.split = "test"  # split eval.py scores by default
     ev.step = "latest"  # checkpoint: latest | best | a step number
     ev.labels = None  # labels to score (None: every label present)
+    ev.label_names = ml_collections.config_dict.placeholder(dict)  # {"1": "RV", ...}: names in summary.md
     ev.limit = 0  # score only the first N pairs (0: all)
     ev.with_hd95 = True  # HD95 per label (a distance transform per label and pair)
     ev.num_figures = 4  # pairs drawn as PNG figures

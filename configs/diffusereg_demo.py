@@ -41,7 +41,7 @@ def get_config(arg=None):
     opt = config.optimizer
     opt.learning_rate = 1e-3
     opt.warmup_steps = 100
-    opt.decay_steps = 3000
+    opt.decay_steps = 5000
     opt.final_fraction = 0.02
     opt.grad_clip = 1.0
 

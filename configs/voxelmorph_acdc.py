@@ -45,4 +45,5 @@ def get_config(arg=None):
     training.best_metric = "dice"
 
     config.eval.labels = (1, 2, 3)  # RV, Myo, LV
+    config.eval.label_names = {"1": "RV", "2": "Myo", "3": "LV"}
     return config

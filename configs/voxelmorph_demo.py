@@ -49,4 +49,5 @@ def get_config(arg: str | None = None):
     training.keep = 2
     if arg == "cardiac":
         config.eval.labels = (1, 2, 3)  # RV, Myo, LV (the ACDC convention)
+        config.eval.label_names = {"1": "RV", "2": "Myo", "3": "LV"}
     return config

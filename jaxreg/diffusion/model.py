@@ -113,7 +113,7 @@ class DiffuseReg:
       prediction: the network predicts ``"eps"`` (the paper) or ``"v"`` (``PREDICTIONS``);
         the loss is MSE(ε̂, ε) either way, ε̂ derived from v̂.
       sampler: default sampler options (``SAMPLER_OPTIONS``): ``method`` ``"ddim"``,
-        ``steps`` 50, ``eta`` 0, ``seed`` 0, ``cfg_scale`` 0, ``guidance`` {}, ``ensemble`` 1,
+        ``steps`` 50 (at most T), ``eta`` 0, ``seed`` 0, ``cfg_scale`` 0, ``guidance`` {}, ``ensemble`` 1,
         ``start`` ``"noise"``, ``start_step`` None (T − 1), ``clip`` 0 (off; else x̂₀ is
         clipped to ±clip in z-scored units before guidance).
     """
@@ -174,7 +174,8 @@ class DiffuseReg:
         x = jnp.zeros((*fixed.shape[:-1], ndim), jnp.float32)
         t = jnp.zeros((fixed.shape[0],), jnp.int32)
         condition = jnp.ones((fixed.shape[0],)) if self.condition_dropout else None
-        return self.net.init(key, x, t, fixed, fixed, condition)
+        # Jitted: Flax's eager init of a Swin-UNETR runs thousands of small ops (~30 s on 2 cores).
+        return jax.jit(self.net.init)(key, x, t, fixed, fixed, condition)
 
     def teacher_field(self, fixed, moving):
         """φ₀ of the frozen teacher for ``(B, *S)`` images (no gradient)."""
@@ -222,7 +223,7 @@ class DiffuseReg:
         unknown = set(options) - set(SAMPLER_OPTIONS)
         if unknown:
             raise ValueError(f"unknown sampler option(s) {sorted(unknown)}; known: {SAMPLER_OPTIONS}.")
-        base = getattr(self, "sampler", None) or {"method": "ddim", "steps": 50, "eta": 0.0, "seed": 0, "cfg_scale": 0.0,
+        base = getattr(self, "sampler", None) or {"method": "ddim", "steps": min(50, self.schedule.num_steps), "eta": 0.0, "seed": 0, "cfg_scale": 0.0,
                                                    "guidance": {}, "ensemble": 1, "start": "noise", "start_step": None, "clip": 0.0}
         out = dict(base, **options)
         if out["method"] not in samplers.METHODS:

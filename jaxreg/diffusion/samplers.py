@@ -76,7 +76,7 @@ def sampling_timesteps(num_steps: int, *, method: str = "ddim", steps: int | Non
     """``(times, previous)``: the steps a sampler denoises, descending, and the step each lands on (−1: clean).
 
     ``ddpm`` visits every step from ``start_step`` (default T − 1) down; ``ddim`` visits
-    ``steps`` of them (default 50, at most the steps available).
+    ``steps`` of them (default 50, or T if smaller).
     """
     if method not in METHODS:
         raise ValueError(f"sampler `method` must be one of {METHODS}; got {method!r}.")
@@ -84,7 +84,7 @@ def sampling_timesteps(num_steps: int, *, method: str = "ddim", steps: int | Non
         start = num_steps - 1 if start_step is None else _check_int(start_step, "start_step", 0, num_steps - 1)
         times = np.arange(start, -1, -1, dtype=np.int32)
     else:
-        times = ddim_timesteps(num_steps, 50 if steps is None else steps, start_step=start_step)
+        times = ddim_timesteps(num_steps, min(50, num_steps) if steps is None else steps, start_step=start_step)
     return times, np.concatenate([times[1:], np.full((1,), -1, np.int32)])
 
 

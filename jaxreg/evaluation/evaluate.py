@@ -138,7 +138,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
     report.write_json(out_dir / "metrics.json", result)
     report.write_per_pair_csv(out_dir / "per_pair.csv", rows)
     report.write_summary(out_dir / "summary.md", title=f"{config.model.name} (step {chosen})", summary=summary,
-                         labels=label_names, details={"workdir": workdir, "split": f"{split} ({len(rows)} pairs)",
+                         labels=label_names, label_names=ev.get("label_names"), details={"workdir": workdir, "split": f"{split} ({len(rows)} pairs)",
                                                       "checkpoint": f"step {chosen} ({result['params']} parameters)",
                                                       "backend": f"{jax.default_backend()} × {jax.device_count()}",
                                                       "inference memory": f"{memory[0]:.1f} MB ({memory[1]})"

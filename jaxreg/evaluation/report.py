@@ -74,15 +74,19 @@ def summary_table(rows: Sequence[tuple[str, Mapping]]) -> str:
     return "\n".join(lines)
 
 
-def write_summary(path, *, title: str, summary: Mapping, labels: Sequence[str], details: Mapping[str, str]) -> None:
-    """``summary.md``: the headline table (before vs after), Dice per label, run details."""
+def write_summary(path, *, title: str, summary: Mapping, labels: Sequence[str], details: Mapping[str, str],
+                  label_names: Mapping[str, str] | None = None) -> None:
+    """``summary.md``: the headline table (before vs after), Dice per label (named by ``label_names``), run details."""
     before = {k[: -len("_before")] if k.endswith("_before") else k[: -len("_before_std")] + "_std": v
               for k, v in summary.items() if k.endswith(("_before", "_before_std"))}
     rows = [("Before registration", before), (title, summary)] if before else [(title, summary)]
     text = [f"# {title}", "", summary_table(rows), ""]
     if labels:
-        text += ["## Dice per label (%)", "", "| Label | Dice (%) ↑ |", "|---|---|"]
-        text += [f"| {label} | {_cell(summary, f'dice_{label}', 100.0, 2)} |" for label in labels]
+        names = {str(k): v for k, v in (label_names or {}).items()}
+        text += ["## Dice per label (%)", "", "| Label | Dice (%) ↑ | Before (%) |", "|---|---|---|"]
+        text += [f"| {label}{f' ({names[str(label)]})' if str(label) in names else ''} | "
+                 f"{_cell(summary, f'dice_{label}', 100.0, 2)} | {_cell(summary, f'dice_before_{label}', 100.0, 2)} |"
+                 for label in labels]
         text.append("")
     text += ["## Run", ""] + [f"- {k}: {v}" for k, v in details.items()] + [""]
     with atomic_path(path) as tmp:

@@ -87,6 +87,9 @@ def _diffusereg(model: Mapping, loss: Mapping, solver: Mapping, *, diffusion: Ma
     from jaxreg.diffusion.model import DENOISER_FIELDS, DiffuseReg
 
     del solver
+    unknown = set(model) - {"name", *DENOISER_FIELDS}
+    if unknown:
+        raise ValueError(f"unknown denoiser field(s) {sorted(unknown)} in `model`; known: {DENOISER_FIELDS}.")
     diffusion = dict(diffusion or {})
     sampler = dict(diffusion.get("sampler") or {})
     sampler["guidance"] = dict(sampler.get("guidance") or {})
