@@ -75,9 +75,18 @@ def benchmark_run(args) -> dict:
         for name, r in results.items():
             r["speedup_vs_ddpm"] = ddpm["time_per_pair_s"] / r["time_per_pair_s"]
             r["dice_minus_ddpm"] = r.get("dice", np.nan) - ddpm.get("dice", np.nan)
+    teacher_dir = run.config.diffusion.get("teacher_workdir")
+    if teacher_dir and Path(teacher_dir).is_dir():  # the teacher on the same pairs, for reference
+        from jaxreg.training.teacher import load_teacher
+
+        teacher = jax.jit(load_teacher(teacher_dir)[1])
+        results["teacher"] = {"dice": float(np.mean([
+            pair_metrics(r, np.asarray(teacher(jnp.asarray(r["fixed"])[None], jnp.asarray(r["moving"])[None]))[0],
+                         labels=labels, with_hd95=False)["dice"] for r in records]))}
     out = {"workdir": str(args.workdir), "split": args.split, "pairs": len(records), "backend": jax.default_backend(),
            "dice_before": float(np.mean([pair_metrics(r, np.zeros((*np.shape(r["fixed"]), np.ndim(r["fixed"]))),
                                                       labels=labels, with_hd95=False)["dice"] for r in records])),
+           "dice_teacher": results.pop("teacher", {}).get("dice", float("nan")),
            "samplers": results}
     if args.guidance:
         weights = {k: float(v) for k, v in (item.split("=") for item in args.guidance.split(","))}
@@ -112,6 +121,28 @@ def benchmark_paper_size(args) -> dict:
             "paper_ddpm2000_s": 333.0}
 
 
+def speed_figure(path, result: dict) -> None:
+    """Dice against seconds per pair (log axis), one point per sampler setting."""
+    from matplotlib.figure import Figure
+
+    from jaxreg.evaluation.figures import _save
+
+    fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+    ax = fig.subplots()
+    for name, r in result["samplers"].items():
+        ax.scatter(r["time_per_pair_s"], 100 * r["dice"], color="tab:red" if name.startswith("ddpm") else "tab:blue")
+        ax.annotate(name, (r["time_per_pair_s"], 100 * r["dice"]), textcoords="offset points", xytext=(4, 4), fontsize=8)
+    ax.axhline(100 * result["dice_before"], color="gray", ls=":", label="before registration")
+    if np.isfinite(result.get("dice_teacher", np.nan)):
+        ax.axhline(100 * result["dice_teacher"], color="tab:green", ls="--", label="teacher")
+    ax.set_xscale("log")
+    ax.set_xlabel(f"seconds per pair ({result['backend']}, batch 1)")
+    ax.set_ylabel("Dice (%) ↑")
+    ax.set_title(f"DiffuseReg sampling, {result['pairs']} {result['split']} pairs")
+    ax.legend(fontsize=8, loc="lower right")
+    _save(fig, path)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", default="runs/diffusereg_demo")
@@ -122,9 +153,12 @@ def main(argv=None):
     parser.add_argument("--guidance", default="", help="e.g. bending=0.5: guided vs unguided DDIM-50")
     parser.add_argument("--paper_size", action="store_true", help="time the paper's model at 32×128×128 instead")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--figure", default="", help="also write a Dice-vs-time PNG here")
     args = parser.parse_args(argv)
     args.ddim = [int(n) for n in args.ddim.split(",") if n]
     result = benchmark_paper_size(args) if args.paper_size else benchmark_run(args)
+    if args.figure and not args.paper_size:
+        speed_figure(args.figure, result)
     print(json.dumps(result, indent=2))
 
 

@@ -147,7 +147,7 @@ def diffusion_section() -> ml_collections.ConfigDict:
     diffusion.beta_start = 1e-6  # β_1 of the linear schedule
     diffusion.beta_end = 1e-2  # β_T of the linear schedule
     diffusion.condition_dropout = 0.0  # share of training samples without images (classifier-free guidance)
-    diffusion.prediction = "eps"  # eps (paper) | v: what the denoiser's output means (loss is MSE on ε either way)
+    diffusion.prediction = "eps"  # eps (paper; loss MSE(ε̂, ε)) | v (loss MSE(v̂, v)): what the denoiser predicts
 
     diffusion.sampler = sampler = ml_collections.ConfigDict()  # what eval.py and predict use
     sampler.method = "ddim"  # ddim | ddpm (all T steps)
@@ -160,6 +160,6 @@ def diffusion_section() -> ml_collections.ConfigDict:
     sampler.start_step = -1  # step to start from (-1: T − 1)
     sampler.clip = 0.0  # clip x̂₀ to ±clip (z-scored units) at every step (0: off)
     sampler.guidance = guidance = ml_collections.ConfigDict()  # weights of energies on x̂₀ (0: off)
-    for term in ("diffusion", "bending", "folding", "similarity", "organ", "direction"):
+    for term in ("diffusion", "bending", "folding", "similarity", "masked_similarity", "organ", "direction"):
         guidance[term] = 0.0
     return diffusion

@@ -12,6 +12,8 @@ Terms (:data:`TERMS`):
 * ``"bending"``: bending energy (smoother, affine-preserving);
 * ``"folding"``: ``mean(relu(ε − det J))``, ε = 0.05, pushing the Jacobian determinant positive;
 * ``"similarity"``: LNCC (window 9) between the fixed image and the warped moving image;
+* ``"masked_similarity"``: mean squared intensity difference of the fixed and warped moving
+  images inside the fixed mask only (align this region; needs ``fixed_mask``);
 * ``"organ"``: soft Dice loss between a fixed mask and the warped moving mask (target
   organ; needs ``fixed_mask`` and ``moving_mask``);
 * ``"direction"``: ``−mean(⟨u, d⟩)`` over the fixed mask (or everywhere) for a direction
@@ -31,8 +33,8 @@ from jaxreg import losses, metrics, spatial
 
 __all__ = ["TERMS", "Context", "check_weights", "energy", "guide"]
 
-TERMS = ("diffusion", "bending", "folding", "similarity", "organ", "direction")
-_NEEDS = {"organ": ("fixed_mask", "moving_mask"), "direction": ("direction",)}
+TERMS = ("diffusion", "bending", "folding", "similarity", "masked_similarity", "organ", "direction")
+_NEEDS = {"masked_similarity": ("fixed_mask",), "organ": ("fixed_mask", "moving_mask"), "direction": ("direction",)}
 
 
 class Context(NamedTuple):
@@ -89,6 +91,10 @@ def energy(name: str, ddf: jax.Array, context: Context) -> jax.Array:
         return jnp.mean(jax.nn.relu(0.05 - metrics.jacobian_determinant(ddf)))
     if name == "similarity":
         return losses.lncc(context.fixed, spatial.warp(context.moving, ddf), window=9, ndim=ndim)
+    if name == "masked_similarity":
+        mask = context.fixed_mask.astype(ddf.dtype)[..., None]
+        squared = (context.fixed - spatial.warp(context.moving, ddf)) ** 2
+        return jnp.sum(mask * squared) / jnp.maximum(jnp.sum(mask) * squared.shape[-1], 1.0)
     if name == "organ":
         warped = spatial.warp(context.moving_mask.astype(ddf.dtype), ddf)
         return losses.dice(context.fixed_mask.astype(ddf.dtype)[..., None], warped[..., None])

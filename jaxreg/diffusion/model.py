@@ -41,8 +41,9 @@ from jaxreg.models.denoiser import Denoiser
 __all__ = ["SCHEDULES", "DiffuseReg", "Observation", "Sample"]
 
 SCHEDULES = ("linear", "cosine")
-#: What the network's output means: ε (the paper) or v = √ᾱ·ε − √(1−ᾱ)·x₀ (Salimans & Ho
-#: 2022), from which x̂₀ = √ᾱ·x_t − √(1−ᾱ)·v̂ needs no division by √ᾱ_t (≈ 0.007 at t = T − 1).
+#: What the network predicts, and its MSE term: ε (the paper) or v = √ᾱ·ε − √(1−ᾱ)·x₀
+#: (Salimans & Ho 2022), from which x̂₀ = √ᾱ·x_t − √(1−ᾱ)·v̂ needs no division by √ᾱ_t
+#: (≈ 0.007 at t = T − 1, where ε-prediction amplifies ε̂'s error ~150× in x̂₀).
 PREDICTIONS = ("eps", "v")
 #: Per-sample weights of the consistency terms: "none" (the paper) or ᾱ_t (x̂₀ is only
 #: trustworthy at small t: at t = T − 1, √ᾱ = 0.007 amplifies the error of ε̂ ~150×).
@@ -110,8 +111,9 @@ class DiffuseReg:
       ssim_window: SSIM window side (σ 1.5).
       consistency_weighting: ``"none"`` (the paper) or ``"alpha_bar"`` (``WEIGHTINGS``).
       condition_dropout: share of training samples with the null condition (0: off).
-      prediction: the network predicts ``"eps"`` (the paper) or ``"v"`` (``PREDICTIONS``);
-        the loss is MSE(ε̂, ε) either way, ε̂ derived from v̂.
+      prediction: the network predicts ``"eps"`` (the paper; loss MSE(ε̂, ε)) or ``"v"``
+        (``PREDICTIONS``; loss MSE(v̂, v), which at large t is MSE(x̂₀, x₀): x̂₀ learns the
+        teacher's field even where x_t is almost pure noise).
       sampler: default sampler options (``SAMPLER_OPTIONS``): ``method`` ``"ddim"``,
         ``steps`` 50 (at most T), ``eta`` 0, ``seed`` 0, ``cfg_scale`` 0, ``guidance`` {}, ``ensemble`` 1,
         ``start`` ``"noise"``, ``start_step`` None (T − 1), ``clip`` 0 (off; else x̂₀ is
@@ -186,7 +188,8 @@ class DiffuseReg:
     def loss_fn(self, params, batch, key):
         """The DiffuseReg objective of a batch (see the module docstring); lower is better.
 
-        Metrics: ``eps_mse``, ``ssim`` (1 − SSIM of the warped image), ``smoothness``.
+        Metrics: ``eps_mse``, ``ssim`` (1 − SSIM of the warped image), ``smoothness``, and
+        ``v_mse`` with v-prediction (its loss term instead of ``eps_mse``).
         """
         fixed, moving = jnp.asarray(batch["fixed"]), jnp.asarray(batch["moving"])
         b = fixed.shape[0]
@@ -200,7 +203,14 @@ class DiffuseReg:
             condition = (jax.random.uniform(k_drop, (b,)) >= self.condition_dropout).astype(jnp.float32)
         output = self.net.apply(params, x_t, t, fixed[..., None], moving[..., None], condition)
         eps_hat, x0_hat = self.eps_and_x0(output, x_t, t)
-        mse = jnp.mean((eps_hat - eps) ** 2)
+        eps_mse = jnp.mean((eps_hat - eps) ** 2)
+        if self.prediction == "v":  # the network's own target (Salimans & Ho): v = √ᾱ·ε − √(1−ᾱ)·x₀
+            shape = (-1,) + (1,) * (x_t.ndim - 1)
+            a = jnp.sqrt(self.schedule.alpha_bars[t]).reshape(shape)
+            b = jnp.sqrt(self.schedule.one_minus_alpha_bars[t]).reshape(shape)
+            mse = jnp.mean((output - (a * eps - b * x0)) ** 2)
+        else:
+            mse = eps_mse
         ddf0 = self.denormalize(x0_hat)
         ndim = ddf0.shape[-1]
 
@@ -216,7 +226,10 @@ class DiffuseReg:
             weight = weight * self.schedule.alpha_bars[t]
         dissimilarity, smoothness = jnp.sum(weight * dissimilarity), jnp.sum(weight * smoothness)
         loss = mse + self.ssim_weight * dissimilarity + self.smooth_weight * smoothness
-        return loss, {"eps_mse": mse, "ssim": dissimilarity, "smoothness": smoothness}
+        metrics = {"eps_mse": eps_mse, "ssim": dissimilarity, "smoothness": smoothness}
+        if self.prediction == "v":
+            metrics["v_mse"] = mse
+        return loss, metrics
 
     # ----------------------------------------------------------------------------- sampling
     def _sampler_options(self, options: Mapping) -> dict:
