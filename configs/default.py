@@ -128,6 +128,7 @@ def diffusereg_model(model: ml_collections.ConfigDict, loss: ml_collections.Conf
     model.fusion = "layerwise"  # layerwise (joint attention in every field block) | input (concatenation ablation)
     model.conditional_mask = True  # tile the shifted-window mask over the image tokens (ablation: False)
     model.time_in_resblocks = True  # a time projection in every conv block (ablation: False)
+    model.image_skip = False  # also give the images to the full-resolution conv skip (not in the paper)
     loss.ssim_weight = 1.0  # λ₁ of 1 − SSIM(I_m∘φ̂₀, I_f)
     loss.ssim_window = 9  # SSIM Gaussian window side (σ 1.5)
     loss.smooth_weight = 0.1  # λ₂ of the diffusion regulariser of φ̂₀

@@ -26,6 +26,9 @@ def get_config(arg=None):
     model.depths = (2, 2)
     model.heads = (2, 4)
     model.window = (4, 4)
+    # The images also reach the full-resolution conv skip: with patch tokens only (the paper's
+    # wiring), DDIM-50 stayed at val Dice 0.847 after 2000 steps (the U-Net teacher: 0.884).
+    model.image_skip = True
 
     # ε-prediction's x̂₀ = (x_t − √(1−ᾱ)ε̂)/√ᾱ amplifies ε̂'s error up to 150× at large t: its
     # consistency terms swamped the loss (smoothness ~4000 at step 30) and, weighted down by ᾱ_t

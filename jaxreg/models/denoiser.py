@@ -86,6 +86,9 @@ class Denoiser(nn.Module):
         ``False`` is the "no conditional mask" ablation.
       time_in_resblocks: add a time projection in every conv block (the paper).
       mlp_ratio: Swin MLP width over the token width.
+      image_skip: also feed the fixed and moving images to the full-resolution conv skip
+        block (layerwise fusion sees them only through patch tokens otherwise); the demo's
+        choice, not the paper's.
 
     Call with ``x_t`` ``(B, *S, ndim)``, ``t`` ``(B,)`` int steps, ``fixed`` and ``moving``
     ``(B, *S, 1)`` and optional ``condition`` ``(B,)`` in {0, 1}; returns ``ε̂`` like ``x_t``.
@@ -100,6 +103,7 @@ class Denoiser(nn.Module):
     conditional_mask: bool = True
     time_in_resblocks: bool = True
     mlp_ratio: float = 4.0
+    image_skip: bool = False
 
     def _check(self, x_t, fixed, moving):
         ndim = x_t.ndim - 2
@@ -170,6 +174,7 @@ class Denoiser(nn.Module):
             skip = ResBlock(width, name=f"skip_{stage}")(skips[stage], block_time)
             x = ResBlock(width, name=f"decoder_{stage}")(jnp.concatenate([x, skip], axis=-1), block_time)
         x = nn.ConvTranspose(c0, patch, strides=patch, name="up_input")(x)
-        skip = ResBlock(c0, name="skip_input")(inputs, block_time)
+        full = jnp.concatenate([x_t, fixed, moving], axis=-1) if layerwise and self.image_skip else inputs
+        skip = ResBlock(c0, name="skip_input")(full, block_time)
         x = ResBlock(c0, name="decoder_input")(jnp.concatenate([x, skip], axis=-1), block_time)
         return nn.Conv(ndim, (1,) * ndim, name="eps", kernel_init=nn.initializers.normal(1e-3))(x)
