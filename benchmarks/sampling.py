@@ -65,6 +65,14 @@ def benchmark_run(args) -> dict:
     settings = [_setting(f"ddim{n}", method="ddim", steps=n, eta=0.0) for n in args.ddim]
     if args.ddpm:
         settings.insert(0, _setting(f"ddpm{model.schedule.num_steps}", method="ddpm"))
+    teacher_dir = run.config.diffusion.get("teacher_workdir")
+    teacher = None
+    if teacher_dir and Path(teacher_dir).is_dir():  # the teacher: a reference, and a start field
+        from jaxreg.training.teacher import load_teacher
+
+        teacher = load_teacher(teacher_dir)[1]
+        model.teacher = teacher
+        settings.append(_setting("ddim20_from_teacher_t400", method="ddim", steps=20, start="teacher", start_step=400))
     results = {}
     for name, options in settings:
         results[name] = score(model, params, records, options, labels=labels)
@@ -72,16 +80,13 @@ def benchmark_run(args) -> dict:
               file=sys.stderr)
     ddpm = results.get(f"ddpm{model.schedule.num_steps}")
     if ddpm:
-        for name, r in results.items():
+        for r in results.values():
             r["speedup_vs_ddpm"] = ddpm["time_per_pair_s"] / r["time_per_pair_s"]
             r["dice_minus_ddpm"] = r.get("dice", np.nan) - ddpm.get("dice", np.nan)
-    teacher_dir = run.config.diffusion.get("teacher_workdir")
-    if teacher_dir and Path(teacher_dir).is_dir():  # the teacher on the same pairs, for reference
-        from jaxreg.training.teacher import load_teacher
-
-        teacher = jax.jit(load_teacher(teacher_dir)[1])
+    if teacher is not None:  # the teacher on the same pairs
+        predict = jax.jit(teacher)
         results["teacher"] = {"dice": float(np.mean([
-            pair_metrics(r, np.asarray(teacher(jnp.asarray(r["fixed"])[None], jnp.asarray(r["moving"])[None]))[0],
+            pair_metrics(r, np.asarray(predict(jnp.asarray(r["fixed"])[None], jnp.asarray(r["moving"])[None]))[0],
                          labels=labels, with_hd95=False)["dice"] for r in records]))}
     out = {"workdir": str(args.workdir), "split": args.split, "pairs": len(records), "backend": jax.default_backend(),
            "dice_before": float(np.mean([pair_metrics(r, np.zeros((*np.shape(r["fixed"]), np.ndim(r["fixed"]))),
