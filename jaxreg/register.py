@@ -88,7 +88,7 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
     # Imported here: training, checkpoints and models are not needed by the classical path.
     from jaxreg import models
     from jaxreg.training.checkpoints import Checkpoints
-    from jaxreg.training.restore import resolve_step, wants_ema
+    from jaxreg.training.restore import resolve_step, teacher_for, wants_ema
     from jaxreg.training.workdir import load_config
 
     workdir = Path(workdir)
@@ -96,7 +96,7 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
         raise FileNotFoundError(f"model workdir {str(workdir)!r} does not exist (train one with "
                                 f"python train.py --config ... --workdir {workdir}).")
     config = load_config(workdir)
-    method = models.build_from_config(config)
+    method = models.build_from_config(config, teacher=teacher_for(config))
     training = config.training
     with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
         chosen = resolve_step(workdir, checkpoints, step, best_metric=training.get("best_metric"),
@@ -107,7 +107,8 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
 
 
 def _model_inputs(model: Model, image: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    """A ``(1, *S')`` single-channel image in [0, 1], padded (edge) to sides the U-Net accepts.
+    """A ``(1, *S')`` single-channel image in the training range (``data.options.out_range``, default [0, 1]),
+    padded (edge) to sides the network accepts.
 
     ``image`` is ``(*S, C)``; models take one channel, the mean of the channels.
     """
@@ -115,7 +116,8 @@ def _model_inputs(model: Model, image: jax.Array, shape: tuple[int, ...]) -> jax
     from jaxreg.models import unet
 
     image = jnp.mean(image, axis=-1)
-    image = jnp.asarray(rescale_intensity(np.asarray(image), out_range=(0.0, 1.0), percentiles=(0.5, 99.5)))
+    out_range = tuple((model.config.data.get("options") or {}).get("out_range") or (0.0, 1.0))  # ACDC: (-1, 1)
+    image = jnp.asarray(rescale_intensity(np.asarray(image), out_range=out_range, percentiles=(0.5, 99.5)))
     if model.name == "diffusereg":  # Swin-UNETR: patch · 2**stages
         factor = int(model.config.model.get("patch", 2)) * 2 ** len(model.config.model.get("depths") or (2, 2, 2, 2))
     else:

@@ -317,3 +317,29 @@ def test_masked_similarity_and_organ_energies_against_numpy():
     ctx = ctx._replace(fixed_mask=jnp.asarray(fixed))
     inter = np.sum(fixed * moving)
     np.testing.assert_allclose(float(energy("organ", zero, ctx)), 1 - 2 * inter / (fixed.sum() + moving.sum()), rtol=1e-5)
+
+
+def test_v_prediction_without_condition_dropout_traces_and_bad_combinations_raise():
+    model = _model(prediction="v")  # condition_dropout 0: the batch size must survive the v branch
+    batch = _pair(b=2)
+    params = jax.eval_shape(model.init, jax.random.key(0), batch)
+    loss, metrics = jax.eval_shape(model.loss_fn, params, batch, jax.random.key(1))
+    assert loss.shape == () and metrics["v_mse"].shape == ()
+    with pytest.raises(ValueError, match="condition_dropout"):
+        _model(sampler={"cfg_scale": 1.0})
+    with pytest.raises(ValueError, match="start_step"):
+        _model(sampler={"start": "teacher"})
+    with pytest.raises(ValueError, match="eta"):
+        _model(sampler={"eta": None})
+
+
+def test_guidance_steps_in_voxels_whatever_the_normalisation():
+    """direction: u ← u + w·d in voxels, so in z-units x̂₀ moves by w·d/σ per channel."""
+    model = _model()
+    rng = np.random.default_rng(9)
+    x0 = jnp.asarray(rng.normal(size=(1, 6, 6, 2)), jnp.float32)
+    images = jnp.zeros((1, 6, 6, 1))
+    d = jnp.asarray([[1.0, 1.0]])
+    out = guidance.guide(x0, guidance.Context(images, images, direction=d), {"direction": 0.3},
+                         to_field=model.denormalize, from_field=model.normalize)
+    np.testing.assert_allclose(np.asarray(model.denormalize(out) - model.denormalize(x0)), 0.3, atol=1e-5)

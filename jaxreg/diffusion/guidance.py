@@ -3,8 +3,10 @@
 At every sampler step the model's x̂₀ (a displacement ``(*S, ndim)`` in voxels, pull) is
 moved down the gradient of ``Σ_i w_i · E_i(x̂₀)`` before the update, so the sample drifts
 towards fields the user prefers. Each energy is a per-voxel mean, lower is better; its
-gradient is taken of ``N · E`` (N voxels), so a weight is a step size in voxels per unit
-energy gradient and does not depend on the image size.
+gradient is taken of ``N · E`` (N voxels) with respect to the field in voxels, so a weight
+is a step size in voxels per unit energy gradient, independent of the image size and of
+the model's per-channel normalisation. The terms that need masks or a direction are for
+the sampling API (``DiffuseReg.sample``/``observe``); ``predict`` and ``eval.py`` pass none.
 
 Terms (:data:`TERMS`):
 
@@ -109,20 +111,25 @@ def energy(name: str, ddf: jax.Array, context: Context) -> jax.Array:
 
 
 def guide(x0: jax.Array, contexts: Context, weights: Mapping[str, float], *,
-          to_field: Callable[[jax.Array], jax.Array]) -> jax.Array:
+          to_field: Callable[[jax.Array], jax.Array] | None = None,
+          from_field: Callable[[jax.Array], jax.Array] | None = None) -> jax.Array:
     """One guidance step on a batch of x̂₀ ``(B, *S, ndim)`` (in the sampler's units).
 
-    ``x̂₀ ← x̂₀ − ∇ Σ_b N · Σ_i w_i E_i(to_field(x̂₀_b))``; ``to_field`` maps the sampler's
-    (z-scored) units to voxels, ``contexts`` holds batched :class:`Context` arrays.
+    In voxels: ``u ← u − ∇_u Σ_b N · Σ_i w_i E_i(u_b)`` with ``u = to_field(x̂₀)``, then back
+    with ``from_field`` (the sampler's z-scored units; identity when not given), so a weight
+    is a step in voxels whatever the normalisation. ``contexts`` holds batched
+    :class:`Context` arrays.
     """
     if not weights:
         return x0
+    to_field = to_field or (lambda x: x)
+    from_field = from_field or (lambda u: u)
     n = math.prod(x0.shape[1:-1])
 
-    def total(x):
-        def one(xb, ctx):
-            field = to_field(xb)
-            return sum(w * energy(name, field, ctx) for name, w in weights.items())
-        return n * jnp.sum(jax.vmap(one)(x, contexts))
+    def total(u):
+        def one(ub, ctx):
+            return sum(w * energy(name, ub, ctx) for name, w in weights.items())
+        return n * jnp.sum(jax.vmap(one)(u, contexts))
 
-    return x0 - jax.grad(total)(x0)
+    u = to_field(x0)
+    return from_field(u - jax.grad(total)(u))

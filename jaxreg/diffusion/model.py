@@ -182,7 +182,9 @@ class DiffuseReg:
     def teacher_field(self, fixed, moving):
         """φ₀ of the frozen teacher for ``(B, *S)`` images (no gradient)."""
         if self.teacher is None:
-            raise ValueError("this DiffuseReg has no teacher: set `diffusion.teacher_workdir` to a trained run.")
+            raise ValueError("this DiffuseReg has no teacher loaded: train with `diffusion.teacher_workdir` set, or load "
+                             "the run with its teacher (jaxreg.training.restore.load_run loads it when the sampler "
+                             "starts from it: --config.diffusion.sampler.start=teacher).")
         return jax.lax.stop_gradient(self.teacher(fixed, moving))
 
     def loss_fn(self, params, batch, key):
@@ -206,9 +208,9 @@ class DiffuseReg:
         eps_mse = jnp.mean((eps_hat - eps) ** 2)
         if self.prediction == "v":  # the network's own target (Salimans & Ho): v = √ᾱ·ε − √(1−ᾱ)·x₀
             shape = (-1,) + (1,) * (x_t.ndim - 1)
-            a = jnp.sqrt(self.schedule.alpha_bars[t]).reshape(shape)
-            b = jnp.sqrt(self.schedule.one_minus_alpha_bars[t]).reshape(shape)
-            mse = jnp.mean((output - (a * eps - b * x0)) ** 2)
+            sqrt_a = jnp.sqrt(self.schedule.alpha_bars[t]).reshape(shape)
+            sqrt_b = jnp.sqrt(self.schedule.one_minus_alpha_bars[t]).reshape(shape)
+            mse = jnp.mean((output - (sqrt_a * eps - sqrt_b * x0)) ** 2)
         else:
             mse = eps_mse
         ddf0 = self.denormalize(x0_hat)
@@ -247,12 +249,19 @@ class DiffuseReg:
         ensemble = out["ensemble"]
         if isinstance(ensemble, bool) or not isinstance(ensemble, (int, np.integer)) or ensemble < 1:
             raise ValueError(f"sampler `ensemble` must be an integer >= 1; got {ensemble!r}.")
-        if not float(out["clip"]) >= 0:
-            raise ValueError(f"sampler `clip` must be >= 0 (0: off); got {out['clip']!r}.")
-        if not float(out["cfg_scale"]) >= 0:
-            raise ValueError(f"sampler `cfg_scale` must be >= 0; got {out['cfg_scale']!r}.")
+        for name in ("eta", "cfg_scale", "clip"):
+            value = out[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.number)) or not float(value) >= 0:
+                raise ValueError(f"sampler `{name}` must be a number >= 0; got {value!r}.")
+            out[name] = float(value)
+        if out["cfg_scale"] and not self.condition_dropout:
+            raise ValueError("sampler `cfg_scale` > 0 needs a model trained with `diffusion.condition_dropout` > 0 "
+                             "(it has no unconditional branch).")
         if out["start_step"] is not None and int(out["start_step"]) < 0:  # config files use -1 for "none"
             out["start_step"] = None
+        if isinstance(out["start"], str) and out["start"] == "teacher" and out["start_step"] is None:
+            raise ValueError("sampler start='teacher' needs a `start_step` (e.g. 400 of 2000): at T − 1 the start "
+                             "is pure noise and the teacher's field would be ignored.")
         # Validates steps against T and start_step now, not inside a trace.
         samplers.sampling_timesteps(self.schedule.num_steps, method=out["method"], steps=out["steps"],
                                     start_step=out["start_step"])
@@ -276,7 +285,7 @@ class DiffuseReg:
             x0 = self.eps_and_x0(output, x, t)[1]
             if clip:  # x̂₀ at large t is ε̂'s error amplified up to 1/√ᾱ_t; keep it in the data's range
                 x0 = jnp.clip(x0, -clip, clip)
-            return guidance_lib.guide(x0, context, weights, to_field=self.denormalize)
+            return guidance_lib.guide(x0, context, weights, to_field=self.denormalize, from_field=self.normalize)
 
         return denoise
 
@@ -314,6 +323,9 @@ class DiffuseReg:
         if isinstance(start, str):  # "noise"
             x = noise
         else:  # a given field, noised to the start step
+            if options["start_step"] is None:
+                raise ValueError("starting from a given field needs a `start_step` (e.g. 400 of 2000): at T − 1 the "
+                                 "start is pure noise and the field would be ignored.")
             start = jnp.asarray(start, jnp.float32)
             if start.shape != (b, *fixed.shape[1:], ndim):
                 raise ValueError(f"a start field must be (B, *S, ndim) = {(b, *fixed.shape[1:], ndim)}; got {start.shape}.")

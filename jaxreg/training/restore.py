@@ -20,7 +20,7 @@ from jaxreg.training.optimizer import make_optimizer
 from jaxreg.training.workdir import apply_overrides, load_config
 from jaxreg.training.writers import read_metrics
 
-__all__ = ["Run", "load_run", "resolve_step", "wants_ema"]
+__all__ = ["Run", "load_run", "resolve_step", "teacher_for", "wants_ema"]
 
 
 def resolve_step(workdir, checkpoints: Checkpoints, step, *, best_metric: str | None, best_mode: str = "max") -> int:
@@ -51,6 +51,22 @@ def resolve_step(workdir, checkpoints: Checkpoints, step, *, best_metric: str | 
     return number
 
 
+def teacher_for(config):
+    """DiffuseReg's teacher function when its sampler starts from the teacher's field, else ``None``.
+
+    Inference needs no teacher otherwise, so it is loaded only then.
+    """
+    if config.model.get("name") != "diffusereg":
+        return None
+    sampler = (config.get("diffusion") or {}).get("sampler") or {}
+    if sampler.get("start") != "teacher":
+        return None
+    # Imported here: the teacher module builds on this one.
+    from jaxreg.training.teacher import load_teacher
+
+    return load_teacher(config.diffusion.get("teacher_workdir"), step=config.diffusion.get("teacher_step", "latest"))[1]
+
+
 def wants_ema(config) -> bool:
     """Whether inference should use the EMA parameters (``eval.use_ema``, default true) where a run kept them."""
     return bool((config.get("eval") or {}).get("use_ema", True))
@@ -78,7 +94,7 @@ def load_run(workdir, *, step=None, split: str = "test", overrides=()) -> Run:
     """
     workdir = Path(workdir)
     config = apply_overrides(load_config(workdir), overrides)
-    method = models.build_from_config(config)
+    method = models.build_from_config(config, teacher=teacher_for(config))
     mesh = sharding.make_mesh()
     template = init_state(method, make_optimizer(config.optimizer), config, open_source(config.data, split)[0], mesh)
     training = config.training

@@ -82,8 +82,11 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Sequence[str])
             node = node[part]
         if leaf not in node and ".".join(parents) not in INFERENCE_SECTIONS:  # these may postdate the run
             raise ValueError(f"override {item!r}: the run's config has no field {name!r}.")
+        value, current = _parse_value(text), node.get(leaf)
+        if leaf in node and current is not None and (value is None or isinstance(value, bool) != isinstance(current, bool)):
+            raise ValueError(f"override {item!r}: {name} is {type(current).__name__}; got {value!r}.")
         try:
-            node[leaf] = _parse_value(text)
+            node[leaf] = value
         except TypeError as err:
             raise ValueError(f"override {item!r}: {err}") from None
     return config
