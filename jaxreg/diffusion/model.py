@@ -160,13 +160,17 @@ class DiffuseReg:
         """The model's units → voxels."""
         return x if self.mean is None else x * self.std + self.mean
 
+    def _sqrt_alphas(self, t, like):
+        """``(√ᾱ_t, √(1 − ᾱ_t))`` for steps ``t`` ``(B,)``, shaped to broadcast against ``like``."""
+        shape = (-1,) + (1,) * (like.ndim - 1)
+        return (jnp.sqrt(self.schedule.alpha_bars[t]).reshape(shape),
+                jnp.sqrt(self.schedule.one_minus_alpha_bars[t]).reshape(shape))
+
     def eps_and_x0(self, output, x_t, t):
         """``(ε̂, x̂₀)`` from the network's output at ``x_t``, step ``t`` ``(B,)``."""
         if self.prediction == "eps":
             return output, predict_x0(self.schedule, x_t, t, output)
-        shape = (-1,) + (1,) * (x_t.ndim - 1)
-        a = jnp.sqrt(self.schedule.alpha_bars[t]).reshape(shape)
-        b = jnp.sqrt(self.schedule.one_minus_alpha_bars[t]).reshape(shape)
+        a, b = self._sqrt_alphas(t, x_t)
         return b * x_t + a * output, a * x_t - b * output
 
     # ----------------------------------------------------------------------------- training
@@ -207,9 +211,7 @@ class DiffuseReg:
         eps_hat, x0_hat = self.eps_and_x0(output, x_t, t)
         eps_mse = jnp.mean((eps_hat - eps) ** 2)
         if self.prediction == "v":  # the network's own target (Salimans & Ho): v = √ᾱ·ε − √(1−ᾱ)·x₀
-            shape = (-1,) + (1,) * (x_t.ndim - 1)
-            sqrt_a = jnp.sqrt(self.schedule.alpha_bars[t]).reshape(shape)
-            sqrt_b = jnp.sqrt(self.schedule.one_minus_alpha_bars[t]).reshape(shape)
+            sqrt_a, sqrt_b = self._sqrt_alphas(t, x_t)  # not `b`: that is the batch size here
             mse = jnp.mean((output - (sqrt_a * eps - sqrt_b * x0)) ** 2)
         else:
             mse = eps_mse
@@ -363,15 +365,7 @@ class DiffuseReg:
 
         ``options``: sampler options (``SAMPLER_OPTIONS``), defaults from the config.
         """
-        options = self._sampler_options(options)
-        start = options["start"]
-        (f, m, context), x, times, previous, key, n, b = self._prepare(fixed, moving, options, start, None, None, None,
-                                                                       None)
-        denoise = self._denoise(float(options["cfg_scale"]), tuple(sorted(options["guidance"].items())),
-                                float(options["clip"]))
-        run = samplers.make_runner(denoise, self.schedule, method=options["method"], eta=float(options["eta"]))
-        x = run((params, f, m, context), x, key, jnp.asarray(times), jnp.asarray(previous))[0]
-        return jnp.mean(self.denormalize(x).reshape(n, b, *x.shape[1:]), axis=0)
+        return self.sample(params, fixed, moving, **options).ddf  # under jit, the unused std is dropped
 
     def observe(self, params, fixed, moving, *, every: int = 10, stop_tol: float = 0.0, key=None, start=None,
                 fixed_mask=None, moving_mask=None, direction=None, **options) -> Iterator[Observation]:
