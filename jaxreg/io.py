@@ -14,6 +14,10 @@ Learn2Reg conventions (official evaluation, repository ``MDL-UzL/L2R``):
   by the evaluator, which reads it with ``get_fdata()`` (float64);
 * keypoint files ``*.csv`` hold one point per line, ``x0,x1,x2`` in voxel
   coordinates (array axis order), comma separated, no header.
+
+Geometry (voxel size, orientation, origin) is read from a NIfTI header as ITK (and so
+ANTs, 3D Slicer, SimpleITK) reads it, not as nibabel's ``img.affine`` does: see
+:func:`nifti_geometry`.
 """
 
 from __future__ import annotations
@@ -28,14 +32,19 @@ import nibabel as nib
 import numpy as np
 from numpy.typing import ArrayLike
 
+from jaxreg._nifti_geometry import NiftiGeometry, NiftiGeometryWarning, nifti_geometry
+
 __all__ = [
     "MAX_ELEMENTS",
+    "NiftiGeometry",
+    "NiftiGeometryWarning",
     "NiftiVolume",
     "atomic_path",
     "disp_filename",
     "load_disp",
     "load_keypoints",
     "load_nifti",
+    "nifti_geometry",
     "save_disp",
     "save_keypoints",
     "save_nifti",
@@ -51,9 +60,11 @@ class NiftiVolume(NamedTuple):
 
     Attributes:
       array: the voxel data, array axis order as stored.
-      affine: ``(4, 4)`` float64 voxel-to-world matrix.
-      spacing: voxel size of the (up to 3) spatial axes, as the header stores it
-        (``header.get_zooms()``, float32 values), usually mm.
+      affine: ``(4, 4)`` float64 voxel-to-world matrix (nibabel's RAS+ world, mm), read
+        as ITK reads it (:func:`nifti_geometry`); its first columns have the lengths
+        ``spacing``.
+      spacing: voxel size of the (up to 3) spatial axes: the header's ``pixdim``
+        (float32 values, as ``header.get_zooms()`` gives them), usually mm.
     """
 
     array: np.ndarray
@@ -136,7 +147,10 @@ def load_nifti(
       max_elements: refuse headers that claim more elements than this.
 
     Returns:
-      A `NiftiVolume` ``(array, affine, spacing)``.
+      A `NiftiVolume` ``(array, affine, spacing)``; ``affine`` and ``spacing`` follow
+      :func:`nifti_geometry` (ITK's reading of the header), and a
+      :class:`NiftiGeometryWarning` is issued when the sform disagrees with ``pixdim`` or
+      the qform.
 
     Raises:
       FileNotFoundError: the file does not exist.
@@ -149,8 +163,8 @@ def load_nifti(
     if os.fspath(path).endswith(".gz"):
         img = _in_memory(img, path)
     array = _read(img, path, "load_nifti", dtype)
-    zooms = img.header.get_zooms()
-    return NiftiVolume(array, np.asarray(img.affine, np.float64), tuple(zooms[: min(3, array.ndim)]))
+    geometry = nifti_geometry(img, path=path)
+    return NiftiVolume(array, geometry.affine, geometry.spacing)
 
 
 def _writable(array: ArrayLike, func: str) -> np.ndarray:
