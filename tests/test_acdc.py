@@ -5,13 +5,15 @@ scipy, or a closed form, never from the reader under test.
 """
 
 import shutil
+import warnings
 
+import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
 
 from jaxreg import io
-from jaxreg.data import acdc, preprocess
+from jaxreg.data import acdc, preprocess, sources, tfds_builders
 from jaxreg.data.learn2reg import SPLITS
 
 FILE_SHAPE = (40, 36, 8)  # (X, Y, Z) as written
@@ -251,6 +253,98 @@ def test_ground_truth_optional(root, tmp_path):
     assert pair["fixed"].shape == pair["moving"].shape == SMALL["shape"]
     assert "labels" not in ds.load_image("patient001/ES") and "labels" in ds.load_image("patient001/ED")
     assert "fixed_labels" in ds.load_pair("patient002/ED", "patient002/ES")
+
+
+# --- the public files' header ----------------------------------------------------------
+# The ACDC download stores sform_code 2 with an sform of diag(-1, -1, 1) (no voxel size),
+# qform_code 0, and the voxel size only in pixdim; ITK reads such a frame as
+# diag(-sx, -sy, sz), which is the affine of the "equivalent" copy.
+
+
+def _rewrite_all(base, write):
+    for path in sorted(base.glob("*/patient*/*.nii.gz")):
+        image = nib.load(path)
+        write(path, np.asarray(image.dataobj))
+
+
+@pytest.fixture(scope="module")
+def public_header(root, tmp_path_factory):
+    """A copy of the database whose frames carry the public ACDC header."""
+    copy = shutil.copytree(root, tmp_path_factory.mktemp("acdc_public") / "database")
+
+    def write(path, array):
+        header = nib.Nifti1Header()
+        header.set_data_dtype(array.dtype)
+        header.set_data_shape(array.shape)
+        header.set_sform(np.diag([-1.0, -1.0, 1.0, 1.0]), code=2)
+        header["qform_code"] = 0
+        header.set_zooms(FILE_SPACING)
+        nib.save(nib.Nifti1Image(array, None, header), path)
+
+    _rewrite_all(copy, write)
+    return copy
+
+
+@pytest.fixture(scope="module")
+def equivalent(root, tmp_path_factory):
+    """A copy whose sform holds the same geometry with its voxel size (sform and pixdim agree)."""
+    copy = shutil.copytree(root, tmp_path_factory.mktemp("acdc_equivalent") / "database")
+    affine = np.diag([-FILE_SPACING[0], -FILE_SPACING[1], FILE_SPACING[2], 1.0])
+    _rewrite_all(copy, lambda path, array: io.save_nifti(path, array, affine))
+    return copy
+
+
+def _quiet_load(dataset, key):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", io.NiftiGeometryWarning)
+        return dataset.load_image(key)
+
+
+def test_public_header_is_what_the_files_say(public_header):
+    path = public_header / "training/patient001/patient001_frame01.nii.gz"
+    header = nib.load(path).header
+    assert int(header["sform_code"]) == 2 and int(header["qform_code"]) == 0
+    np.testing.assert_array_equal(header.get_sform(), np.diag([-1.0, -1.0, 1.0, 1.0]))
+    np.testing.assert_array_equal(header["pixdim"][1:4], np.float32(FILE_SPACING))
+    with pytest.warns(io.NiftiGeometryWarning, match="patient001_frame01.nii.gz.*using pixdim"):
+        volume = io.load_nifti(path)
+    np.testing.assert_allclose(preprocess.spacing_of(volume.affine), FILE_SPACING)
+
+
+def test_public_header_resampled_by_hand(public_header):
+    out = _quiet_load(acdc.open_acdc(public_header, shape=None, out_range=None), "patient002/ES")
+    # File 40 x 36 x 8 at 1.5625 x 1.5625 x 10 mm (extent 62.5 x 56.25 x 80 mm) to 1.5 x 1.5 x 3.15 mm:
+    # round(41.67) = 42, round(37.5) = 38, round(25.4) = 25 voxels; (D, H, W) = (Z, X, Y).
+    # (Read with nibabel's 1 mm voxels it would be round(8 / 3.15) = 3 slices of 2.67 mm.)
+    assert out["image"].shape == out["labels"].shape == (25, 42, 38)
+    np.testing.assert_allclose(out["spacing"], [80 / 25, 62.5 / 42, 56.25 / 38], rtol=1e-12)
+
+
+@pytest.mark.parametrize("options", [{}, {"shape": None, "out_range": None}, SMALL, OFF])
+def test_public_header_reads_as_its_itk_geometry(public_header, equivalent, options):
+    public, reference = acdc.open_acdc(public_header, **options), acdc.open_acdc(equivalent, **options)
+    for key in ("patient001/ED", "patient101/ES"):
+        out, expected = _quiet_load(public, key), reference.load_image(key)
+        assert set(out) == set(expected)
+        np.testing.assert_array_equal(out["image"], expected["image"])
+        np.testing.assert_array_equal(out["labels"], expected["labels"])
+        np.testing.assert_allclose(out["affine"], expected["affine"], rtol=0, atol=1e-9)
+        np.testing.assert_allclose(out["spacing"], expected["spacing"], rtol=1e-12)
+
+
+def test_public_header_reaches_tfds_and_pipeline_records(public_header, tmp_path):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", io.NiftiGeometryWarning)
+        tfds_builders.prepare("acdc", data_dir=tmp_path / "tfds", manual_dir=public_header)
+        folder = sources.FolderPairs(acdc.open_acdc(public_header), "test")[0]
+    stored = tfds_builders.TfdsPairs("acdc", "test", data_dir=tmp_path / "tfds")[0]
+    # Resampled as above (25, 42, 38), then cropped/padded to (32, 128, 128): spacing unchanged.
+    for record in (stored, folder):
+        assert record["fixed"].shape == (32, 128, 128)
+        for key in ("spacing", "moving_spacing"):
+            np.testing.assert_allclose(record[key], [80 / 25, 62.5 / 42, 56.25 / 38], rtol=1e-12)
+        np.testing.assert_allclose(preprocess.spacing_of(record["affine"]), record["spacing"], rtol=1e-12)
+    np.testing.assert_array_equal(stored["affine"], folder["affine"])
 
 
 # --- errors --------------------------------------------------------------------------
