@@ -22,7 +22,7 @@ class NiftiGeometry(NamedTuple):
       affine: ``(4, 4)`` float64 voxel-to-world matrix, nibabel's RAS+ world (mm).
       spacing: voxel size of the (up to 3) spatial axes from ``pixdim`` (float32 values).
       source: what gave the orientation and origin: ``"sform"``, ``"qform"`` or
-        ``"pixdim"`` (neither form set: no rotation, origin 0).
+        ``"pixdim"`` (neither form set: ITK's identity direction, origin 0).
     """
 
     affine: np.ndarray
@@ -40,6 +40,8 @@ _warned: set[str] = set()
 
 def _warn_once(message: str) -> None:
     if message not in _warned:
+        if len(_warned) >= 100_000:  # bounded memory for huge collections of files
+            _warned.clear()
         _warned.add(message)
         warnings.warn(message, NiftiGeometryWarning, stacklevel=3)
 
@@ -87,7 +89,9 @@ def _difference(sform: np.ndarray, qform: np.ndarray, ndim: int) -> str:
     return "sform vs qform: " + "; ".join(parts)
 
 
-def nifti_geometry(image: nib.Nifti1Image | nib.Nifti1Header, *, path: str | os.PathLike | None = None) -> NiftiGeometry:
+def nifti_geometry(
+    image: nib.Nifti1Image | nib.Nifti1Header, *, path: str | os.PathLike | None = None
+) -> NiftiGeometry:
     """Voxel size, orientation and origin of a NIfTI image, read as ITK reads them.
 
     nibabel's ``img.affine`` is the sform whenever ``sform_code > 0``, scaling included,
@@ -100,12 +104,12 @@ def nifti_geometry(image: nib.Nifti1Image | nib.Nifti1Header, *, path: str | os.
 
     * **spacing** is ``pixdim[1:4]`` (values that are 0 or not finite count as 1, as in
       ``nifti1_io``), whatever the forms say;
-    * **orientation and origin** come from the sform when it is set (``sform_code > 0``),
-      its 3 x 3 part is a rotation times a scaling (the unit columns are orthonormal, to
-      1e-4), and either ``qform_code = 0``, or ``sform_code = 1`` (scanner), or the qform
-      describes the same transform (voxel sizes, directions, origin equal to 1e-4);
-      otherwise from the qform when ``qform_code > 0``; the direction is the sform's
-      columns normalised;
+    * **orientation and origin** come from the sform (its columns normalised, its
+      translation) when it is set (``sform_code > 0``), its 3 x 3 part is a rotation times
+      a scaling (the unit columns are orthonormal, to 1e-4), and either ``qform_code = 0``,
+      or ``sform_code = 1`` (scanner), or the qform describes the same transform (voxel
+      sizes, directions, origin equal to 1e-4); otherwise from the qform when
+      ``qform_code > 0``;
     * neither form set: no rotation and origin 0 (ITK's identity direction in its LPS
       world, which is ``diag(-dx, -dy, dz)`` in nibabel's RAS world);
     * an sform with shear and no qform (ITK refuses such a file): the sform as stored.
@@ -157,7 +161,7 @@ def nifti_geometry(image: nib.Nifti1Image | nib.Nifti1Header, *, path: str | os.
                        "origin, as ITK does (nibabel's img.affine would use the sform's voxel size)")
         if qform is not None and not _same_transform(affine, qform):  # only with sform_code 1 (scanner)
             _warn_once(f"{name}: its sform (sform_code {scode}) and qform (qform_code {qcode}) disagree "
-                       f"({_difference(sform, qform, ndim)}); using the sform's orientation and origin, as ITK does "
+                       f"({_difference(affine, qform, ndim)}); using the sform's orientation and origin, as ITK does "
                        "for a scanner sform, and pixdim for the spacing")
         return NiftiGeometry(affine, spacing, "sform")
     if qform is not None:
