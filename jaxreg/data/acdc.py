@@ -12,6 +12,12 @@ Frames are stored ``(X, Y, Z)``: the short-axis plane, then the few slices (e.g.
 216 x 256 x 10 at 1.5625 x 1.5625 x 10 mm). A frame is addressed by the key
 ``"patient001/ED"`` or ``"patient001/ES"``; pairs are ED fixed, ES moving.
 
+The public files keep the voxel size only in ``pixdim``: their sform (``sform_code = 2``)
+is ``diag(-1, -1, 1)`` and their qform is unset, so nibabel's ``img.affine`` says 1 mm
+voxels. Frames are read with :func:`jaxreg.io.load_nifti`, which reads the header as ITK
+does (:func:`jaxreg.io.nifti_geometry`: spacing from ``pixdim``, orientation and origin
+from the sform), so resampling sees the real 10 mm slices.
+
 Preprocessing, per frame and in this order (the DiffuseReg protocol by default):
 
 1. resample to ``spacing`` (mm, file axis order) — linear for images, nearest for labels;

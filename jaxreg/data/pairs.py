@@ -79,8 +79,9 @@ def read_image(
         path is appended).
 
     Returns:
-      ``image`` float32, ``affine`` ``(4, 4)``, ``spacing`` (header voxel size, mm) and the
-      optional entries asked for.
+      ``image`` float32, ``affine`` ``(4, 4)``, ``spacing`` (the header's ``pixdim``, mm)
+      as :func:`jaxreg.io.load_nifti` reads them (ITK's reading of the header, so the two
+      agree), and the optional entries asked for.
     """
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{missing}: {path}")
