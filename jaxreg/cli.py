@@ -1,37 +1,60 @@
-"""The ``jaxreg`` command line: ``jaxreg register --fixed F --moving M --out DIR``.
+"""The ``jaxreg`` command line: ``jaxreg register`` and ``jaxreg apply``.
 
-    jaxreg register --fixed F.nii.gz --moving M.nii.gz [--model W] [--moving-labels L.nii.gz]
-        [--fixed-mask K.nii.gz] [--option levels=(4,2,1) --option similarity=mi ...] --out DIR
+    jaxreg register --fixed F.nii.gz --moving M.nii.gz --out DIR [--model W]
+        [--moving-labels L.nii.gz [--fixed-labels K.nii.gz]] [--fixed-mask K.nii.gz]
+        [--spacing 1,1,2.5] [--option levels=(4,2,1) --option similarity=mi ...]
+    jaxreg apply --transform DIR --image X.nii.gz [--labels] [--inverse] --out Y.nii.gz
 
-Reads NIfTI files (headers checked before reading), resamples the moving image (and
-labels) onto the fixed image's grid when the two do not share shape and affine (and says
-so), registers with :func:`jaxreg.register` and writes into ``DIR``:
+``register`` reads NIfTI files (headers checked before reading; geometry as ITK reads it),
+resamples the moving image (and labels) onto the fixed image's grid when the two do not
+share shape and affine (and says so), registers with :func:`jaxreg.register` (voxel
+spacing from the fixed header, or ``--spacing``) and writes into ``DIR``, which must not
+exist or be empty:
 
 * ``warped.nii.gz``: the moving image on the fixed grid (the fixed affine);
-* ``disp.nii.gz``: the displacement in voxels, Learn2Reg format (``(D, H, W, 3)``, pull);
+* ``disp.nii.gz``: the whole transform as one displacement in voxels (pull:
+  ``warped(x) = moving(x + disp(x))``, the moving file's voxels), Learn2Reg format when
+  the grids agree;
+* ``inverse_disp.nii.gz`` (diffeomorphic path): the inverse, on the moving grid
+  (``fixed(y + inverse_disp(y))`` is the fixed image in moving space);
 * ``warped_labels.nii.gz`` (with ``--moving-labels``);
+* ``transform/``: the transform (affine matrix, deformation, velocity) for ``jaxreg apply``
+  and :func:`jaxreg.transform.load_transform`;
+* ``itk/`` (3-D): ``warp.nii.gz``, ``affine.mat``, ``affine.txt`` (and ``inverse_warp.nii.gz``)
+  for ANTs, ITK and 3D Slicer (:func:`jaxreg.transform.export_itk`);
 * ``overview.png``: slices of fixed, moving, warped, differences, grid and Jacobian map;
-* ``info.json``: method, options, steps, time, folding %.
+* ``info.json``: method, options, steps, time, spacing, folding %, Dice before/after
+  (with ``--fixed-labels``), the affine matrix, the files.
 
-Everything is first written to a temporary folder beside ``DIR`` and moved in only when
-complete, so a failure leaves ``DIR`` as it was. Errors print one ``error: ...`` line and
-exit with status 1 (2 for bad arguments).
+``apply`` warps an image on the moving grid (a label map with ``--labels``) onto the fixed
+grid with a transform that ``register`` wrote (``--inverse``: a fixed-grid image onto the
+moving grid).
+
+Everything is first written to a temporary file or folder beside the target and moved in
+only when complete, so a failure leaves nothing half-written. Errors print one
+``error: ...`` line and exit with status 1 (2 for bad arguments).
 """
 
 from __future__ import annotations
 
 import argparse
 import ast
+import inspect
 import json
+import math
 import os
 import shutil
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 __all__ = ["main", "parse_option", "resample_to"]
+
+#: register() keywords the command sets itself (not ``--option``s).
+_SET_BY_COMMAND = {"model", "fixed_mask", "moving_labels", "key", "callback", "spacing"}
 
 
 def parse_option(text: str) -> tuple[str, object]:
@@ -50,30 +73,62 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
     reg = commands.add_parser("register", help="register a moving NIfTI image onto a fixed one",
                               description=__doc__.split("\n\n")[2])
-    reg.add_argument("--fixed", required=True, help="fixed image (.nii or .nii.gz): the target grid")
-    reg.add_argument("--moving", required=True, help="moving image (.nii or .nii.gz)")
-    reg.add_argument("--out", required=True, help="output folder (created; existing outputs are replaced)")
+    reg.add_argument("--fixed", required=True, help="fixed image (.nii or .nii.gz): the target grid; "
+                     "(X, Y, Z, C) for several channels")
+    reg.add_argument("--moving", required=True, help="moving image (.nii or .nii.gz), as many channels as --fixed")
+    reg.add_argument("--out", required=True, help="output folder: must not exist or be empty")
     reg.add_argument("--model", default=None, help="a train.py workdir (default: classical optimisation)")
     reg.add_argument("--moving-labels", default=None, help="label map of the moving image, warped alongside")
+    reg.add_argument("--fixed-labels", default=None,
+                     help="label map of the fixed image: Dice before/after in info.json (needs --moving-labels)")
     reg.add_argument("--fixed-mask", default=None, help="mask on the fixed grid: where the similarity counts")
+    reg.add_argument("--spacing", default=None, metavar="SX,SY[,SZ]",
+                     help="voxel size of the fixed grid in mm, array axis order (default: the header's pixdim); "
+                          "used by the registration only, the written files keep the input headers")
     reg.add_argument("--option", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
-                     help="an option of jaxreg.optimize.optimize or of the model (repeatable)")
+                     help="an option of jaxreg.register / jaxreg.optimize.optimize or of the model (repeatable)")
     reg.add_argument("--no-progress", action="store_true", help="no progress bar")
+    app = commands.add_parser("apply", help="apply a transform written by `jaxreg register` to another image",
+                              description="Warps an image on the moving grid onto the fixed grid (or back with "
+                                          "--inverse) with the transform `jaxreg register` wrote.")
+    app.add_argument("--transform", required=True,
+                     help="a `jaxreg register` output folder, its transform/ folder, or transform/transform.json")
+    app.add_argument("--image", required=True, help="image on the moving grid (.nii or .nii.gz)")
+    app.add_argument("--out", required=True, help="output .nii.gz (replaced atomically)")
+    app.add_argument("--labels", action="store_true", help="a label map: nearest-neighbour, integer output")
+    app.add_argument("--inverse", action="store_true",
+                     help="the inverse transform (diffeomorphic path): an image on the fixed grid onto the moving grid")
     return parser
 
 
-def _load(path: str, name: str):
+class _Image(NamedTuple):
+    array: np.ndarray  # (*S) or (X, Y, Z, C)
+    affine: np.ndarray
+    spacing: tuple[float, ...]
+    shape: tuple[int, ...]  # spatial
+
+
+def _load(path: str, name: str, *, channels: bool = False) -> _Image:
+    """A 2-D or 3-D NIfTI image; with ``channels``, also (X, Y, Z, C) or ITK's (X, Y, Z, 1, C)."""
     from jaxreg import io
 
     if not os.path.exists(path):
         raise FileNotFoundError(f"--{name}: no such file {path!r}.")
     volume = io.load_nifti(path, dtype=np.float32)
     array = volume.array
+    if array.ndim == 5 and array.shape[3] == 1:  # an ITK vector image
+        array = array[:, :, :, 0]
     while array.ndim > 2 and array.shape[-1] == 1:  # 2-D images stored as (H, W, 1)
         array = array[..., 0]
-    if array.ndim not in (2, 3):
-        raise ValueError(f"--{name}: {path!r} must hold a 2-D or 3-D image; got shape {volume.array.shape}.")
-    return array, volume.affine
+    if channels and array.ndim == 4 and array.shape[2] > 1:
+        shape = array.shape[:3]
+    elif array.ndim in (2, 3):
+        shape = array.shape
+    else:
+        expected = "a 2-D or 3-D image, or a 3-D image with channels (X, Y, Z, C)" if channels else \
+            "a 2-D or 3-D image"
+        raise ValueError(f"--{name}: {path!r} must hold {expected}; got shape {volume.array.shape}.")
+    return _Image(array, volume.affine, tuple(float(s) for s in volume.spacing[: len(shape)]), tuple(shape))
 
 
 def resample_to(array: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray, *,
@@ -86,28 +141,90 @@ def resample_to(array: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], t
     from scipy import ndimage
 
     ndim = len(shape)
-    keep = list(range(ndim)) + [3]
-    a = np.asarray(affine, np.float64)[np.ix_(keep, keep)]
-    b = np.asarray(target_affine, np.float64)[np.ix_(keep, keep)]
-    to_source = np.linalg.solve(a, b)  # target voxel -> world -> source voxel
+    to_source = _voxel_matrix(affine, target_affine, ndim)  # target voxel -> world -> source voxel
     grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=0).reshape(ndim, -1)
     coords = to_source[:ndim, :ndim] @ grid + to_source[:ndim, ndim:]
     out = ndimage.map_coordinates(np.asarray(array, np.float32), coords, order=order, mode="constant", cval=0.0)
     return out.reshape(shape)
 
 
+def _voxel_matrix(source_affine, target_affine, ndim: int) -> np.ndarray:
+    """``(ndim+1, ndim+1)``: target voxel → source voxel through world coordinates (in-plane part in 2-D)."""
+    keep = list(range(ndim)) + [3]
+    a = np.asarray(source_affine, np.float64)[np.ix_(keep, keep)]
+    b = np.asarray(target_affine, np.float64)[np.ix_(keep, keep)]
+    return np.linalg.solve(a, b)
+
+
 def _same_space(shape_a, affine_a, shape_b, affine_b) -> bool:
     return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-4)
 
 
-def _load_companion(path: str | None, name: str, image: np.ndarray, affine: np.ndarray, what: str):
+def _load_companion(path: str | None, name: str, image: _Image, what: str):
     """A label map or mask that must lie on ``image``'s grid (``None`` without ``path``)."""
     if not path:
         return None
-    array, array_affine = _load(path, name)
-    if not _same_space(array.shape, array_affine, image.shape, affine):
-        raise ValueError(f"--{name} must share the {what}'s shape and affine; got {array.shape} vs {image.shape}.")
-    return array
+    other = _load(path, name)
+    if not _same_space(other.shape, other.affine, image.shape, image.affine):
+        raise ValueError(f"--{name} must share the {what}'s shape and affine; got {other.shape} vs {image.shape}.")
+    return other.array
+
+
+def _check_out(path: str) -> Path:
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(f"--out {path!r} exists and is not an empty folder; give a new folder (nothing was done).")
+    return out
+
+
+def _parse_spacing(text: str | None) -> tuple[float, ...] | None:
+    if text is None:
+        return None
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(math.isfinite(v) and v > 0 for v in values):
+        raise ValueError(f"--spacing must be 2 or 3 comma-separated finite sizes > 0 in mm (e.g. 1,1,2.5); "
+                         f"got {text!r}.")
+    return values
+
+
+def _option_names() -> set[str]:
+    """The keywords ``--option`` may set on the classical path: register()'s and optimize()'s."""
+    from jaxreg import optimize, register
+
+    names = set()
+    for function in (register, optimize.optimize):
+        names |= {p.name for p in inspect.signature(function).parameters.values() if p.kind == p.KEYWORD_ONLY}
+    return names - _SET_BY_COMMAND
+
+
+def _check_options(options: dict) -> None:
+    valid = _option_names()
+    unknown = sorted(set(options) - valid)
+    if "spacing" in unknown:
+        raise ValueError("--option spacing: give the voxel size as --spacing SX,SY,SZ.")
+    if unknown:
+        raise ValueError(f"unknown --option {', '.join(unknown)}; valid options: {', '.join(sorted(valid))}.")
+
+
+def _dice(fixed_labels: np.ndarray, before: np.ndarray, after: np.ndarray) -> dict:
+    """Per-label and mean Dice of the fixed labels with the moving labels before and after (higher is better)."""
+    from jaxreg import metrics
+
+    fixed_labels, before, after = (np.rint(a).astype(np.int32) for a in (fixed_labels, before, after))
+    labels = sorted(int(v) for v in (set(np.unique(fixed_labels)) | set(np.unique(before))) - {0})
+    if not labels:
+        raise ValueError("--fixed-labels and --moving-labels hold no nonzero label.")
+    scores = {k: np.asarray(metrics.dice(fixed_labels, a, labels=labels), np.float64) for k, a in
+              (("before", before), ("after", after))}
+
+    def listed(x):
+        return [None if np.isnan(v) else float(v) for v in x]
+
+    return {"labels": labels, "before": listed(scores["before"]), "after": listed(scores["after"]),
+            "mean_before": float(np.nanmean(scores["before"])), "mean_after": float(np.nanmean(scores["after"]))}
 
 
 def register_files(args: argparse.Namespace) -> dict:
@@ -116,25 +233,51 @@ def register_files(args: argparse.Namespace) -> dict:
     from tqdm.auto import tqdm
 
     from jaxreg import io, metrics, register
+    from jaxreg import transform as transform_lib
     from jaxreg.evaluation import figures
 
-    fixed, fixed_affine = _load(args.fixed, "fixed")
-    moving, moving_affine = _load(args.moving, "moving")
-    labels = _load_companion(args.moving_labels, "moving-labels", moving, moving_affine, "moving image")
-    mask = _load_companion(args.fixed_mask, "fixed-mask", fixed, fixed_affine, "fixed image")
-    if fixed.ndim != moving.ndim:
-        raise ValueError(f"--fixed and --moving must both be 2-D or both 3-D; got shapes {fixed.shape} and {moving.shape}.")
-    resampled = not _same_space(fixed.shape, fixed_affine, moving.shape, moving_affine)
+    out = _check_out(args.out)  # every check that needs no image comes before reading any
+    options = dict(args.option)
+    if args.model is None:
+        _check_options(options)
+    spacing = _parse_spacing(args.spacing)
+    if args.fixed_labels and not args.moving_labels:
+        raise ValueError("--fixed-labels needs --moving-labels (Dice compares the two).")
+
+    fixed = _load(args.fixed, "fixed", channels=True)
+    moving = _load(args.moving, "moving", channels=True)
+    labels = _load_companion(args.moving_labels, "moving-labels", moving, "moving image")
+    fixed_labels = _load_companion(args.fixed_labels, "fixed-labels", fixed, "fixed image")
+    mask = _load_companion(args.fixed_mask, "fixed-mask", fixed, "fixed image")
+    ndim = len(fixed.shape)
+    if ndim != len(moving.shape):
+        raise ValueError(f"--fixed and --moving must both be 2-D or both 3-D; got shapes {fixed.array.shape} and "
+                         f"{moving.array.shape}.")
+    if spacing is None:
+        spacing, spacing_source = fixed.spacing, "header"
+        if not all(math.isfinite(s) and s > 0 for s in spacing):
+            raise ValueError(f"--fixed {args.fixed!r}: its header's voxel size {spacing} is not positive; "
+                             "give --spacing.")
+    elif len(spacing) != ndim:
+        raise ValueError(f"--spacing must give {ndim} sizes for {ndim}-D images; got {args.spacing!r}.")
+    else:
+        spacing_source = "--spacing"
+
+    resampled = not _same_space(fixed.shape, fixed.affine, moving.shape, moving.affine)
+    moving_array, moving_labels = moving.array, labels
     if resampled:
         print(f"note: --moving {moving.shape} is not on the grid of --fixed {fixed.shape} (shape or affine differ): "
               "resampling it onto the fixed grid first.", file=sys.stderr)
-        moving = resample_to(moving, moving_affine, fixed.shape, fixed_affine)
+        if moving.array.ndim == ndim:
+            moving_array = resample_to(moving.array, moving.affine, fixed.shape, fixed.affine)
+        else:  # channels
+            moving_array = np.stack([resample_to(moving.array[..., c], moving.affine, fixed.shape, fixed.affine)
+                                     for c in range(moving.array.shape[-1])], -1)
         if labels is not None:
-            labels = resample_to(labels, moving_affine, fixed.shape, fixed_affine, order=0)
-    if labels is not None:
-        labels = np.rint(labels).astype(np.int32)
+            moving_labels = resample_to(labels, moving.affine, fixed.shape, fixed.affine, order=0)
+    if moving_labels is not None:
+        moving_labels = np.rint(moving_labels).astype(np.int32)
 
-    options = dict(args.option)
     bar = None
     callback = None
     if args.model is None and not args.no_progress:
@@ -151,54 +294,125 @@ def register_files(args: argparse.Namespace) -> dict:
             done[level] = step
             bar.set_postfix(level=level, loss=f"{float(loss):.4f}")
 
+    if "spacing" in inspect.signature(register).parameters:
+        options["spacing"] = tuple(spacing)
     try:
-        result = register(fixed, moving, model=args.model, fixed_mask=mask, moving_labels=labels, callback=callback,
-                          **options)
+        result = register(fixed.array, moving_array, model=args.model, fixed_mask=mask, moving_labels=moving_labels,
+                          callback=callback, **options)
     finally:
         if bar is not None:
             bar.close()
+
+    # The transform points into the moving file's grid (through the resampling, if any), so that
+    # `jaxreg apply` takes images as they lie beside the moving image, interpolated once.
+    transform = transform_lib.from_registration(
+        result, fixed_affine=fixed.affine, moving_affine=moving.affine, moving_shape=moving.shape,
+        premultiply=_voxel_matrix(moving.affine, fixed.affine, ndim) if resampled else None,
+        steps=options.get("integration_steps"))
+    warped = np.asarray(transform_lib.apply(transform, moving.array))
+    disp = np.asarray(transform_lib.total_ddf(transform.matrix, transform.deformation, shape=fixed.shape))
+    warped_labels = None if labels is None else np.rint(
+        np.asarray(transform_lib.apply(transform, labels, order=0))).astype(np.int32)
+    inverse = None
+    if transform.velocity is not None:
+        inverse = np.asarray(transform_lib.inverse_ddf(transform.matrix, transform.velocity, shape=moving.shape,
+                                                       steps=transform.steps))
     ddf = np.asarray(result.ddf)
     folding = float(metrics.folding_fraction(ddf)) * 100
     info = {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array)) else v) for k, v in result.info.items()}
+    info.pop("spacing", None)
     info.update(fixed=os.path.abspath(args.fixed), moving=os.path.abspath(args.moving), resampled=resampled,
-                folding_percent=folding, shape=list(fixed.shape))
+                folding_percent=folding, shape=list(fixed.shape), spacing=list(spacing), spacing_source=spacing_source,
+                matrix=transform.matrix.tolist(), transform="transform/transform.json",
+                inverse="inverse_disp.nii.gz" if inverse is not None else None)
+    if inverse is None:
+        info["inverse_note"] = ("no inverse: the displacement has no velocity (only the diffeomorphic path, "
+                                "transform='svf' of the classical optimiser, has an exact inverse)")
+    if fixed_labels is not None:
+        info["dice"] = _dice(fixed_labels, moving_labels, warped_labels)
 
-    out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
-        io.save_nifti(staging / "warped.nii.gz", np.asarray(result.warped), fixed_affine)
-        if ddf.shape[-1] == 3:
-            io.save_disp(staging / "disp.nii.gz", ddf, affine=fixed_affine)
-        else:
-            io.save_nifti(staging / "disp.nii.gz", ddf.astype(np.float32), fixed_affine)
-        if result.warped_labels is not None:
-            io.save_nifti(staging / "warped_labels.nii.gz", np.asarray(result.warped_labels).astype(np.int32),
-                          fixed_affine)
-        figures.pair_figure(staging / "overview.png", fixed, moving, np.asarray(result.warped), ddf,
-                            moving_labels=labels, warped_labels=None if labels is None else result.warped_labels,
+        io.save_nifti(staging / "warped.nii.gz", warped, fixed.affine)
+        _save_field(staging / "disp.nii.gz", disp, fixed.affine)
+        if inverse is not None:
+            _save_field(staging / "inverse_disp.nii.gz", inverse, moving.affine)
+        if warped_labels is not None:
+            io.save_nifti(staging / "warped_labels.nii.gz", warped_labels, fixed.affine)
+        transform_lib.save_transform(staging / "transform", transform)
+        info["itk"] = None
+        if ndim == 3:
+            info["itk"] = {k: f"itk/{v}" for k, v in transform_lib.export_itk(staging / "itk", transform).items()}
+        show = (lambda a: a.mean(-1) if a.ndim > ndim else a)  # noqa: E731  (channels: their mean)
+        figures.pair_figure(staging / "overview.png", show(fixed.array), show(moving_array), show(warped), ddf,
+                            fixed_labels=fixed_labels, moving_labels=moving_labels,
+                            warped_labels=warped_labels,
                             title=f"{info['method']}: {info['time_s']:.1f} s, folding {folding:.3f} %")
         (staging / "info.json").write_text(json.dumps(info, indent=2, default=str))
-        out.mkdir(exist_ok=True)
-        for file in staging.iterdir():
-            os.replace(file, out / file.name)
+        if out.exists():
+            out.rmdir()  # empty (checked first)
+        os.replace(staging, out)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return info
+
+
+def _save_field(path: Path, field: np.ndarray, affine: np.ndarray) -> None:
+    from jaxreg import io
+
+    if field.shape[-1] == 3:
+        io.save_disp(path, field, affine=affine)
+    else:
+        io.save_nifti(path, field.astype(np.float32), affine)
+
+
+def apply_file(args: argparse.Namespace) -> Path:
+    """What ``jaxreg apply`` does; returns the written file."""
+    from jaxreg import io
+    from jaxreg import transform as transform_lib
+
+    out = Path(args.out)
+    if not (args.out.endswith(".nii.gz") or args.out.endswith(".nii")):
+        raise ValueError(f"--out must end in .nii or .nii.gz; got {args.out!r}.")
+    if not out.parent.is_dir():
+        raise FileNotFoundError(f"--out: the folder {str(out.parent)!r} does not exist.")
+    transform = transform_lib.load_transform(args.transform)
+    image = _load(args.image, "image", channels=not args.labels)
+    try:
+        warped = transform_lib.apply(transform, image.array, affine=image.affine, order=0 if args.labels else 1,
+                                     inverse=args.inverse)
+    except ValueError as err:
+        raise ValueError(f"--image {args.image!r}: {err}") from err
+    warped = np.asarray(warped)
+    if args.labels:
+        warped = np.rint(warped).astype(np.int32)
+    io.save_nifti(out, warped, transform.moving_affine if args.inverse else transform.fixed_affine)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxreg`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
-        info = register_files(args)
+        if args.command == "apply":
+            written = apply_file(args)
+        else:
+            info = register_files(args)
     except (ValueError, OSError, KeyError, TypeError) as err:
         if os.environ.get("JAXREG_DEBUG"):
             raise
         message = err.args[0] if isinstance(err, KeyError) and err.args else err
-        print(f"error: {message}", file=sys.stderr)
+        print(f"error: {' '.join(str(message).split())}", file=sys.stderr)
         return 1
+    if args.command == "apply":
+        print(f"wrote {written}")
+        return 0
     print(f"registered in {info['time_s']:.1f} s (folding {info['folding_percent']:.3f} %): outputs in {args.out}")
+    if "dice" in info:
+        dice = info["dice"]
+        print(f"Dice {dice['mean_before']:.3f} -> {dice['mean_after']:.3f} (mean of {len(dice['labels'])} labels; "
+              "per label in info.json)")
     return 0
 
 
