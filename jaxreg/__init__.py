@@ -2,13 +2,15 @@
 
 ``jaxreg.register(fixed, moving)`` registers a pair: classical optimisation by default
 (``jaxreg.optimize``), or a trained model (``model=workdir`` or ``jaxreg.load_model``).
+``jaxreg.apply(transform, image)`` applies a saved registration to another image
+(``jaxreg.transform``: the transform as data, its inverse, save/load, export to ITK/ANTs).
 
 The spatial toolbox is re-exported at the top level (``jaxreg.warp``, ...); losses and
 metrics live in their modules because both define ``dice`` with opposite directions
 (``jaxreg.losses.dice`` is lower-is-better, ``jaxreg.metrics.dice`` higher-is-better).
 """
 
-from jaxreg import evaluation, io, losses, metrics, optimize, spatial
+from jaxreg import evaluation, io, losses, metrics, optimize, spatial, transform
 from jaxreg.register import Model, Registration, load_model, register
 from jaxreg.spatial import (
     compose,
@@ -18,6 +20,7 @@ from jaxreg.spatial import (
     warp,
     warp_points,
 )
+from jaxreg.transform import apply
 
 __version__ = "0.1.0"
 
@@ -25,6 +28,7 @@ __all__ = [
     "Model",
     "Registration",
     "__version__",
+    "apply",
     "compose",
     "evaluation",
     "identity_grid",
@@ -37,6 +41,7 @@ __all__ = [
     "register",
     "resize_ddf",
     "spatial",
+    "transform",
     "warp",
     "warp_points",
 ]
