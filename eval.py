@@ -4,8 +4,10 @@ Writes ``W/eval/<split>/``: metrics.json, per_pair.csv, summary.md, figures/ (an
 with ``--save_disp``). Everything else comes from the config saved in ``W``; any of it can
 be changed for this evaluation with ``--config.section.field=value``, e.g. DiffuseReg's
 sampler ``--config.diffusion.sampler.method=ddpm`` or ``--config.diffusion.sampler.steps=25``
-(and ``--config.eval.name=ddim25`` to write ``W/eval/ddim25/``). All logic lives in
-``jaxreg.evaluation``.
+(and ``--config.eval.name=ddim25`` to write ``W/eval/ddim25/``). A multi-process evaluation
+takes the same ``--config.training.distributed=True`` (and coordinator) flags as ``train.py``;
+without them eval.py runs in one process, whatever the run was trained with. All logic
+lives in ``jaxreg.evaluation``.
 """
 
 from absl import app, flags
@@ -31,10 +33,14 @@ def main(argv):
     if len(argv) > 1:
         raise ValueError(f"unexpected arguments {argv[1:]}; use --workdir, --split, --step and --config.x.y=v.")
     # Imported after flag parsing, so --help and flag errors stay fast.
+    import jax
+
     from jaxreg.evaluation import evaluate_workdir
 
     result = evaluate_workdir(_WORKDIR.value, split=_SPLIT.value, step=_STEP.value, save_disp=_SAVE_DISP.value,
                               overrides=_OVERRIDES)
+    if jax.process_index() != 0:  # in a multi-process evaluation process 0 writes and reports
+        return
     print(f"wrote {result['out_dir']}: " + ", ".join(f"{k} {result['metrics'][k]:.4g}"
                                                       for k in ("dice", "dice_before", "tre", "folding", "sdlogj")
                                                       if result["metrics"].get(k) is not None))

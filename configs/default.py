@@ -64,6 +64,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     training.coordinator_address = ""  # multi-host: "host:port" of process 0 ("": auto-detect)
     training.num_processes = 0  # multi-host: number of processes (0: auto-detect)
     training.process_id = -1  # multi-host: this process (-1: auto-detect)
+    training.coordinator_timeout = 300  # multi-host: seconds to wait for the coordinator and all processes
 
     config.eval = ev = ml_collections.ConfigDict()
     ev.split = "test"  # split eval.py scores by default

@@ -1,4 +1,4 @@
-"""Input pipeline and pair sources: epochs, determinism, resumption, host shards, errors."""
+"""Input pipeline and pair sources: epochs, determinism, resumption, process rows, errors."""
 
 import collections
 
@@ -73,14 +73,27 @@ def test_transform_is_seeded_per_element_and_epoch():
     assert not np.allclose(a[:4] - np.arange(4), a[4:] - np.arange(4))  # new draws in epoch 2
 
 
-def test_host_shards_are_disjoint_equal_and_cover():
-    seen = []
-    for index in range(3):
-        order = sum((_indices(b) for b in pipeline.batches(ToySource(11), batch_size=1, num_epochs=1,
-                                                          process_index=index, process_count=3)), [])
-        assert len(order) == 3  # 11 // 3 each, so every host runs the same number of steps
-        seen += order
-    assert len(set(seen)) == 9 and set(seen) <= set(range(11))
+def test_process_rows_put_together_are_the_global_batches():
+    """3 processes reading 2, 1 and 3 rows of a global batch of 6 see exactly its rows, augmented alike."""
+
+    def noisy(pair, rng):  # augmentation must not depend on which process reads the pair
+        return dict(pair, moving=pair["moving"] + rng.normal())
+
+    def run(rows=None, start=0):
+        return _take(pipeline.batches(ToySource(11), batch_size=6, seed=3, transform=noisy, rows=rows,
+                                      start_step=start, num_threads=1), 5 - start)
+
+    whole = run()
+    parts = [run(rows) for rows in ((0, 2), (2, 3), (3, 6))]
+    for step, batch in enumerate(whole):
+        assert batch["fixed"].shape[0] == 6
+        for key in ("fixed", "moving"):
+            np.testing.assert_array_equal(np.concatenate([p[step][key] for p in parts]), batch[key])
+    # Every epoch (11 pairs → 1 batch of 6, the rest dropped per pass of the stream) draws from all pairs.
+    assert len({i for b in whole for i in _indices(b)}) > 6
+    resumed = run((2, 3), start=2)  # resuming a process at step 2 gives its rows of steps 2..4
+    np.testing.assert_array_equal(np.concatenate([b["moving"] for b in resumed]),
+                                  np.concatenate([b["moving"][2:3] for b in whole[2:]]))
 
 
 def test_eval_order_keeps_the_last_partial_batch_and_strings():
@@ -94,8 +107,10 @@ def test_errors():
         next(iter(pipeline.batches(ToySource(4), batch_size=2, keys=["fixed_points"], shuffle=False)))
     with pytest.raises(ValueError, match="no \\['moving_mask'\\]"):
         next(iter(pipeline.batches(ToySource(4), batch_size=2, keys=["fixed", "moving_mask"])))
-    with pytest.raises(ValueError, match="cannot fill a batch of 5"):
+    with pytest.raises(ValueError, match="cannot fill a global batch of 5"):
         pipeline.batches(ToySource(4), batch_size=5)
+    with pytest.raises(ValueError, match="`rows`"):
+        pipeline.batches(ToySource(4), batch_size=2, rows=(1, 3))
     with pytest.raises(ValueError, match="data.source"):
         sources.open_source({"source": "oasis3"}, "train")
     with pytest.raises(ValueError, match="data.root"):

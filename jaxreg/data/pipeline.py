@@ -5,8 +5,12 @@ seed alone, so a resumed run continues with exactly the batches it would have se
 (``start_step``). Reading and transforms run in background threads (NIfTI decompression and
 scipy release the GIL), ``num_threads`` pairs at a time, ``prefetch`` ahead of the consumer.
 
-Each host of a multi-host job reads its own shard (``jax.process_index()`` of
-``jax.process_count()``, equal sizes), so the global batch is the hosts' batches together.
+A multi-process job sees one global stream: every process builds the same shuffled,
+augmented sequence of pairs (augmentation is seeded by a pair's position in that sequence,
+not by the process) and reads only its rows of every global batch (``rows``, from
+``jaxreg.training.sharding.host_rows``). The global batches are therefore the same however
+the devices are spread over processes: 2 processes × 1 device train exactly like
+1 process × 2 devices.
 """
 
 from __future__ import annotations
@@ -57,6 +61,20 @@ def _select(pair: Mapping, keys: Sequence[str] | None) -> dict:
     return {k: pair[k] for k in keys}
 
 
+class _BatchRows:
+    """Rows ``start:stop`` of every consecutive block of ``size`` elements of ``parent``."""
+
+    def __init__(self, parent, *, start: int, stop: int, size: int):
+        self.parent, self.start, self.width, self.size = parent, start, stop - start, size
+
+    def __len__(self) -> int:
+        return (len(self.parent) // self.size) * self.width
+
+    def __getitem__(self, index: int):
+        block, row = divmod(int(index), self.width)
+        return self.parent[block * self.size + self.start + row]
+
+
 def batches(
     source,
     *,
@@ -70,51 +88,55 @@ def batches(
     start_step: int = 0,
     num_threads: int = 4,
     prefetch: int = 4,
-    process_index: int | None = None,
-    process_count: int | None = None,
+    rows: tuple[int, int] | None = None,
 ) -> grain.IterDataset:
     """Batches of pair records from a random-access source.
 
     Args:
       source: ``len(source)`` pairs and ``source[i]`` → pair record (``jaxreg.data.sources``).
-      batch_size: pairs per batch on this host.
+      batch_size: pairs per **global** batch (all processes together).
       seed: shuffling and augmentation seed; the same seed gives the same batches.
       shuffle: reshuffle every epoch (a new order per epoch, from ``seed``).
       num_epochs: passes over the data; ``None`` repeats forever.
       keys: entries to keep (after ``transform``); default the present ``DEFAULT_KEYS``.
       transform: ``f(pair, rng) -> pair`` run per pair in the reader threads, e.g. from
-        :func:`make_transform`.
+        :func:`make_transform`; seeded by the pair's position in the global stream.
       drop_remainder: drop a last, smaller batch (training wants fixed shapes).
       start_step: skip this many batches (resuming at a step gives the batches the
         uninterrupted run would have had).
       num_threads: pairs read and transformed in parallel.
       prefetch: pairs buffered ahead of the consumer.
-      process_index, process_count: this host's shard; default from JAX.
+      rows: ``(start, stop)``: the rows of every global batch this process reads
+        (``jaxreg.training.sharding.host_rows``); ``None``: all of them (one process).
 
     Returns:
-      An iterable of ``dict`` batches of numpy arrays ``(B, ...)``.
+      An iterable of ``dict`` batches of numpy arrays ``(stop - start, ...)``.
     """
     if batch_size < 1:
         raise ValueError(f"`batch_size` must be >= 1; got {batch_size}.")
-    index = jax.process_index() if process_index is None else process_index
-    count = jax.process_count() if process_count is None else process_count
-    per_host = len(source) // count
-    if per_host < (batch_size if drop_remainder else 1):
-        raise ValueError(f"a source of {len(source)} pairs cannot fill a batch of {batch_size} "
-                         f"on each of {count} hosts.")
-    ds = grain.MapDataset.source(source)[: per_host * count][index::count]
+    start_row, stop_row = (0, batch_size) if rows is None else (int(rows[0]), int(rows[1]))
+    if not 0 <= start_row < stop_row <= batch_size:
+        raise ValueError(f"`rows` must be (start, stop) with 0 <= start < stop <= batch_size={batch_size}; got {rows}.")
+    if len(source) < (batch_size if drop_remainder else 1):
+        raise ValueError(f"a source of {len(source)} pairs cannot fill a global batch of {batch_size}.")
+    ds = grain.MapDataset.source(source)
     if shuffle:
         ds = ds.shuffle(seed=seed)
     ds = ds.repeat(num_epochs)
     if transform is not None:
-        # Seeded per element and host: reproducible, different in every epoch.
-        ds = ds.random_map(transform, seed=seed * 1000003 + index)
+        # Seeded per element of the global stream: reproducible, different in every epoch,
+        # the same whichever process reads it.
+        ds = ds.random_map(transform, seed=seed * 1000003)
     ds = ds.map(functools.partial(_select, keys=keys))
-    start = start_step * batch_size
-    if start:
-        ds = ds[start:]
+    if (start_row, stop_row) != (0, batch_size):
+        if not drop_remainder:
+            raise ValueError("reading some `rows` of each batch needs `drop_remainder=True`.")
+        ds = grain.MapDataset.source(_BatchRows(ds, start=start_row, stop=stop_row, size=batch_size))
+    width = stop_row - start_row
+    if start_step:
+        ds = ds[start_step * width:]
     read = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, prefetch))
-    return ds.to_iter_dataset(read).batch(batch_size, drop_remainder=drop_remainder, batch_fn=collate)
+    return ds.to_iter_dataset(read).batch(width, drop_remainder=drop_remainder, batch_fn=collate)
 
 
 def make_transform(data: Mapping) -> Callable[[dict, np.random.Generator], dict] | None:
@@ -153,7 +175,8 @@ def make_transform(data: Mapping) -> Callable[[dict, np.random.Generator], dict]
 def from_config(data: Mapping, split: str, *, train: bool = True, start_step: int = 0) -> grain.IterDataset:
     """The batches a config's ``data`` section describes (see :func:`batches`).
 
-    ``train=True``: shuffled, augmented, repeated forever, ``data.batch_size`` per host.
+    ``train=True``: shuffled, augmented, repeated forever, batches of ``data.batch_size`` (the
+    batch of one device; training itself reads ``batch_size × devices`` through :func:`batches`).
     ``train=False``: one pass in order, no augmentation (normalisation kept), batch 1,
     the last pairs kept.
     """

@@ -72,7 +72,12 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
         --config.diffusion.sampler.method=ddpm``); ``eval.name`` names the output folder.
     """
     workdir = Path(workdir)
-    ev = apply_overrides(load_config(workdir), overrides).get("eval") or {}
+    saved = apply_overrides(load_config(workdir), overrides)
+    if any(str(o).partition("=")[0].removeprefix("--").removeprefix("config.") == "training.distributed"
+           for o in overrides or ()):  # asked for on the command line, never from the saved config
+        sharding.initialize_distributed(saved.training)
+    is_main = sharding.is_main_process()  # every process registers; process 0 writes
+    ev = saved.get("eval") or {}
     split = split or ev.get("split", "test")
     out_dir = workdir / "eval" / (ev.get("name") or split)
     config, method, params, chosen, use_ema = load_run(workdir, step=step or ev.get("step", "latest"), split=split,
@@ -83,13 +88,14 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
     labels = ev.get("labels")
     num_figures = int(ev.get("num_figures", 4) or 0)
     save_disp = bool(ev.get("save_disp", False)) if save_disp is None else save_disp
-    (out_dir / "figures").mkdir(parents=True, exist_ok=True)
-    if save_disp:
-        (out_dir / "disp").mkdir(exist_ok=True)
+    if is_main:
+        (out_dir / "figures").mkdir(parents=True, exist_ok=True)
+        if save_disp:
+            (out_dir / "disp").mkdir(exist_ok=True)
 
     rows, times, memory, first = [], [], (None, "unavailable"), None
     pairs = pipeline.records(data, split, limit=int(ev.get("limit", 0) or 0))
-    for index, record in enumerate(tqdm(pairs, desc=f"eval {split}", unit="pair", disable=not progress)):
+    for index, record in enumerate(tqdm(pairs, desc=f"eval {split}", unit="pair", disable=not (progress and is_main))):
         fixed, moving = (sharding.replicate_host(np.asarray(record[k])[None], mesh) for k in ("fixed", "moving"))
         if index == 0:  # compile outside the timing
             first = record
@@ -102,7 +108,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
         row = {"pair": ids, **pair_metrics(record, ddf, labels=labels, with_hd95=bool(ev.get("with_hd95", True))),
                "time_s": times[-1]}
         rows.append(row)
-        if index < num_figures:
+        if is_main and index < num_figures:
             warped = np.asarray(spatial.warp(record["moving"], ddf))
             has_labels = "fixed_labels" in record and "moving_labels" in record
             figures.pair_figure(
@@ -111,21 +117,23 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
                 warped_labels=np.asarray(spatial.warp(record["moving_labels"], ddf, order=0)) if has_labels else None,
                 title=f"{ids}: dice {row.get('dice', float('nan')):.3f} (before {row.get('dice_before', float('nan')):.3f})"
                 if has_labels else ids)
-        if save_disp:
+        if is_main and save_disp:
             io.save_disp(out_dir / "disp" / _disp_name(ids, index), ddf, affine=record.get("affine"))
     if not rows:
         raise ValueError(f"the {split!r} split of data.source={data.get('source')!r} has no pairs.")
 
     extras = {}
-    if config.model.name == "diffusereg" and first is not None:  # how samples form, and how sure they are
+    if is_main and config.model.name == "diffusereg" and first is not None:  # how samples form, and how sure they are
         from jaxreg.evaluation.diffusion import diffusion_figures_for
 
-        extras = diffusion_figures_for(out_dir / "figures", method.module, params, first, config, labels=labels)
+        # Host copies of the parameters: process 0 samples these figures alone.
+        extras = diffusion_figures_for(out_dir / "figures", method.module, jax.device_get(params), first, config,
+                                       labels=labels)
     summary = summarize(rows)
     # Labels over all pairs (a label can be absent from some pairs: NaN there).
     label_names = sorted({k[len("dice_"):] for row in rows for k in row
                           if k.startswith("dice_") and k[len("dice_"):].isdigit()}, key=int)
-    if label_names:
+    if is_main and label_names:
         figures.dice_boxplot(out_dir / "figures" / "dice_boxplot.png",
                              {name: [r.get(f"dice_{name}", np.nan) for r in rows] for name in label_names} | {"mean": [r["dice"] for r in rows]},
                              before={name: [r.get(f"dice_before_{name}", np.nan) for r in rows] for name in label_names}
@@ -135,6 +143,8 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
               "model": config.model.name, "backend": jax.default_backend(), "devices": jax.device_count(),
               "time_per_pair_s": float(np.mean(times)), "memory_mb": memory[0], "memory_source": memory[1], "metrics": summary,
               **extras}
+    if not is_main:
+        return result
     report.write_json(out_dir / "metrics.json", result)
     report.write_per_pair_csv(out_dir / "per_pair.csv", rows)
     report.write_summary(out_dir / "summary.md", title=f"{config.model.name} (step {chosen})", summary=summary,

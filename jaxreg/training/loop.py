@@ -67,12 +67,21 @@ def validate(predict, params, data: Mapping, *, split: str = "val", limit: int |
 
 
 def init_state(method: models.Method, optimizer, config, sample: Mapping, mesh) -> TrainState:
-    key = jax.random.key(int(config.training.get("seed", 0)))
-    init_key, state_key = jax.random.split(key)
+    """A fresh train state, replicated over ``mesh`` (``training.seed``; ``sample`` shapes the parameters).
+
+    Built by one jitted function whose output is placed by ``out_shardings``: every process
+    computes the same state from the same seed, also for devices it cannot address, so this
+    works unchanged in a multi-process job.
+    """
+    ema = float(config.training.get("ema_decay", 0.0)) > 0
+
+    def build(key, batch):
+        init_key, state_key = jax.random.split(key)
+        return create_state(method.init(init_key, batch), optimizer, state_key, ema=ema)
+
     batch = {k: np.asarray(sample[k])[None] for k in ("fixed", "moving")}
-    params = method.init(init_key, batch)
-    state = create_state(params, optimizer, state_key, ema=float(config.training.get("ema_decay", 0.0)) > 0)
-    return jax.device_put(state, sharding.replicated(mesh))
+    key = jax.random.key(int(config.training.get("seed", 0)))
+    return jax.jit(build, out_shardings=sharding.replicated(mesh))(key, batch)
 
 
 def _host_mean(history: list[dict]) -> dict[str, float]:
@@ -92,7 +101,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
     training = config.training
     sharding.initialize_distributed(training)
     workdir = Path(workdir)
-    is_main = jax.process_index() == 0
+    is_main = sharding.is_main_process()
     teacher = None
     if config.model.get("name") == "diffusereg":  # its targets are a frozen teacher's fields, z-scored
         # Imported here: teacher loading builds on this module.
@@ -104,7 +113,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
     mesh = sharding.make_mesh()
     method = models.build_from_config(config, teacher=teacher)
     data = config.data
-    per_host = sharding.host_batch_size(int(data.get("batch_size", 1)), mesh)
+    row_start, row_stop, global_batch = sharding.host_rows(int(data.get("batch_size", 1)), mesh)
     train_source = open_source(data, "train")
     optimizer = make_optimizer(config.optimizer)
     state = init_state(method, optimizer, config, train_source[0], mesh)
@@ -128,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
     predict = make_predict(method, mesh)
     schedule = make_schedule(config.optimizer)
     batches = pipeline.batches(
-        train_source, batch_size=per_host, seed=int(data.get("seed", 0)), keys=tuple(data.get("keys") or ("fixed", "moving")),
+        train_source, batch_size=global_batch, rows=(row_start, row_stop), seed=int(data.get("seed", 0)), keys=tuple(data.get("keys") or ("fixed", "moving")),
         transform=pipeline.make_transform(data), start_step=start, num_threads=int(data.get("num_threads", 4)),
         prefetch=int(data.get("prefetch", 4)))
     log_every = max(1, int(training.get("log_every", 50)))
