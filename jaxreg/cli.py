@@ -383,6 +383,8 @@ def apply_file(args: argparse.Namespace) -> Path:
         warped = transform_lib.apply(transform, image.array, affine=image.affine, order=0 if args.labels else 1,
                                      inverse=args.inverse)
     except ValueError as err:
+        if not str(err).startswith("`image`"):
+            raise
         raise ValueError(f"--image {args.image!r}: {err}") from err
     warped = np.asarray(warped)
     if args.labels:

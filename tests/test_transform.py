@@ -275,6 +275,19 @@ def test_itk_export_is_applied_by_ants_like_jaxreg(case, tmp_path):
     difference = np.abs(warped - np.asarray(tx.apply(t, moving)))[inside].max()
     print(f"max |ANTs - jaxreg| = {difference:.2e}")
     assert difference < 1e-3
+    # the inverse: antsApplyTransforms -r moving -i fixed -t [affine.mat,1] -t inverse_warp.nii.gz
+    image = ndimage.gaussian_filter(np.random.default_rng(4).random(FIXED_SHAPE), 1.5)
+    back = ants.apply_transforms(moving_image, ants.image_read(_nifti(tmp_path / "image.nii.gz", image, t.fixed_affine)),
+                                 transformlist=[str(tmp_path / "itk" / "affine.mat"),
+                                                str(tmp_path / "itk" / "inverse_warp.nii.gz")],
+                                 whichtoinvert=[True, False], interpolator="linear").numpy()
+    inverse = np.asarray(tx.inverse_ddf(t.matrix, t.velocity, shape=MOVING_SHAPE))
+    grid = np.stack(np.meshgrid(*[np.arange(s) for s in MOVING_SHAPE], indexing="ij"))
+    inside = _inside(grid + np.moveaxis(inverse, -1, 0), FIXED_SHAPE, margin=0.5)
+    assert inside.mean() > 0.3
+    difference = np.abs(back - np.asarray(tx.apply(t, image, inverse=True)))[inside].max()
+    print(f"inverse: max |ANTs - jaxreg| = {difference:.2e}")
+    assert difference < 1e-3
 
 
 def test_from_registration_without_affine_fields():
