@@ -52,6 +52,7 @@ __all__ = [
 FORMAT = "jaxreg-transform"
 _VERSION = 1
 _LPS = np.diag([-1.0, -1.0, 1.0, 1.0])
+_MAX_STEPS = 32  # scaling-and-squaring steps: 2**32 is far beyond any velocity's need
 
 
 class Transform(NamedTuple):
@@ -116,9 +117,12 @@ def _checked(t: Transform) -> Transform:
     if ndim not in (2, 3) or len(moving_shape) != ndim or min(fixed_shape + moving_shape) < 1:
         raise ValueError(f"`fixed_shape` and `moving_shape` must be 2 or 3 positive integers each, of equal length; "
                          f"got {fixed_shape} and {moving_shape}.")
+    for shape in (fixed_shape, moving_shape):  # a file claiming absurd grids must not allocate them
+        if int(np.prod(shape, dtype=np.int64)) * ndim > io.MAX_ELEMENTS:
+            raise ValueError(f"grid {shape} is larger than io.MAX_ELEMENTS allows ({io.MAX_ELEMENTS} field elements).")
     steps = t.steps
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or steps < 0:
-        raise ValueError(f"`steps` must be a non-negative integer; got {steps!r}.")
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 0 <= steps <= _MAX_STEPS:
+        raise ValueError(f"`steps` must be an integer in [0, {_MAX_STEPS}]; got {steps!r}.")
     velocity = _checked_field(t.velocity, fixed_shape, "velocity")
     deformation = _checked_field(t.deformation, fixed_shape, "deformation")
     if deformation is None and velocity is not None:
@@ -245,7 +249,8 @@ def ras_to_lps(matrix) -> np.ndarray:
 
 
 def _grid_text(shape, affine) -> str:
-    return f"shape {tuple(int(s) for s in shape)}, affine {np.array2string(np.asarray(affine), precision=3, separator=',').replace(chr(10), '')}"  # noqa: E501
+    rows = np.array2string(np.asarray(affine, np.float64), precision=3, separator=",").replace("\n", "")
+    return f"shape {tuple(int(s) for s in shape)}, affine {rows}"
 
 
 def apply(transform, image, *, affine=None, order: int = 1, mode: str = "nearest", inverse: bool = False):
