@@ -3,7 +3,7 @@
     jaxreg register --fixed F.nii.gz --moving M.nii.gz --out DIR [--model W]
         [--moving-labels L.nii.gz [--fixed-labels K.nii.gz]] [--fixed-mask K.nii.gz]
         [--spacing 1,1,2.5] [--option levels=(4,2,1) --option similarity=mi ...]
-    jaxreg apply --transform DIR --image X.nii.gz [--labels] [--inverse] --out Y.nii.gz
+    jaxreg apply --transform DIR --image X.nii.gz [--labels] [--inverse] [--outside zero] --out Y.nii.gz
 
 ``register`` reads NIfTI files (headers checked before reading; geometry as ITK reads it),
 resamples the moving image (and labels) onto the fixed image's grid when the two do not
@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--labels", action="store_true", help="a label map: nearest-neighbour, integer output")
     app.add_argument("--inverse", action="store_true",
                      help="the inverse transform (diffeomorphic path): an image on the fixed grid onto the moving grid")
+    app.add_argument("--outside", choices=("edge", "zero"), default="edge",
+                     help="where the transform reads outside the image: its edge values (default, as `register` "
+                          "writes warped.nii.gz) or zero (as ANTs and ITK)")
     return parser
 
 
@@ -281,10 +284,10 @@ def register_files(args: argparse.Namespace) -> dict:
     bar = None
     callback = None
     if args.model is None and not args.no_progress:
-        from jaxreg.optimize import pyramid
+        from jaxreg.register import register_stages
 
-        steps = pyramid(fixed.shape, **{k: options[k] for k in ("levels", "steps") if k in options})[1]
-        bar = tqdm(desc="register", unit="step", file=sys.stderr, total=sum(steps))
+        total = sum(sum(steps) for _, _, steps in register_stages(fixed.shape, spacing=spacing, **options))
+        bar = tqdm(desc="register", unit="step", file=sys.stderr, total=total)
 
         done = {}  # level -> last step reported (the callback comes every few steps)
 
@@ -294,11 +297,9 @@ def register_files(args: argparse.Namespace) -> dict:
             done[level] = step
             bar.set_postfix(level=level, loss=f"{float(loss):.4f}")
 
-    if "spacing" in inspect.signature(register).parameters:
-        options["spacing"] = tuple(spacing)
     try:
-        result = register(fixed.array, moving_array, model=args.model, fixed_mask=mask, moving_labels=moving_labels,
-                          callback=callback, **options)
+        result = register(fixed.array, moving_array, model=args.model, spacing=tuple(spacing), fixed_mask=mask,
+                          moving_labels=moving_labels, callback=callback, **options)
     finally:
         if bar is not None:
             bar.close()
@@ -314,7 +315,7 @@ def register_files(args: argparse.Namespace) -> dict:
     warped_labels = None if labels is None else np.rint(
         np.asarray(transform_lib.apply(transform, labels, order=0))).astype(np.int32)
     inverse = None
-    if transform.velocity is not None:
+    if transform.velocity is not None or transform.deformation is None:  # svf, or an affine map alone
         inverse = np.asarray(transform_lib.inverse_ddf(transform.matrix, transform.velocity, shape=moving.shape,
                                                        steps=transform.steps))
     ddf = np.asarray(result.ddf)
@@ -326,7 +327,7 @@ def register_files(args: argparse.Namespace) -> dict:
                 matrix=transform.matrix.tolist(), transform="transform/transform.json",
                 inverse="inverse_disp.nii.gz" if inverse is not None else None)
     if inverse is None:
-        info["inverse_note"] = ("no inverse: the displacement has no velocity (only the diffeomorphic path, "
+        info["inverse_note"] = ("no inverse: the deformation has no velocity (only the diffeomorphic path, "
                                 "transform='svf' of the classical optimiser, has an exact inverse)")
     if fixed_labels is not None:
         info["dice"] = _dice(fixed_labels, moving_labels, warped_labels)
@@ -381,7 +382,7 @@ def apply_file(args: argparse.Namespace) -> Path:
     image = _load(args.image, "image", channels=not args.labels)
     try:
         warped = transform_lib.apply(transform, image.array, affine=image.affine, order=0 if args.labels else 1,
-                                     inverse=args.inverse)
+                                     mode="nearest" if args.outside == "edge" else "constant", inverse=args.inverse)
     except ValueError as err:
         if not str(err).startswith("`image`"):
             raise

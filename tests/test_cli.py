@@ -168,13 +168,14 @@ def test_python_transform_of_a_registration_matches_its_ddf_and_warped():
     np.testing.assert_allclose(np.asarray(tx.apply(t, moving)), np.asarray(result.warped), atol=1e-3)
 
 
-def _fake_run(tmp, *extra, shape=(16, 16, 16), affine=AFFINE):
+def _fake_run(tmp, *extra, shape=(16, 16, 16), affine=AFFINE, progress=False):
     fixed, moving, labels, moving_labels = _pair(shape=shape, shift=(1.0, -1.0, 1.0)[: len(shape)])
     if len(shape) == 2:
         fixed, moving = fixed[..., None], moving[..., None]
     paths = {name: _save(tmp / f"{name}.nii.gz", array, affine) for name, array in (("f", fixed), ("m", moving))}
     out = tmp / "out"
-    assert cli.main(["register", "--fixed", paths["f"], "--moving", paths["m"], "--out", str(out), "--no-progress",
+    progress = [] if progress else ["--no-progress"]
+    assert cli.main(["register", "--fixed", paths["f"], "--moving", paths["m"], "--out", str(out), *progress,
                      *extra]) == 0
     return out, paths, moving
 
@@ -239,6 +240,17 @@ def test_moving_on_another_grid_with_channels_and_a_spacing_override(fake, tmp_p
     np.testing.assert_array_equal(nib.load(str(tmp_path / "a.nii.gz")).get_fdata(), warped.get_fdata())
     disp = nib.load(str(out / "disp.nii.gz")).get_fdata()  # in the moving file's voxels
     np.testing.assert_allclose(warped.get_fdata()[..., 1], _scipy_warp(channels[..., 1], disp), atol=1e-4)
+    # --outside zero: zero where the transform reads beyond the moving scan, the same inside it
+    code = cli.main(["apply", "--transform", str(out), "--image", m, "--outside", "zero", "--out",
+                     str(tmp_path / "z.nii.gz")])
+    assert code == 0
+    zero = nib.load(str(tmp_path / "z.nii.gz")).get_fdata()
+    points = np.stack(np.meshgrid(*[np.arange(s) for s in disp.shape[:-1]], indexing="ij"), -1) + disp
+    inside = np.all((points >= 0) & (points <= np.array(channels.shape[:3]) - 1), -1)
+    far = np.any((points < -1) | (points > np.array(channels.shape[:3])), -1)
+    assert far.sum() > 100 and inside.mean() > 0.5
+    np.testing.assert_allclose(zero[inside], warped.get_fdata()[inside], atol=1e-6)
+    assert np.all(zero[far] == 0)
 
 
 def test_2d_images_register_and_apply_without_an_itk_export(fake, tmp_path):
@@ -251,8 +263,9 @@ def test_2d_images_register_and_apply_without_an_itk_export(fake, tmp_path):
                                   nib.load(str(out / "warped.nii.gz")).get_fdata())
 
 
-def test_ddf_path_writes_no_inverse(fake, tmp_path):
-    out, _, _ = _fake_run(tmp_path, "--option", "transform=ddf")
+def test_ddf_path_writes_no_inverse(fake, tmp_path, capsys):
+    out, _, _ = _fake_run(tmp_path, "--option", "transform=ddf", progress=True)
+    assert "register" in capsys.readouterr().err  # the progress bar, sized by jaxreg.register.register_stages
     info = json.loads((out / "info.json").read_text())
     assert info["inverse"] is None and "svf" in info["inverse_note"]
     assert not (out / "inverse_disp.nii.gz").exists() and not (out / "itk" / "inverse_warp.nii.gz").exists()
