@@ -96,10 +96,13 @@ def fake(monkeypatch):
         matrix = _fake_matrix(shape)
         grid = np.stack(np.meshgrid(*[np.arange(k, dtype=np.float64) for k in shape], indexing="ij"), -1)
         ddf = ((grid + deformation) @ matrix[:n, :n].T + matrix[:n, n] - grid).astype(np.float32)
+        kind = options.get("transform", "svf")
+        if kind in ("affine", "rigid"):  # the affine map is the whole registration
+            deformation = velocity = None
+            ddf = (grid @ matrix[:n, :n].T + matrix[:n, n] - grid).astype(np.float32)
         labels = None if moving_labels is None else jaxreg.warp(moving_labels, ddf, order=0)
-        svf = options.get("transform", "svf") == "svf"
         return FakeRegistration(ddf, jaxreg.warp(moving, ddf), labels, {"method": "fake", "time_s": 0.0},
-                                matrix, deformation, velocity if svf else None, spacing)
+                                matrix, deformation, velocity if kind == "svf" else None, spacing)
 
     monkeypatch.setattr(jaxreg, "register", register)
     return calls
@@ -261,6 +264,16 @@ def test_2d_images_register_and_apply_without_an_itk_export(fake, tmp_path):
     assert cli.main(["apply", "--transform", str(out), "--image", paths["m"], "--out", str(tmp_path / "a.nii.gz")]) == 0
     np.testing.assert_array_equal(nib.load(str(tmp_path / "a.nii.gz")).get_fdata(),
                                   nib.load(str(out / "warped.nii.gz")).get_fdata())
+
+
+def test_an_affine_map_alone_is_inverted_exactly(fake, tmp_path):
+    out, _, _ = _fake_run(tmp_path, "--option", "transform=affine")
+    t = tx.load_transform(out)
+    assert t.deformation is None and t.velocity is None
+    inverse = nib.load(str(out / "inverse_disp.nii.gz")).get_fdata()
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in inverse.shape[:-1]], indexing="ij"), -1)
+    back = grid + inverse
+    np.testing.assert_allclose(back @ t.matrix[:3, :3].T + t.matrix[:3, 3], grid, atol=1e-3)
 
 
 def test_ddf_path_writes_no_inverse(fake, tmp_path, capsys):
