@@ -21,6 +21,7 @@ OUT = Path(__file__).resolve().parent / "api.md"
 MODULES = (
     ("jaxreg.register", "the front door: register a pair, load a trained model"),
     ("jaxreg.optimize", "classical instance optimisation (the default of register)"),
+    ("jaxreg.transform", "a registration transform as data: apply, inverse, save/load, ITK/ANTs export"),
     ("jaxreg.spatial", "grids, warps, composition, integration, resizing"),
     ("jaxreg.losses", "training losses (lower is better)"),
     ("jaxreg.metrics", "evaluation metrics"),
