@@ -10,9 +10,10 @@ metrics live in their modules because both define ``dice`` with opposite directi
 (``jaxreg.losses.dice`` is lower-is-better, ``jaxreg.metrics.dice`` higher-is-better).
 """
 
-from jaxreg import evaluation, io, losses, metrics, optimize, spatial, transform
-from jaxreg.register import Model, Registration, load_model, register
+from jaxreg import evaluation, io, losses, metrics, optimize, optimize_affine, spatial, transform
+from jaxreg.register import Model, Registration, load_model, register, register_stages
 from jaxreg.spatial import (
+    affine_ddf,
     compose,
     identity_grid,
     integrate_velocity,
@@ -28,6 +29,7 @@ __all__ = [
     "Model",
     "Registration",
     "__version__",
+    "affine_ddf",
     "apply",
     "compose",
     "evaluation",
@@ -38,7 +40,9 @@ __all__ = [
     "losses",
     "metrics",
     "optimize",
+    "optimize_affine",
     "register",
+    "register_stages",
     "resize_ddf",
     "spatial",
     "transform",

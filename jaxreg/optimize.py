@@ -60,7 +60,6 @@ and 15 s for a second, PROMISE12 15 s and 5 s (``benchmarks/register.py``; with 
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -71,17 +70,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxreg import _objective as obj
 from jaxreg import losses, spatial
-from jaxreg.losses import _valid_filter  # box filter of lncc
+from jaxreg._objective import MIN_LEVEL_SIDE  # noqa: F401  (re-exported)
 
 __all__ = ["OptimizeResult", "auto_levels", "check_pair", "optimize", "pyramid"]
 
-TRANSFORMS = ("svf", "ddf")
+TRANSFORMS = ("svf", "ddf", "rigid", "affine")
 SIMILARITIES = ("lncc", "mse", "mi")
 REGULARIZERS = ("diffusion", "bending")
-MIN_LEVEL_SIDE = 4  # smallest spatial side (voxels) allowed at the coarsest level
-CALLBACK_EVERY = 10  # steps between progress callbacks
 STEPS_PER_LEVEL = 100  # default Adam steps at each level
+LEARNING_RATE = 0.05  # default Adam step of the deformable transforms (voxels of the level)
 SMOOTHING_PASSES = 1  # 3-voxel box filters applied to the parameters in the forward pass
 FINAL_LR_FRACTION = 0.1  # cosine decay of the learning rate within each level, down to this
 # Levels with at most this many voxels differentiate exactly through scaling and squaring;
@@ -100,7 +99,11 @@ class OptimizeResult(NamedTuple):
       losses: ``(sum(steps),)`` host numpy loss trace over all levels, coarse to fine
         (lower is better; values of different levels are not comparable).
       steps: number of steps run at each level.
-      levels: downsampling factors used, coarse to fine.
+      levels: downsampling factors used, coarse to fine (of the finest axis; the others
+        follow :func:`jaxreg._objective.shrink_factors` of the spacing).
+      matrix: for ``transform="rigid"``/``"affine"``, the ``(ndim + 1, ndim + 1)`` float64
+        homogeneous voxel matrix mapping a fixed voxel (array axis order) to the moving
+        voxel it reads (``ddf(x) = matrix·[x, 1] − x``); ``None`` for ``"svf"``/``"ddf"``.
     """
 
     ddf: jax.Array
@@ -108,44 +111,10 @@ class OptimizeResult(NamedTuple):
     losses: np.ndarray
     steps: tuple[int, ...]
     levels: tuple[int, ...]
-
-
-# ----------------------------------------------------------------------------- callbacks
-# A jitted level calls back through this table with a traced integer token, so that a new
-# callback object (e.g. a fresh lambda) does not change the compiled program.
-_CALLBACKS: dict[int, Callable] = {}
-_TOKENS = itertools.count(1)
-
-
-def _emit(token, level, step, loss) -> None:
-    fn = _CALLBACKS.get(int(token))
-    if fn is not None:
-        fn(int(level), int(step), float(loss))
+    matrix: np.ndarray | None = None
 
 
 # ----------------------------------------------------------------------------- jitted parts
-@jax.jit
-def _normalise(image: jax.Array) -> jax.Array:
-    """``(*S, C)`` → float32, each channel's 0.5/99.5 percentiles mapped to 0/1, clipped."""
-    axes = tuple(range(image.ndim - 1))
-    # Percentiles of every 2nd voxel per axis: robust statistics need no more, and the sort
-    # of a full 160x192x144 volume takes over a second on CPU.
-    sample = image[tuple(slice(None, None, 2) for _ in axes)]
-    lo, hi = jnp.percentile(sample, jnp.array([0.5, 99.5]), axis=axes)
-    flat = hi <= lo  # more than 99 % of the voxels share one value: plain min-max
-    lo = jnp.where(flat, jnp.min(image, axis=axes), lo)
-    hi = jnp.where(flat, jnp.max(image, axis=axes), hi)
-    return jnp.clip((image - lo) / jnp.maximum(hi - lo, 1e-12), 0.0, 1.0)
-
-
-@jax.jit(static_argnames="shape")
-def _downsample(image: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
-    """Anti-aliased (area-weighted linear) resize of ``(*S, C)`` to ``(*shape, C)``."""
-    if shape == image.shape[:-1]:
-        return image
-    return jax.image.resize(image, shape + image.shape[-1:], "linear", antialias=True)
-
-
 @jax.jit(static_argnames="shape")
 def _resize(field: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
     return spatial.resize_ddf(field, shape)
@@ -156,60 +125,65 @@ def _exp(velocity: jax.Array, *, integration_steps: int) -> jax.Array:
     return spatial.integrate_velocity(velocity, steps=integration_steps)
 
 
-def _masked_lncc(fixed, warped, weight, window: int) -> jax.Array:
-    """``1 − Σ weight·cc / Σ weight`` with the local cc map of :func:`jaxreg.losses.lncc`."""
-    rank = fixed.ndim - 1
-    n = float(window**rank)
-    box = jnp.ones((window,), fixed.dtype)
+def _smooth(p, relative):
+    """The field the parameters stand for: a 3-voxel box per axis, edges repeated.
 
-    def cc_map(f, w):  # (*S) each -> (*S)
-        f, w = jnp.pad(f, window // 2), jnp.pad(w, window // 2)
-        f, w = f - jax.lax.stop_gradient(jnp.mean(f)), w - jax.lax.stop_gradient(jnp.mean(w))
-        sf, sw = _valid_filter(f, box, rank), _valid_filter(w, box, rank)
-        sff, sww = _valid_filter(f * f, box, rank), _valid_filter(w * w, box, rank)
-        cross = _valid_filter(f * w, box, rank) - sf * sw / n
-        vf, vw = sff - sf * sf / n, sww - sw * sw / n
-        var_prod = jnp.where(vf > 2e-6 * sff, vf, 0.0) * jnp.where(vw > 2e-6 * sww, vw, 0.0)
-        return jnp.minimum(cross * cross, var_prod) / (var_prod + 1e-5)
+    On an anisotropic level the kernel of axis ``a`` is ``[w, 1 − 2w, w]`` with
+    ``w = 1 / (3 r_a²)``: the variance of the box of the finest axis, in mm. The edges are
+    repeated by concatenation (the gradient of ``jnp.pad(mode="edge")`` costs twice as much).
+    """
+    for _ in range(SMOOTHING_PASSES):
+        for axis in range(p.ndim - 1):
+            n = p.shape[axis]
+            q = jnp.concatenate([jax.lax.slice_in_dim(p, 0, 1, axis=axis), p,
+                                 jax.lax.slice_in_dim(p, n - 1, n, axis=axis)], axis=axis)
+            if relative is None:
+                kernel = jnp.full((3,), 1 / 3, p.dtype)
+            else:
+                w = 1.0 / (3.0 * relative[axis] ** 2)
+                kernel = jnp.asarray([w, 1.0 - 2.0 * w, w], p.dtype)
+            p = sum(kernel[i] * jax.lax.slice_in_dim(q, i, i + n, axis=axis) for i in range(3))
+    return p
 
-    cc = jax.vmap(cc_map, in_axes=-1, out_axes=-1)(fixed, warped)
-    return 1.0 - jnp.sum(cc * weight[..., None]) / (jnp.maximum(jnp.sum(weight), 1.0) * cc.shape[-1])
 
-
-def _similarity(fixed, warped, weight, *, similarity: str, window: int, bins: int) -> jax.Array:
-    if similarity == "lncc":
-        if weight is None:
-            return losses.lncc(fixed, warped, window=window, ndim=fixed.ndim - 1)
-        return _masked_lncc(fixed, warped, weight, window)
-    if similarity == "mse":
-        if weight is None:
-            return losses.mse(fixed, warped)
-        sq = jnp.mean((fixed - warped) ** 2, axis=-1)
-        return jnp.sum(sq * weight) / jnp.maximum(jnp.sum(weight), 1.0)
-    mask = None if weight is None else jnp.broadcast_to((weight >= 0.5)[..., None], fixed.shape)
-    return losses.mutual_information(fixed, warped, bins=bins, mask=mask)
+def _regularize(field, relative, regularizer: str):
+    """Diffusion or bending energy; on an anisotropic level with displacements and derivatives in
+    units of the finest axis's voxel (mm up to a constant)."""
+    if relative is None:
+        return losses.diffusion(field) if regularizer == "diffusion" else losses.bending_energy(field)
+    ndim = field.shape[-1]
+    rel = jnp.asarray(relative, field.dtype)
+    u = field * rel
+    if regularizer == "diffusion":
+        return sum(jnp.mean((jnp.diff(u, axis=a) / rel[a]) ** 2) for a in range(ndim)) / ndim
+    interior = tuple(slice(1, -1) for _ in range(ndim))
+    d1 = lambda x, a: (jnp.roll(x, -1, axis=a) - jnp.roll(x, 1, axis=a)) / (2.0 * rel[a])
+    total = 0.0
+    for i in range(ndim):
+        dii = (jnp.roll(u, -1, axis=i) - 2 * u + jnp.roll(u, 1, axis=i)) / rel[i] ** 2
+        total = total + jnp.mean(dii[interior] ** 2)
+        for j in range(i + 1, ndim):
+            total = total + 2 * jnp.mean(d1(d1(u, i), j)[interior] ** 2)
+    return total
 
 
 @jax.jit(static_argnames=("steps", "transform", "similarity", "window", "bins", "regularizer",
-                          "integration_steps", "exact_gradient", "with_callback"))
+                          "integration_steps", "exact_gradient", "with_callback", "relative"))
 def _run_level(params, fixed, moving, weight, reg_weight, learning_rate, token, level, *, steps,
                transform, similarity, window, bins, regularizer, integration_steps, exact_gradient,
-               with_callback):
+               with_callback, relative=None):
     """Runs ``steps`` Adam steps at one level.
 
     ``params`` ``(*L, ndim)`` (voxels of this level) stand for the field ``smooth(params)``;
     returns ``(smooth(final params), (steps,) loss trace)``. ``weight`` is ``None`` or the
-    ``(*L)`` similarity weight map.
+    ``(*L)`` similarity weight map. ``relative``: the level's voxel size over its smallest
+    (``None`` if isotropic); then the optimised variables are the displacement components in
+    units of the smallest voxel (equal Adam steps in mm), ``window`` is one per axis.
     """
-    regularize = losses.diffusion if regularizer == "diffusion" else losses.bending_energy
-
-    def smooth(p):  # the field the parameters stand for: box-filtered, edges repeated
-        for _ in range(SMOOTHING_PASSES):
-            p = _valid_filter(p, jnp.full((3,), 1 / 3, p.dtype), p.ndim - 1, pad_mode="edge")
-        return p
+    scale = 1.0 if relative is None else jnp.asarray(relative, params.dtype)
 
     def objective(p):
-        field = smooth(p)
+        field = _smooth(p, relative) / scale
         if transform == "svf":
             # Forward: exp(v) by scaling and squaring. Backward: exact, or d exp(v)/dv ≈ I (the
             # first-order update of log-domain demons), which skips the scatter-adds of the
@@ -219,8 +193,8 @@ def _run_level(params, fixed, moving, weight, reg_weight, learning_rate, token, 
         else:
             ddf = field
         warped = spatial.warp(moving, ddf, order=1, mode="nearest")
-        sim = _similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
-        return sim + reg_weight * regularize(field)
+        sim = obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
+        return sim + reg_weight * _regularize(field, relative, regularizer)
 
     opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=FINAL_LR_FRACTION))
 
@@ -229,15 +203,12 @@ def _run_level(params, fixed, moving, weight, reg_weight, learning_rate, token, 
         loss, grad = jax.value_and_grad(objective)(p)
         updates, state = opt.update(grad, state, p)
         if with_callback:
-            jax.lax.cond(
-                (i % CALLBACK_EVERY == 0) | (i == steps - 1),
-                lambda: jax.debug.callback(_emit, token, level, i, loss),
-                lambda: None,
-            )
+            obj.maybe_emit(token, level, i, steps, loss)
         return (optax.apply_updates(p, updates), state), loss
 
+    params = params * scale
     (params, _), trace = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
-    return smooth(params), trace
+    return _smooth(params, relative) / scale, trace
 
 
 # ----------------------------------------------------------------------------- checks
@@ -262,14 +233,6 @@ def _as_image(x, name: str) -> jax.Array:
     return x
 
 
-def _positive_ints(value, name: str) -> tuple[int, ...]:
-    values = (value,) if isinstance(value, numbers.Integral) else tuple(value)
-    if not values or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
-                              for v in values):
-        raise ValueError(f"`{name}` must be a non-empty sequence of positive integers; got {value!r}.")
-    return tuple(int(v) for v in values)
-
-
 def _check_choice(value, choices, name: str) -> None:
     if value not in choices:
         raise ValueError(f"`{name}` must be one of {choices}; got {value!r}.")
@@ -286,7 +249,8 @@ def _check_options(*, transform, similarity, regularizer, window, bins, weight, 
         raise ValueError(f"`bins` must be an integer >= 2; got {bins!r}.")
     if not isinstance(weight, numbers.Real) or not np.isfinite(weight) or weight < 0:
         raise ValueError(f"`weight` must be a finite number >= 0; got {weight!r}.")
-    if not isinstance(learning_rate, numbers.Real) or not np.isfinite(learning_rate) or learning_rate <= 0:
+    if learning_rate is not None and (not isinstance(learning_rate, numbers.Real) or not np.isfinite(learning_rate)
+                                      or learning_rate <= 0):
         raise ValueError(f"`learning_rate` must be a finite number > 0; got {learning_rate!r}.")
     if not isinstance(integration_steps, numbers.Integral) or integration_steps < 0:
         raise ValueError(f"`integration_steps` must be an integer >= 0; got {integration_steps!r}.")
@@ -295,22 +259,21 @@ def _check_options(*, transform, similarity, regularizer, window, bins, weight, 
 
 
 # ----------------------------------------------------------------------------- public
-def auto_levels(shape: Sequence[int]) -> tuple[int, ...]:
+def auto_levels(shape: Sequence[int], spacing: Sequence[float] | None = None) -> tuple[int, ...]:
     """The default pyramid for an image of spatial ``shape``: factors ``(2**K, ..., 2[, 1])``.
 
-    ``K`` is the largest integer with ``max(shape) / 2**K >= 16`` and
-    ``min(shape) / 2**K >= 4``: the coarsest level is about 16 voxels across, where large
-    displacements (unaligned pairs: a brain 20 % smaller) are found. The finest level is
-    full resolution for images of at most 2**18 voxels and half resolution above (full
-    resolution doubles the time on CPU for < 0.003 Dice on brains). Measured: 160×192×144
-    brains and 32×128×128 prostates → ``(8, 4, 2)``; 256² slices → ``(16, 8, 4, 2, 1)``.
+    ``K`` is the largest integer with ``max(sides) >= 16`` and ``min(sides) >= 4``, where
+    ``sides = shape / factors`` and ``factors`` are the per-axis shrink factors of ``2**K``
+    for ``spacing`` (ANTs' rule: an axis with larger voxels shrinks less, see
+    :mod:`jaxreg._objective`; all equal to ``2**K`` when isotropic): the coarsest level is
+    about 16 voxels across, where large displacements (unaligned pairs: a brain 20 % smaller)
+    are found. The finest level is full resolution for images of at most 2**18 voxels and
+    half resolution above (full resolution doubles the time on CPU for < 0.003 Dice on
+    brains). Measured: 160×192×144 brains and 32×128×128 prostates → ``(8, 4, 2)``;
+    256² slices → ``(16, 8, 4, 2, 1)``.
     """
-    shape = tuple(int(s) for s in shape)
-    top = 0
-    while max(shape) / 2 ** (top + 1) >= 16 and min(shape) / 2 ** (top + 1) >= MIN_LEVEL_SIDE:
-        top += 1
-    finest = 0 if math.prod(shape) <= EXACT_GRADIENT_MAX_VOXELS else 1
-    return tuple(2 ** k for k in range(top, min(finest, top) - 1, -1))
+    return obj.auto_levels(shape, None if spacing is None else obj.check_spacing(spacing, len(tuple(shape))),
+                           finest_max_voxels=EXACT_GRADIENT_MAX_VOXELS)
 
 
 def check_pair(fixed, moving) -> tuple[jax.Array, jax.Array]:
@@ -335,18 +298,16 @@ def check_pair(fixed, moving) -> tuple[jax.Array, jax.Array]:
 
 
 def pyramid(shape: Sequence[int], levels: Sequence[int] | None = None,
-            steps: int | Sequence[int] = STEPS_PER_LEVEL) -> tuple[tuple[int, ...], tuple[int, ...]]:
-    """``(levels, steps)`` as :func:`optimize` runs them for spatial ``shape``: one step count per level.
+            steps: int | Sequence[int] = STEPS_PER_LEVEL, *,
+            spacing: Sequence[float] | None = None) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``(levels, steps)`` as :func:`optimize` runs them (svf/ddf) for spatial ``shape``: one step count per level.
 
     Raises:
-      ValueError: non-positive factors or steps, or lists of different lengths.
+      ValueError: non-positive factors or steps, lists of different lengths, bad ``spacing``.
     """
-    levels = auto_levels(shape) if levels is None else _positive_ints(levels, "levels")
-    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
-        steps = (steps,) * len(levels)
-    steps = _positive_ints(steps, "steps")
-    if len(levels) != len(steps):
-        raise ValueError(f"`levels` and `steps` must have the same length; got {levels} and {steps}.")
+    spacing = obj.check_spacing(spacing, len(tuple(shape)))
+    default = auto_levels(shape, spacing) if levels is None else None
+    levels, steps, _, _ = obj.plan_levels(tuple(shape), levels, steps, spacing, default_levels=default)
     return levels, steps
 
 
@@ -355,6 +316,7 @@ def optimize(
     moving,
     *,
     fixed_mask=None,
+    spacing: Sequence[float] | None = None,
     transform: str = "svf",
     similarity: str = "lncc",
     window: int = 5,
@@ -363,8 +325,9 @@ def optimize(
     weight: float = 0.5,
     levels: Sequence[int] | None = None,
     steps: int | Sequence[int] = STEPS_PER_LEVEL,
-    learning_rate: float = 0.05,
+    learning_rate: float | None = None,
     integration_steps: int = 7,
+    init: str = "com",
     callback: Callable[[int, int, float], None] | None = None,
 ) -> OptimizeResult:
     """Registers ``moving`` onto ``fixed`` by multi-resolution instance optimisation.
@@ -373,7 +336,8 @@ def optimize(
     Adam, coarse to fine (details and the measurements behind the defaults: module
     docstring). ``field`` is the displacement itself (``transform="ddf"``) or a stationary
     velocity ``v`` with ``φ = exp(v)`` by scaling and squaring (``transform="svf"``,
-    diffeomorphic, the default).
+    diffeomorphic, the default). ``"rigid"`` and ``"affine"`` optimise a small parameter
+    vector instead (:func:`jaxreg.optimize_affine.optimize_affine`; no regulariser).
 
     Args:
       fixed: 2-D ``(H, W)`` or 3-D ``(D, H, W)`` image, or ``(D, H, W, C)`` (a rank-3 array
@@ -382,7 +346,12 @@ def optimize(
       moving: image of the same shape as ``fixed`` (resample it first if it is not).
       fixed_mask: optional ``(*S)`` array, nonzero where the similarity counts (per-voxel
         weights for LNCC/MSE, the ``mask`` of mutual information).
-      transform: ``"svf"`` or ``"ddf"``.
+      spacing: voxel size per array axis in mm (``None``: isotropic, today's voxel units).
+        Anisotropic spacing shrinks each axis of the pyramid like ANTs, sizes the LNCC
+        window per axis (``window`` voxels of the finest axis), takes the regulariser's and
+        the smoothing's derivatives in mm and makes Adam's steps equal in mm. Any isotropic
+        spacing gives exactly the result of ``None``.
+      transform: ``"svf"``, ``"ddf"``, ``"rigid"`` or ``"affine"``.
       similarity: ``"lncc"`` (window ``window``), ``"mse"`` or ``"mi"`` (``bins`` bins).
       window: odd LNCC window side in voxels (at every level).
       bins: number of mutual-information histogram bins.
@@ -393,9 +362,12 @@ def optimize(
         level about 16 voxels across, e.g. ``(8, 4, 2)`` for brains 160×192×144, down to
         half resolution, or full resolution for images of at most 2**18 voxels).
       steps: Adam steps at each level: one number for all, or one per level.
-      learning_rate: Adam step size (voxels of the current level per step, roughly).
+      learning_rate: Adam step size; ``None``: 0.05 (svf/ddf: voxels of the current
+        level per step, roughly) or the affine default (:mod:`jaxreg.optimize_affine`).
       integration_steps: scaling-and-squaring steps for ``"svf"`` (``|v| / 2**steps``
         should stay below ~0.5 voxel).
+      init: rigid/affine only: ``"com"`` (translation by the intensity centres of mass) or
+        ``"identity"``.
       callback: optional ``callback(level_index, step, loss)``, called from the compiled
         loop every 10 steps and at the last step of each level (e.g. for a progress bar).
 
@@ -408,44 +380,42 @@ def optimize(
     _check_options(transform=transform, similarity=similarity, regularizer=regularizer, window=window,
                    bins=bins, weight=weight, learning_rate=learning_rate,
                    integration_steps=integration_steps, callback=callback)
+    if transform in ("rigid", "affine"):
+        from jaxreg import optimize_affine  # imports this module
+
+        result = optimize_affine.optimize_affine(
+            fixed, moving, fixed_mask=fixed_mask, spacing=spacing, transform=transform, similarity=similarity,
+            window=window, bins=bins, levels=levels, steps=steps, learning_rate=learning_rate, init=init,
+            callback=callback)
+        ddf = spatial.affine_ddf(jnp.asarray(result.matrix, jnp.float32), result.shape)
+        return OptimizeResult(ddf, None, result.losses, result.steps, result.levels, result.matrix)
     fixed, moving = check_pair(fixed, moving)
     shape = fixed.shape[:-1]
-    levels, steps = pyramid(shape, levels, steps)
-    level_shapes = [tuple(max(1, round(s / f)) for s in shape) for f in levels]
-    for f, ls in zip(levels, level_shapes):
-        if min(ls) < MIN_LEVEL_SIDE:
-            raise ValueError(
-                f"`levels` factor {f} shrinks the image {shape} to {ls}; every side must stay "
-                f">= {MIN_LEVEL_SIDE} voxels."
-            )
-    weight_map = None
-    if fixed_mask is not None:
-        fixed_mask = jnp.asarray(fixed_mask)
-        if fixed_mask.shape != shape:
-            raise ValueError(f"`fixed_mask` must have shape {shape}; got {tuple(fixed_mask.shape)}.")
-        weight_map = (fixed_mask != 0).astype(jnp.float32)
-        if not bool(jnp.any(weight_map > 0)):
-            raise ValueError("`fixed_mask` is all zero; the similarity would count no voxel.")
+    spacing = obj.check_spacing(spacing, len(shape))
+    default = auto_levels(shape, spacing) if levels is None else None
+    levels, steps, factors, level_shapes = obj.plan_levels(shape, levels, steps, spacing, default_levels=default)
+    weight_map = obj.mask_weight(fixed_mask, shape)
+    learning_rate = LEARNING_RATE if learning_rate is None else learning_rate
 
-    fixed, moving = _normalise(fixed), _normalise(moving)
-    token = next(_TOKENS)
+    fixed, moving = obj.normalise(fixed), obj.normalise(moving)
+    token = next(obj.TOKENS)
     if callback is not None:
-        _CALLBACKS[token] = callback
-    options = {"transform": transform, "similarity": similarity, "window": int(window),
-               "bins": int(bins), "regularizer": regularizer,
+        obj.CALLBACKS[token] = callback
+    options = {"transform": transform, "similarity": similarity, "bins": int(bins), "regularizer": regularizer,
                "integration_steps": int(integration_steps), "with_callback": callback is not None}
     ndim = len(shape)
     params = jnp.zeros(level_shapes[0] + (ndim,), jnp.float32)
     traces = []
     try:
-        for i, (ls, n) in enumerate(zip(level_shapes, steps)):
+        for i, (ls, fs, n) in enumerate(zip(level_shapes, factors, steps)):
             if params.shape[:-1] != ls:
                 params = _resize(params, shape=ls)
-            w = None if weight_map is None else _downsample(weight_map[..., None], shape=ls)[..., 0]
+            relative = obj.relative_spacing(spacing, fs)
+            w = None if weight_map is None else obj.downsample(weight_map[..., None], shape=ls)[..., 0]
             params, trace = _run_level(
-                params, _downsample(fixed, shape=ls), _downsample(moving, shape=ls), w,
+                params, obj.downsample(fixed, shape=ls), obj.downsample(moving, shape=ls), w,
                 jnp.float32(weight), jnp.float32(learning_rate), jnp.int32(token), jnp.int32(i),
-                steps=n, **options,
+                steps=n, **options, window=obj.axis_windows(window, relative), relative=relative,
                 exact_gradient=transform == "svf" and math.prod(ls) <= EXACT_GRADIENT_MAX_VOXELS,
             )
             traces.append(trace)
@@ -453,7 +423,7 @@ def optimize(
             params = _resize(params, shape=shape)
         trace = np.concatenate([np.asarray(t) for t in traces])  # blocks until the loops end
     finally:
-        _CALLBACKS.pop(token, None)
+        obj.CALLBACKS.pop(token, None)
     if transform == "svf":
         return OptimizeResult(_exp(params, integration_steps=int(integration_steps)), params, trace,
                               steps, levels)

@@ -2,15 +2,25 @@
 
 One call registers one pair, 2-D or 3-D, with or without channels:
 
-* ``model=None`` (default): classical instance optimisation (:func:`jaxreg.optimize.optimize`),
-  no training needed; ``**options`` are its keyword options (``similarity``, ``levels``, ...).
-* ``model=`` a workdir written by ``train.py`` or a :class:`Model` from :func:`load_model`:
-  the trained network (VoxelMorph, or DEQReg with solver options such as ``steps=96`` or
-  ``tol=1e-4`` as ``**options``).
+* ``affine="affine"`` (default) first finds an affine map (``"rigid"``: rotation and
+  translation; :func:`jaxreg.optimize_affine.optimize_affine`), resamples the moving image
+  through it once, and hands that to the deformable stage, like ANTs ``SyN`` (affine, then
+  SyN). ``affine=False`` skips it (exactly the results of the deformable stage alone).
+* The deformable stage: ``model=None`` (default) is classical instance optimisation
+  (:func:`jaxreg.optimize.optimize`), no training needed; ``**options`` are its keyword
+  options (``similarity``, ``levels``, ...). ``model=`` a workdir written by ``train.py`` or
+  a :class:`Model` from :func:`load_model`: the trained network (VoxelMorph, or DEQReg with
+  solver options such as ``steps=96`` or ``tol=1e-4`` as ``**options``).
+* ``spacing=(sx, sy[, sz])``: the voxel size in mm per array axis; the pyramid, the
+  regulariser, the smoothing, the LNCC window and the affine parameters use it (isotropic
+  spacing or ``None``: voxel units, the same result).
 
-The result is a :class:`Registration`: the displacement ``ddf`` ``(*S, ndim)`` in voxels
-(pull: ``warped(x) = moving(x + ddf(x))``), the warped image, the warped label map when
-labels were given, and ``info`` (method, steps, loss or residual trace, seconds).
+The result is a :class:`Registration`: the total displacement ``ddf`` ``(*S, ndim)`` in
+voxels (pull: ``warped(x) = moving(x + ddf(x))``), the warped image, the warped label map
+when labels were given, ``info`` (method, steps, loss or residual trace, seconds), and the
+two stages: the voxel ``matrix`` and the deformable stage's ``deformation`` ``u``, with
+``ddf(x) = matrix · [x + u(x), 1] − x`` (the deformation is applied first, then the affine
+map, as ANTs' ``-t Warp.nii.gz -t Affine.mat``).
 
 Many pairs of one shape: call ``register`` in a loop (each call after the first reuses the
 compiled code), or batch a trained model yourself with ``model.predict`` on ``(B, *S)``
@@ -29,28 +39,68 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg import _objective
 from jaxreg import optimize as optimize_lib
+from jaxreg import optimize_affine as affine_lib
 from jaxreg import spatial
 
-__all__ = ["Model", "Registration", "load_model", "register"]
+__all__ = ["Model", "Registration", "load_model", "register", "register_stages"]
+
+AFFINE_STAGES = ("affine", "rigid")
 
 
 class Registration(NamedTuple):
     """The result of :func:`register`.
 
     Attributes:
-      ddf: ``(*S, ndim)`` displacement in voxels (pull convention), on the fixed grid.
+      ddf: ``(*S, ndim)`` total displacement in voxels (pull convention), on the fixed grid:
+        ``warped(x) = moving(x + ddf(x))`` and ``ddf(x) = matrix · [x + u(x), 1] − x``.
       warped: the moving image resampled onto the fixed grid, shaped like ``moving``.
       warped_labels: the moving label map warped with nearest-neighbour interpolation, or
         ``None`` when no labels were given.
-      info: ``method`` ("optimize" or the model name), ``steps``, ``losses`` (optimiser loss
-        trace, lower is better) or solver options, and ``time_s`` (wall seconds).
+      info: ``method`` ("optimize" or the model name), ``steps``, ``levels``, ``losses``
+        (optimiser loss trace, lower is better) or solver options, ``affine`` (the stage
+        run, or ``None``), ``affine_levels``, ``affine_steps``, ``affine_losses``,
+        ``affine_time_s``, ``spacing`` and ``time_s`` (wall seconds, both stages).
+      matrix: ``(ndim + 1, ndim + 1)`` float64 homogeneous voxel matrix mapping a fixed-grid
+        voxel (array axis order) to a moving-array voxel; the identity without an affine
+        stage.
+      deformation: ``(*S, ndim)`` displacement ``u`` of the deformable stage in voxels on the
+        fixed grid (applied before ``matrix``), or ``None`` when there was no deformable stage.
+      velocity: the stationary velocity ``v`` with ``u = exp(v)`` (``transform="svf"``), else ``None``.
+      spacing: the voxel size per axis (mm) used.
     """
 
     ddf: jax.Array
     warped: jax.Array
     warped_labels: jax.Array | None
     info: dict[str, Any]
+    matrix: np.ndarray | None = None
+    deformation: jax.Array | None = None
+    velocity: jax.Array | None = None
+    spacing: tuple[float, ...] | None = None
+
+    def world_matrix(self, grid_affine=None) -> np.ndarray:
+        """The affine stage in world units: ``G · matrix · G⁻¹``.
+
+        Args:
+          grid_affine: the fixed grid's ``(ndim + 1, ndim + 1)`` voxel → world matrix (e.g.
+            a NIfTI affine); default ``diag(spacing, 1)`` (mm, axes of the array).
+
+        Returns:
+          ``(ndim + 1, ndim + 1)`` float64 matrix mapping a fixed world point to the moving
+          world point it reads, when the moving image lives on the same grid.
+        """
+        ndim = self.ddf.shape[-1]
+        matrix = np.eye(ndim + 1) if self.matrix is None else np.asarray(self.matrix, np.float64)
+        if grid_affine is None:
+            spacing = (1.0,) * ndim if self.spacing is None else self.spacing
+            grid = np.diag(np.append(np.asarray(spacing, np.float64), 1.0))
+        else:
+            grid = np.asarray(grid_affine, np.float64)
+            if grid.shape != (ndim + 1, ndim + 1):
+                raise ValueError(f"`grid_affine` must be a ({ndim + 1}, {ndim + 1}) matrix; got shape {grid.shape}.")
+        return grid @ matrix @ np.linalg.inv(grid)
 
 
 class Model(NamedTuple):
@@ -138,24 +188,94 @@ def _register_with_model(model: Model, fixed, moving, shape, options: Mapping, k
     return ddf, {"method": model.name, "workdir": str(model.workdir), "checkpoint": model.step, "options": dict(options)}
 
 
-def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, fixed_mask=None, moving_labels=None,
-             key: jax.Array | None = None, callback: Callable | None = None, **options) -> Registration:
-    """Registers ``moving`` onto ``fixed``.
+@jax.jit
+def _affine_ddf(matrix, like):
+    return spatial.affine_ddf(matrix, like.shape[:-1])
+
+
+@jax.jit
+def _compose_affine(matrix, u):
+    """``matrix · [x + u(x), 1] − x``: the total displacement of ``u`` then ``matrix``."""
+    ndim = u.shape[-1]
+    return spatial.affine_ddf(matrix, u.shape[:-1]) + jnp.einsum("...j,ij->...i", u, matrix[:ndim, :ndim])
+
+
+def _check_stage(affine, affine_options, options) -> tuple[str | None, dict]:
+    if affine is not None and affine is not False and affine not in AFFINE_STAGES:
+        raise ValueError(f"`affine` must be one of {AFFINE_STAGES}, False or None; got {affine!r}.")
+    if affine_options is not None and not isinstance(affine_options, Mapping):
+        raise ValueError(f"`affine_options` must be a dict of options of optimize_affine or None; got {affine_options!r}.")
+    affine_options = dict(affine_options or {})
+    if "transform" in affine_options:
+        raise ValueError("`affine_options` takes no 'transform': choose it with affine='rigid' or 'affine'.")
+    if options.get("transform") in AFFINE_STAGES:  # the affine transform is the whole registration
+        return None, affine_options
+    return (affine or None), affine_options
+
+
+def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine", affine_options: Mapping | None = None,
+           model=None, **options) -> tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]:
+    """The optimisation stages :func:`register` runs for spatial ``shape``: ``(name, levels, steps)`` each.
+
+    ``name`` is ``"rigid"``, ``"affine"``, ``"svf"``/``"ddf"`` or ``"model"`` (no levels).
+    The callback of :func:`register` numbers the levels across the stages in this order, so
+    ``sum(sum(steps) for _, _, steps in register_stages(...))`` is the number of steps a progress bar
+    will see.
+    """
+    shape = tuple(int(s) for s in shape)
+    spacing = _objective.check_spacing(spacing, len(shape))
+    stage, affine_options = _check_stage(affine, affine_options, options)
+    out = []
+    if stage is not None:
+        levels = affine_options.get("levels")
+        default = affine_lib.affine_levels(shape, spacing) if levels is None else None
+        levels, steps, _, _ = _objective.plan_levels(shape, levels, affine_options.get("steps", affine_lib.STEPS_PER_LEVEL),
+                                                     spacing, default_levels=default)
+        out.append((stage, levels, steps))
+    if model is not None:
+        out.append(("model", (), ()))
+    elif options.get("transform") in AFFINE_STAGES:
+        levels = options.get("levels")
+        default = affine_lib.affine_levels(shape, spacing) if levels is None else None
+        levels, steps, _, _ = _objective.plan_levels(shape, levels, options.get("steps", affine_lib.STEPS_PER_LEVEL),
+                                                     spacing, default_levels=default)
+        out.append((options["transform"], levels, steps))
+    else:
+        levels, steps = optimize_lib.pyramid(shape, options.get("levels"),
+                                             options.get("steps", optimize_lib.STEPS_PER_LEVEL), spacing=spacing)
+        out.append((options.get("transform", "svf"), levels, steps))
+    return tuple(out)
+
+
+def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, spacing=None,
+             affine: str | bool | None = "affine", affine_options: Mapping | None = None, fixed_mask=None,
+             moving_labels=None, key: jax.Array | None = None, callback: Callable | None = None,
+             **options) -> Registration:
+    """Registers ``moving`` onto ``fixed``: an affine stage, then a deformable one.
 
     Args:
       fixed: ``(*S)`` or ``(*S, C)`` image, 2-D or 3-D; the target grid.
       moving: an image of the same spatial shape and channels.
       model: ``None`` for classical optimisation, or a trained model (a workdir path or
-        :func:`load_model`'s result).
+        :func:`load_model`'s result) for the deformable stage.
+      spacing: voxel size per array axis in mm, e.g. ``(1.4, 1.4, 10.0)`` (``None``: 1 mm,
+        isotropic; any isotropic spacing gives the same result as ``None``).
+      affine: ``"affine"`` (default), ``"rigid"``, or ``False``/``None`` to skip the affine
+        stage (the result is then exactly that of the deformable stage alone).
+      affine_options: keyword options of :func:`jaxreg.optimize_affine.optimize_affine`
+        (``levels``, ``steps``, ``learning_rate``, ``init``, ``similarity``, ...); the
+        similarity, window and bins default to those of the deformable stage.
       fixed_mask: optional ``(*S)`` mask on the fixed grid; the similarity counts only
-        where it is nonzero (classical path).
+        where it is nonzero (classical path and the affine stage).
       moving_labels: optional ``(*S)`` integer label map of ``moving``, warped with
         nearest-neighbour interpolation into ``warped_labels``.
       key: PRNG key of a sampling model's noise (DiffuseReg; default from its ``seed``);
         unused by the optimiser and deterministic models.
-      callback: ``callback(level, step, loss)`` during optimisation (e.g. a progress bar).
-      **options: keyword options of :func:`jaxreg.optimize.optimize`, or of the model's
-        ``predict`` (DEQReg: ``steps``, ``tol``, ``method``, ...; DiffuseReg: sampler
+      callback: ``callback(level, step, loss)`` during optimisation (e.g. a progress bar);
+        levels are numbered across the stages (:func:`register_stages`).
+      **options: keyword options of :func:`jaxreg.optimize.optimize` for the deformable
+        stage (``transform="rigid"``/``"affine"`` makes that the only stage), or of the
+        model's ``predict`` (DEQReg: ``steps``, ``tol``, ``method``, ...; DiffuseReg: sampler
         options ``method``, ``steps``, ``eta``, ``guidance``, ``ensemble`` (the mean field), ...).
 
     Returns:
@@ -163,12 +283,12 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, f
 
     Raises:
       ValueError: NaN/Inf or constant images, mismatched shapes or ranks, a mask or label
-        map of the wrong shape, unknown options.
+        map of the wrong shape, a bad ``spacing`` or ``affine``, unknown options.
       FileNotFoundError: a model workdir that does not exist.
 
     Example::
 
-        result = jaxreg.register(fixed, moving)                 # classical, no training
+        result = jaxreg.register(fixed, moving, spacing=(1.4, 1.4, 10.0))  # affine + SVF
         result = jaxreg.register(fixed, moving, model="runs/deqreg_demo", steps=24)
         dice = jaxreg.metrics.dice(fixed_labels, jaxreg.warp(moving_labels, result.ddf, order=0))
     """
@@ -176,24 +296,61 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, f
     given = fixed, moving  # optimize takes them as given (rank 3 means 3-D, so no channel axis added)
     fixed, moving = optimize_lib.check_pair(fixed, moving)  # (*S, C) float32
     shape = fixed.shape[:-1]
+    ndim = len(shape)
+    spacing = _objective.check_spacing(spacing, ndim)
+    stage, affine_options = _check_stage(affine, affine_options, options)
     if fixed_mask is not None and tuple(np.shape(fixed_mask)) != shape:
         raise ValueError(f"`fixed_mask` must have the spatial shape of `fixed` {shape}; got {tuple(np.shape(fixed_mask))}.")
     if moving_labels is not None and tuple(np.shape(moving_labels)) != shape:
         raise ValueError(f"`moving_labels` must have the spatial shape of `moving` {shape}; "
                          f"got {tuple(np.shape(moving_labels))}.")
-
-    if model is None:
-        result = optimize_lib.optimize(*given, fixed_mask=fixed_mask, callback=callback, **options)
-        ddf = result.ddf
-        info = {"method": "optimize", "steps": result.steps, "levels": result.levels,
-                "losses": np.asarray(result.losses), "options": dict(options)}
-    else:
+    if model is not None:
         if fixed_mask is not None:
             raise ValueError("`fixed_mask` is used by the classical optimiser only (model=None).")
         model = model if isinstance(model, Model) else load_model(model)
-        ddf, info = _register_with_model(model, fixed, moving, shape, options, key)
+
+    first_level = 0
+    stage_callback = callback
+    info: dict[str, Any] = {"affine": stage, "spacing": list(spacing)}
+    matrix = np.eye(ndim + 1)
+    moving_stage = given[1]
+    if stage is not None:
+        affine_start = time.perf_counter()
+        shared = {k: options[k] for k in ("similarity", "window", "bins") if k in options}
+        result = affine_lib.optimize_affine(*given, fixed_mask=fixed_mask, spacing=spacing, transform=stage,
+                                            callback=callback, **(shared | affine_options))
+        matrix = result.matrix
+        moving_stage = spatial.warp(moving, _affine_ddf(jnp.asarray(matrix, jnp.float32), moving)).reshape(
+            np.shape(given[1]))
+        first_level = len(result.levels)
+        info.update(affine_levels=result.levels, affine_steps=result.steps, affine_losses=np.asarray(result.losses),
+                    affine_time_s=time.perf_counter() - affine_start)
+        if callback is not None:
+            stage_callback = lambda level, step, loss: callback(level + first_level, step, loss)  # noqa: E731
+
+    velocity = None
+    if model is None:
+        result = optimize_lib.optimize(given[0], moving_stage, fixed_mask=fixed_mask, spacing=spacing,
+                                       callback=stage_callback, **options)
+        if result.matrix is not None:  # transform="rigid"/"affine": the only stage
+            matrix, deformation = result.matrix, None
+        else:
+            deformation, velocity = result.ddf, result.velocity
+        info.update(method="optimize", steps=result.steps, levels=result.levels, losses=np.asarray(result.losses),
+                    options=dict(options))
+    else:
+        deformation, model_info = _register_with_model(model, fixed, jnp.asarray(moving_stage).reshape(moving.shape),
+                                                       shape, options, key)
+        info.update(model_info)
+    if deformation is None:
+        ddf = _affine_ddf(jnp.asarray(matrix, jnp.float32), moving)
+    elif stage is None:
+        ddf = deformation  # exactly the deformable stage's field
+    else:
+        ddf = _compose_affine(jnp.asarray(matrix, jnp.float32), deformation)
     warped = spatial.warp(moving, ddf).reshape(np.shape(given[1]))  # shaped like the moving image given
     warped_labels = None if moving_labels is None else spatial.warp(jnp.asarray(moving_labels), ddf, order=0)
     jax.block_until_ready(warped)
     info["time_s"] = time.perf_counter() - start
-    return Registration(ddf, warped, warped_labels, info)
+    return Registration(ddf, warped, warped_labels, info, np.asarray(matrix, np.float64), deformation, velocity,
+                        spacing)

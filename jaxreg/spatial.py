@@ -27,6 +27,7 @@ import numpy as np
 from jaxreg._checks import check_ddf as _check_ddf
 
 __all__ = [
+    "affine_ddf",
     "compose",
     "identity_grid",
     "integrate_velocity",
@@ -205,6 +206,41 @@ def warp(
         img = img.astype(ddf.dtype)
     out = _sample(img, _displaced_coordinates(ddf), order=order, mode=mode, cval=cval)
     return out[..., 0] if squeeze else out
+
+
+def affine_ddf(matrix, shape: Sequence[int]) -> jax.Array:
+    """The displacement of an affine map of voxel coordinates on a grid.
+
+    ``ddf(x) = A x + t − x`` for every voxel ``x`` of the grid, so that
+    ``warp(image, affine_ddf(M, shape))(x) = image(A x + t)``, which is
+    ``scipy.ndimage.affine_transform(image, A, t)``. Written ``(A − I) x + t`` from
+    broadcasted iotas: differentiable in ``matrix``, no identity grid is materialised.
+
+    Args:
+      matrix: ``(ndim + 1, ndim + 1)`` homogeneous or ``(ndim, ndim + 1)`` matrix ``[A | t]``
+        in voxels, array axis order, mapping output-grid voxels to input-image voxels.
+      shape: spatial shape ``S`` of the output grid (2 or 3 integers).
+
+    Returns:
+      ``(*S, ndim)`` float32 displacement in voxels (float64 if ``matrix`` is a float64 jax
+      array with x64 enabled).
+    """
+    shape = tuple(int(s) for s in shape)
+    ndim = len(shape)
+    if ndim not in (2, 3) or min(shape) < 1:
+        raise ValueError(f"`shape` must be 2 or 3 positive integers; got {shape}.")
+    if tuple(np.shape(matrix)) not in ((ndim + 1, ndim + 1), (ndim, ndim + 1)):
+        raise ValueError(
+            f"`matrix` must have shape ({ndim + 1}, {ndim + 1}) or ({ndim}, {ndim + 1}) for a "
+            f"{ndim}-D grid; got shape {tuple(np.shape(matrix))}."
+        )
+    matrix = jnp.asarray(matrix)
+    dtype = jnp.promote_types(matrix.dtype, jnp.float32)
+    linear = matrix[:ndim, :ndim].astype(dtype) - jnp.eye(ndim, dtype=dtype)
+    offset = matrix[:ndim, ndim].astype(dtype)
+    coords = [jax.lax.broadcasted_iota(dtype, shape, k) for k in range(ndim)]
+    return jnp.stack([sum(linear[i, j] * coords[j] for j in range(ndim)) + offset[i]
+                      for i in range(ndim)], axis=-1)
 
 
 def compose(u: jax.Array, v: jax.Array) -> jax.Array:

@@ -1,0 +1,233 @@
+"""Pieces shared by the deformable (:mod:`jaxreg.optimize`) and affine (:mod:`jaxreg.optimize_affine`)
+optimisers: intensity normalisation, the pyramid in physical units, the similarity terms and the
+progress callbacks. Private; imports only the leaves ``losses`` and ``spatial``.
+
+Spacing: ``spacing`` is the voxel size per array axis in mm. The pyramid shrinks each axis like
+ANTs (``CalculateShrinkFactorsPerDimension``): the finest axis by the level's factor, every other
+axis by the factor in ``1..factor`` that brings its voxel size nearest to the finest axis's new one
+(the smaller on ties), so a 10 mm axis of a 1.4 mm stack is not shrunk until the others reach it.
+The voxel size of a level is ``spacing · factors`` (nominal); ``relative`` spacing is that divided
+by its minimum. Isotropic spacing gives ``relative = None`` and exactly the isotropic code paths.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import numbers
+from collections.abc import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxreg import losses
+from jaxreg.losses import _valid_filter  # box filter of lncc
+
+MIN_LEVEL_SIDE = 4  # smallest spatial side (voxels) allowed at the coarsest level
+CALLBACK_EVERY = 10  # steps between progress callbacks
+
+# ----------------------------------------------------------------------------- callbacks
+# A jitted level calls back through this table with a traced integer token, so that a new
+# callback object (e.g. a fresh lambda) does not change the compiled program.
+CALLBACKS: dict[int, Callable] = {}
+TOKENS = itertools.count(1)
+
+
+def emit(token, level, step, loss) -> None:
+    fn = CALLBACKS.get(int(token))
+    if fn is not None:
+        fn(int(level), int(step), float(loss))
+
+
+def maybe_emit(token, level, i, steps: int, loss) -> None:
+    """Inside a scan body: calls back every ``CALLBACK_EVERY`` steps and at the last one."""
+    jax.lax.cond(
+        (i % CALLBACK_EVERY == 0) | (i == steps - 1),
+        lambda: jax.debug.callback(emit, token, level, i, loss),
+        lambda: None,
+    )
+
+
+# ----------------------------------------------------------------------------- images
+@jax.jit
+def normalise(image: jax.Array) -> jax.Array:
+    """``(*S, C)`` → float32, each channel's 0.5/99.5 percentiles mapped to 0/1, clipped."""
+    axes = tuple(range(image.ndim - 1))
+    # Percentiles of every 2nd voxel per axis: robust statistics need no more, and the sort
+    # of a full 160x192x144 volume takes over a second on CPU.
+    sample = image[tuple(slice(None, None, 2) for _ in axes)]
+    lo, hi = jnp.percentile(sample, jnp.array([0.5, 99.5]), axis=axes)
+    flat = hi <= lo  # more than 99 % of the voxels share one value: plain min-max
+    lo = jnp.where(flat, jnp.min(image, axis=axes), lo)
+    hi = jnp.where(flat, jnp.max(image, axis=axes), hi)
+    return jnp.clip((image - lo) / jnp.maximum(hi - lo, 1e-12), 0.0, 1.0)
+
+
+@jax.jit(static_argnames="shape")
+def downsample(image: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
+    """Anti-aliased (area-weighted linear) resize of ``(*S, C)`` to ``(*shape, C)``."""
+    if shape == image.shape[:-1]:
+        return image
+    return jax.image.resize(image, shape + image.shape[-1:], "linear", antialias=True)
+
+
+# ----------------------------------------------------------------------------- spacing, pyramid
+def check_spacing(spacing, ndim: int) -> tuple[float, ...]:
+    """``spacing`` as ``ndim`` floats (``None``: all 1; one number: isotropic).
+
+    Raises:
+      ValueError: not ``ndim`` finite numbers > 0; the message names ``spacing``.
+    """
+    if spacing is None:
+        return (1.0,) * ndim
+    values = (spacing,) if isinstance(spacing, numbers.Real) else tuple(np.ravel(np.asarray(spacing, dtype=object)))
+    if len(values) == 1:
+        values = values * ndim
+    ok = len(values) == ndim and all(isinstance(v, numbers.Real) and not isinstance(v, bool) for v in values)
+    if not ok or not all(np.isfinite(float(v)) and float(v) > 0 for v in values):
+        raise ValueError(f"`spacing` must be {ndim} finite voxel sizes > 0 (mm, array axis order) or None; "
+                         f"got {spacing!r}.")
+    return tuple(float(v) for v in values)
+
+
+def shrink_factors(factor: int, spacing: Sequence[float]) -> tuple[int, ...]:
+    """Per-axis shrink factors for a pyramid level of ``factor`` (ANTs' rule, module docstring)."""
+    target = min(spacing) * factor
+    # min over f of |s·f − target|, the smaller f on ties (tuples compare the distance first)
+    return tuple(factor if s == min(spacing) else min(range(1, factor + 1), key=lambda f: (abs(s * f - target), f))
+                 for s in spacing)
+
+
+def level_shape(shape: Sequence[int], factors: Sequence[int]) -> tuple[int, ...]:
+    return tuple(max(1, round(s / f)) for s, f in zip(shape, factors))
+
+
+def relative_spacing(spacing: Sequence[float], factors: Sequence[int]) -> tuple[float, ...] | None:
+    """The level's voxel size over its smallest one; ``None`` when the level is isotropic."""
+    level = [s * f for s, f in zip(spacing, factors)]
+    if max(level) == min(level):
+        return None
+    return tuple(v / min(level) for v in level)
+
+
+def axis_windows(window: int, relative: Sequence[float] | None) -> int | tuple[int, ...]:
+    """The LNCC window per axis: ``window`` voxels of the finest axis, odd, >= 1 (an int if isotropic)."""
+    if relative is None:
+        return int(window)
+    windows = tuple(2 * int(math.floor(window / r / 2)) + 1 for r in relative)
+    return windows[0] if len(set(windows)) == 1 else windows
+
+
+def auto_levels(shape: Sequence[int], spacing: Sequence[float] | None = None, *, finest_max_voxels: int) -> tuple[int, ...]:
+    """Factors ``(2**K, ..., 2[, 1])``: ``K`` the largest with level sides max >= 16 and min >= 4.
+
+    Sides are ``S / shrink_factors(2**K, spacing)``; the finest level is 1 for images of at
+    most ``finest_max_voxels`` voxels, else 2.
+    """
+    shape = tuple(int(s) for s in shape)
+    spacing = (1.0,) * len(shape) if spacing is None else tuple(spacing)
+
+    def sides(k):
+        return [s / f for s, f in zip(shape, shrink_factors(2**k, spacing))]
+
+    top = 0
+    while max(sides(top + 1)) >= 16 and min(sides(top + 1)) >= MIN_LEVEL_SIDE:
+        top += 1
+    finest = 0 if math.prod(shape) <= finest_max_voxels else 1
+    return tuple(2**k for k in range(top, min(finest, top) - 1, -1))
+
+
+def positive_ints(value, name: str) -> tuple[int, ...]:
+    values = (value,) if isinstance(value, numbers.Integral) else tuple(value)
+    if not values or not all(isinstance(v, numbers.Integral) and not isinstance(v, bool) and v > 0
+                              for v in values):
+        raise ValueError(f"`{name}` must be a non-empty sequence of positive integers; got {value!r}.")
+    return tuple(int(v) for v in values)
+
+
+def plan_levels(shape, levels, steps, spacing, *, default_levels) -> tuple:
+    """Checks ``levels``/``steps``; returns ``(levels, steps, per-level factors, per-level shapes)``."""
+    levels = default_levels if levels is None else positive_ints(levels, "levels")
+    if isinstance(steps, numbers.Integral) and not isinstance(steps, bool):
+        steps = (steps,) * len(levels)
+    steps = positive_ints(steps, "steps")
+    if len(levels) != len(steps):
+        raise ValueError(f"`levels` and `steps` must have the same length; got {levels} and {steps}.")
+    factors = [shrink_factors(f, spacing) for f in levels]
+    shapes = [level_shape(shape, fs) for fs in factors]
+    for f, ls in zip(levels, shapes):
+        if min(ls) < MIN_LEVEL_SIDE:
+            raise ValueError(
+                f"`levels` factor {f} shrinks the image {tuple(shape)} to {ls}; every side must stay "
+                f">= {MIN_LEVEL_SIDE} voxels."
+            )
+    return levels, steps, factors, shapes
+
+
+def mask_weight(fixed_mask, shape) -> jax.Array | None:
+    """The ``(*S)`` float32 similarity weight of a ``fixed_mask`` (or ``None``)."""
+    if fixed_mask is None:
+        return None
+    fixed_mask = jnp.asarray(fixed_mask)
+    if fixed_mask.shape != tuple(shape):
+        raise ValueError(f"`fixed_mask` must have shape {tuple(shape)}; got {tuple(fixed_mask.shape)}.")
+    weight = (fixed_mask != 0).astype(jnp.float32)
+    if not bool(jnp.any(weight > 0)):
+        raise ValueError("`fixed_mask` is all zero; the similarity would count no voxel.")
+    return weight
+
+
+# ----------------------------------------------------------------------------- similarity
+def _box_sums(x, windows):
+    """Valid box sums of an already padded ``(*S)`` array, window ``windows[a]`` on axis ``a``."""
+    for axis, taps in enumerate(windows):
+        size = x.shape[axis] - taps + 1
+        x = sum(jax.lax.slice_in_dim(x, i, i + size, axis=axis) for i in range(taps))
+    return x
+
+
+def masked_lncc(fixed, warped, weight, window) -> jax.Array:
+    """``1 − Σ weight·cc / Σ weight`` with the local cc map of :func:`jaxreg.losses.lncc`.
+
+    ``window`` is one odd side or one per axis; ``weight`` ``(*S)`` or ``None`` (all voxels).
+    """
+    rank = fixed.ndim - 1
+    windows = (window,) * rank if isinstance(window, int) else tuple(window)
+    n = float(math.prod(windows))
+    if len(set(windows)) == 1:  # one window: the filter of losses.lncc
+        box = jnp.ones((windows[0],), fixed.dtype)
+        box_sum = lambda x: _valid_filter(x, box, rank)
+    else:
+        box_sum = lambda x: _box_sums(x, windows)
+    pad = [(w // 2, w // 2) for w in windows]
+
+    def cc_map(f, w):  # (*S) each -> (*S)
+        f, w = jnp.pad(f, pad), jnp.pad(w, pad)
+        f, w = f - jax.lax.stop_gradient(jnp.mean(f)), w - jax.lax.stop_gradient(jnp.mean(w))
+        sf, sw = box_sum(f), box_sum(w)
+        sff, sww = box_sum(f * f), box_sum(w * w)
+        cross = box_sum(f * w) - sf * sw / n
+        vf, vw = sff - sf * sf / n, sww - sw * sw / n
+        var_prod = jnp.where(vf > 2e-6 * sff, vf, 0.0) * jnp.where(vw > 2e-6 * sww, vw, 0.0)
+        return jnp.minimum(cross * cross, var_prod) / (var_prod + 1e-5)
+
+    cc = jax.vmap(cc_map, in_axes=-1, out_axes=-1)(fixed, warped)
+    if weight is None:
+        return 1.0 - jnp.mean(cc)
+    return 1.0 - jnp.sum(cc * weight[..., None]) / (jnp.maximum(jnp.sum(weight), 1.0) * cc.shape[-1])
+
+
+def similarity(fixed, warped, weight, *, similarity: str, window, bins: int) -> jax.Array:
+    """The similarity term (lower is better) of ``(*S, C)`` images; ``weight`` ``(*S)`` or ``None``."""
+    if similarity == "lncc":
+        if weight is None and isinstance(window, int):
+            return losses.lncc(fixed, warped, window=window, ndim=fixed.ndim - 1)
+        return masked_lncc(fixed, warped, weight, window)
+    if similarity == "mse":
+        if weight is None:
+            return losses.mse(fixed, warped)
+        sq = jnp.mean((fixed - warped) ** 2, axis=-1)
+        return jnp.sum(sq * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    mask = None if weight is None else jnp.broadcast_to((weight >= 0.5)[..., None], fixed.shape)
+    return losses.mutual_information(fixed, warped, bins=bins, mask=mask)
