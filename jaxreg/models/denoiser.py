@@ -32,6 +32,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxreg.models.conv import Conv, ConvTranspose
 from jaxreg.models.swin import PatchMerging, SwinBlock
 
 __all__ = ["FUSIONS", "Denoiser", "ResBlock", "timestep_embedding"]
@@ -61,14 +62,14 @@ class ResBlock(nn.Module):
         ndim = x.ndim - 2
         kernel = (3,) * ndim
         groups = math.gcd(self.features, 8)
-        h = nn.Conv(self.features, kernel, padding="SAME", name="conv1")(x)
+        h = Conv(self.features, kernel, padding="SAME", name="conv1")(x)
         h = nn.leaky_relu(nn.GroupNorm(num_groups=groups, name="norm1")(h), 0.01)
         if temb is not None:
             shape = (h.shape[0],) + (1,) * ndim + (self.features,)
             h = h + nn.Dense(self.features, name="time")(nn.silu(temb)).reshape(shape)
-        h = nn.GroupNorm(num_groups=groups, name="norm2")(nn.Conv(self.features, kernel, padding="SAME", name="conv2")(h))
+        h = nn.GroupNorm(num_groups=groups, name="norm2")(Conv(self.features, kernel, padding="SAME", name="conv2")(h))
         if x.shape[-1] != self.features:
-            x = nn.GroupNorm(num_groups=groups, name="norm_skip")(nn.Conv(self.features, (1,) * ndim, name="skip")(x))
+            x = nn.GroupNorm(num_groups=groups, name="norm_skip")(Conv(self.features, (1,) * ndim, name="skip")(x))
         return nn.leaky_relu(h + x, 0.01)
 
 
@@ -136,11 +137,11 @@ class Denoiser(nn.Module):
             fixed, moving = fixed * keep, moving * keep
         layerwise = self.fusion == "layerwise"
         inputs = x_t if layerwise else jnp.concatenate([x_t, fixed, moving], axis=-1)
-        tokens = nn.Conv(c0, patch, strides=patch, padding="VALID", name="field_embed")(inputs)
+        tokens = Conv(c0, patch, strides=patch, padding="VALID", name="field_embed")(inputs)
         if layerwise:
             # One image encoder for both images: fixed and moving stacked along the batch.
             images = jnp.concatenate([moving, fixed], axis=0)
-            image_tokens = nn.Conv(c0, patch, strides=patch, padding="VALID", name="image_embed")(images)
+            image_tokens = Conv(c0, patch, strides=patch, padding="VALID", name="image_embed")(images)
             if condition is not None:
                 null = self.param("null_condition", nn.initializers.normal(0.02), (c0,))
                 keep2 = jnp.concatenate([keep, keep], axis=0).reshape((-1,) + (1,) * (ndim + 1))
@@ -170,11 +171,11 @@ class Denoiser(nn.Module):
         x = ResBlock(c0 * 2 ** len(self.depths), name="bottleneck")(tokens, block_time)
         for stage in reversed(range(len(self.depths))):
             width = c0 * 2**stage
-            x = nn.ConvTranspose(width, (2,) * ndim, strides=(2,) * ndim, name=f"up_{stage}")(x)
+            x = ConvTranspose(width, (2,) * ndim, strides=(2,) * ndim, name=f"up_{stage}")(x)
             skip = ResBlock(width, name=f"skip_{stage}")(skips[stage], block_time)
             x = ResBlock(width, name=f"decoder_{stage}")(jnp.concatenate([x, skip], axis=-1), block_time)
-        x = nn.ConvTranspose(c0, patch, strides=patch, name="up_input")(x)
+        x = ConvTranspose(c0, patch, strides=patch, name="up_input")(x)
         full = jnp.concatenate([x_t, fixed, moving], axis=-1) if layerwise and self.image_skip else inputs
         skip = ResBlock(c0, name="skip_input")(full, block_time)
         x = ResBlock(c0, name="decoder_input")(jnp.concatenate([x, skip], axis=-1), block_time)
-        return nn.Conv(ndim, (1,) * ndim, name="eps", kernel_init=nn.initializers.normal(1e-3))(x)
+        return Conv(ndim, (1,) * ndim, name="eps", kernel_init=nn.initializers.normal(1e-3))(x)

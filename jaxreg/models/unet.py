@@ -15,6 +15,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxreg.models.conv import Conv
+
 __all__ = ["DECODER", "ENCODER", "UNet"]
 
 ENCODER = (16, 32, 32, 32)
@@ -57,7 +59,7 @@ class UNet(nn.Module):
         kernel, window = (3,) * ndim, (2,) * ndim
 
         def conv(y, features, name):
-            return nn.leaky_relu(nn.Conv(features, kernel, padding="SAME", name=name)(y), 0.2)
+            return nn.leaky_relu(Conv(features, kernel, padding="SAME", name=name)(y), 0.2)
 
         skips = []
         for level, features in enumerate(self.encoder):

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxreg import losses, spatial
+from jaxreg.models.conv import Conv
 from jaxreg.models.unet import DECODER, ENCODER, UNet
 
 __all__ = ["SIMILARITIES", "VoxelMorph", "make_loss_fn", "registration_loss"]
@@ -45,7 +46,7 @@ class VoxelMorph(nn.Module):
         ndim = fixed.ndim - 2
         features = UNet(self.encoder, self.decoder, name="unet")(jnp.concatenate([moving, fixed], axis=-1))
         init = nn.initializers.normal(stddev=1e-5)
-        flow = nn.Conv(ndim, (3,) * ndim, padding="SAME", kernel_init=init, name="flow")(features)
+        flow = Conv(ndim, (3,) * ndim, padding="SAME", kernel_init=init, name="flow")(features)
         if self.integration_steps:
             flow = jax.vmap(lambda v: spatial.integrate_velocity(v, steps=self.integration_steps))(flow)
         return flow
