@@ -65,6 +65,7 @@ def test_stride_one_matches_xla(matmul, shape, cin, cout, kernel, padding):
 def test_slabs_match_xla(matmul, monkeypatch):
     """Forward in slabs of output depths and the kernel gradient accumulated over slabs."""
     monkeypatch.setattr(conv, "_FORWARD_ROWS", 64)
+    monkeypatch.setattr(conv, "_WHOLE_BYTES", 0)
     monkeypatch.setattr(conv, "_SLAB_ROWS", 64)
     for shape, cin, cout in [((2, 12, 4, 5), 3, 4), ((1, 7, 6, 4), 2, 3)]:  # 7 output depths: slabs of 1
         x, k = _data(shape, cin, cout, (3, 3, 3))
@@ -94,14 +95,19 @@ def test_conv_transpose_matches_flax(matmul, nd, padding):
     x = jnp.asarray(np.random.default_rng(0).normal(size=(2, *(3, 2, 4)[:nd], 3)), jnp.float32)
     ref = nn.ConvTranspose(4, (2,) * nd, strides=(2,) * nd, padding=padding)
     new = conv.ConvTranspose(4, (2,) * nd, strides=(2,) * nd, padding=padding)
-    params = ref.init(jax.random.key(0), x)
-    assert jax.tree.map(jnp.shape, new.init(jax.random.key(0), x)) == jax.tree.map(jnp.shape, params)
+    params = jax.jit(ref.init)(jax.random.key(0), x)
+    assert jax.eval_shape(new.init, jax.random.key(0), x) == jax.eval_shape(ref.init, jax.random.key(0), x)
     params = jax.tree.map(lambda p: p + jax.random.normal(jax.random.key(1), p.shape), params)  # a non-zero bias
-    y_ref, vjp_ref = jax.vjp(lambda p, x: ref.apply(p, x), params, x)
-    y_new, vjp_new = jax.vjp(lambda p, x: new.apply(p, x), params, x)
-    dy = jnp.ones_like(y_ref)
+
+    @jax.jit
+    def both(params, x):
+        y_ref, vjp_ref = jax.vjp(lambda p, x: ref.apply(p, x), params, x)
+        y_new, vjp_new = jax.vjp(lambda p, x: new.apply(p, x), params, x)
+        return y_ref, y_new, vjp_ref(jnp.ones_like(y_ref)), vjp_new(jnp.ones_like(y_ref))
+
+    y_ref, y_new, g_ref, g_new = both(params, x)
     assert _rel(y_new, y_ref) < 2e-6
-    for got, want in zip(jax.tree.leaves(vjp_new(dy)), jax.tree.leaves(vjp_ref(dy))):
+    for got, want in zip(jax.tree.leaves(g_new), jax.tree.leaves(g_ref)):
         assert _rel(got, want) < 2e-6
 
 
@@ -163,3 +169,17 @@ def test_voxelmorph_forward_and_gradient_equal_on_both_paths(monkeypatch):
     assert float(v_mm) == pytest.approx(float(v_xla), rel=1e-5)
     for a, b in zip(jax.tree.leaves(g_mm), jax.tree.leaves(g_xla)):
         assert _rel(a, b) < 1e-4
+
+
+@pytest.mark.parametrize("shape", [(2, 4, 6, 8, 3), (1, 6, 4, 2)])
+def test_max_pool_matches_flax_including_ties(matmul, shape):
+    """Values and gradients equal bit for bit; with ties the gradient goes to the first maximum."""
+    rng = np.random.default_rng(0)
+    window = (2,) * (len(shape) - 2)
+    for x in (rng.normal(size=shape), np.round(rng.normal(size=shape))):  # rounded: many ties
+        x = jnp.asarray(x, jnp.float32)
+        y_ref, vjp_ref = jax.vjp(lambda x: nn.max_pool(x, window, strides=window), x)
+        y_new, vjp_new = jax.vjp(lambda x: conv.max_pool(x, window), x)
+        dy = jnp.asarray(rng.normal(size=y_ref.shape), jnp.float32)
+        np.testing.assert_array_equal(y_new, y_ref)
+        np.testing.assert_array_equal(vjp_new(dy)[0], vjp_ref(dy)[0])

@@ -43,7 +43,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-__all__ = ["IMPLS", "Conv", "ConvTranspose", "conv_general_dilated", "conv_transpose", "impl"]
+__all__ = ["IMPLS", "Conv", "ConvTranspose", "conv_general_dilated", "conv_transpose", "impl", "max_pool"]
 
 IMPLS = ("auto", "xla", "matmul")
 _SPECS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "DHWIO", "NDHWC")}
@@ -52,6 +52,9 @@ _SPECS = {1: ("NWC", "WIO", "NWC"), 2: ("NHWC", "HWIO", "NHWC"), 3: ("NDHWC", "D
 _SLAB_ROWS = 4096
 # Output voxels per slab of the forward's unfolded input (the same reason).
 _FORWARD_ROWS = 16384
+# Unfolded intermediates up to this size are built whole, without a loop over slabs (fewer
+# operations to compile; small volumes fit in cache anyway).
+_WHOLE_BYTES = 8 * 2**20
 
 
 def impl() -> str:
@@ -102,7 +105,9 @@ def _forward(x: jax.Array, k: jax.Array, pads: tuple[tuple[int, int], ...]) -> j
     # convolution per slab of output depths (the unfolded slab stays in cache).
     xp = jnp.pad(x, ((0, 0), (lo, hi), (0, 0), (0, 0), (0, 0)))
     k2 = jnp.moveaxis(k, 0, 2).reshape(k.shape[1], k.shape[2], k1 * cin, cout)
-    slab = _divisor_at_most(out1, _FORWARD_ROWS // max(1, b * x.shape[2] * x.shape[3]))
+    plane = b * x.shape[2] * x.shape[3]
+    whole = out1 * plane * k1 * cin * x.dtype.itemsize <= _WHOLE_BYTES
+    slab = out1 if whole else _divisor_at_most(out1, _FORWARD_ROWS // max(1, plane))
 
     def one(xs):  # (B, slab + k1 - 1, H, W, Ci) -> (B, slab, H', W', Co)
         xu = jnp.concatenate([xs[:, a:a + slab] for a in range(k1)], axis=-1) if k1 > 1 else xs
@@ -123,28 +128,36 @@ def _kernel_grad(x: jax.Array, dy: jax.Array, kshape: Sequence[int], pads) -> ja
     cin, cout = x.shape[-1], dy.shape[-1]
     xp = jnp.pad(x, ((0, 0), *pads, (0, 0)))  # (B, P1, *P, Ci)
     sizes = xp.shape[2:-1]
-    # dy, zero-padded by k-1 on the remaining axes, so that a slice at k-1-r is dy shifted by r.
-    dp = jnp.pad(dy, ((0, 0), (0, 0), *[(r - 1, r - 1) for r in rest], (0, 0)))
     out1 = dy.shape[1]
-    slab = _divisor_at_most(out1, _SLAB_ROWS // max(1, x.shape[0] * math.prod(sizes)))
+    plane = x.shape[0] * math.prod(sizes)
+    whole = out1 * plane * (k1 * cin + math.prod(rest) * cout) * x.dtype.itemsize <= _WHOLE_BYTES
+    slab = out1 if whole else _divisor_at_most(out1, _SLAB_ROWS // max(1, plane))
     acc = jnp.promote_types(dy.dtype, jnp.float32)  # accumulate low precision in float32
     taps = list(np.ndindex(*rest))
+    zero = jnp.zeros((), dy.dtype)
 
     def block(xs, ds):
-        # xs (B, slab + k1 - 1, *P, Ci), ds (B, slab, *(P + k - 1), Co)
+        # xs (B, slab + k1 - 1, *P, Ci): x unfolded over the taps a of axis 1 → (rows, k1·Ci);
+        # ds (B, slab, *out, Co): dy unfolded over the other taps t, shifted by t (zero
+        # padded to the padded input's sides P) → (rows, taps·Co). Then
+        # dk[a, t] = Σ_rows xu[:, a] ⊗ du[:, t] = Σ_v x_pad[v + (a, t)] dy[v].
         xu = jnp.concatenate([xs[:, a:a + slab] for a in range(k1)], axis=-1)
-        du = jnp.concatenate([ds[(slice(None), slice(None),
-                                  *[slice(r - 1 - t, r - 1 - t + p) for r, t, p in zip(rest, tap, sizes)])]
-                              for tap in taps], axis=-1)
+        # Unfolded one axis at a time, innermost first, so the channels end in the taps'
+        # row-major order (t, co): XLA:CPU fuses a concatenation of three operands, not one of nine.
+        du = ds
+        for axis in reversed(range(len(rest))):
+            r, pos = rest[axis], 2 + axis
+            du = jnp.concatenate([lax.pad(du, zero, [(o, r - 1 - o, 0) if i == pos else (0, 0, 0) for i in range(du.ndim)])
+                                  for o in range(r)], axis=-1)
         return lax.dot_general(xu.reshape(-1, k1 * cin), du.reshape(-1, len(taps) * cout), (((0,), (0,)), ((), ())),
                                preferred_element_type=acc)
 
     if slab == out1:
-        g = block(xp, dp)
+        g = block(xp, dy)
     else:
         def body(i, g):
             xs = lax.dynamic_slice_in_dim(xp, i * slab, slab + k1 - 1, axis=1)
-            ds = lax.dynamic_slice_in_dim(dp, i * slab, slab, axis=1)
+            ds = lax.dynamic_slice_in_dim(dy, i * slab, slab, axis=1)
             return g + block(xs, ds)
 
         g = lax.fori_loop(0, out1 // slab, body, jnp.zeros((k1 * cin, len(taps) * cout), acc))
@@ -276,6 +289,75 @@ def conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None, dimension_numb
     y = y.reshape(b, *grid, *ksize, cout)
     order = [0, *[v for i in range(nd) for v in (1 + i, 1 + nd + i)], 1 + 2 * nd]
     return y.transpose(order).reshape(b, *[g * s for g, s in zip(grid, ksize)], cout)
+
+
+# --------------------------------------------------------------------------------------------
+# Max pooling with window == stride (the U-Net's 2× down-sampling).
+
+
+def _blocks(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+    """``(B, *S, C)`` → ``(B, S1/w1, w1, S2/w2, w2, ..., C)`` (a free reshape)."""
+    shape = [x.shape[0]]
+    for s, w in zip(x.shape[1:-1], window):
+        shape += [s // w, w]
+    return x.reshape(*shape, x.shape[-1])
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _block_max(x: jax.Array, window: tuple[int, ...]) -> jax.Array:
+    return jnp.max(_blocks(x, window), axis=tuple(range(2, 2 * len(window) + 1, 2)))
+
+
+def _block_max_fwd(x, window):
+    y = _block_max(x, window)
+    return y, (x, y)
+
+
+def _block_max_bwd(window, res, dy):
+    # The gradient goes to the first maximum of each window in row-major order, as XLA's
+    # select-and-scatter (the gradient of ``nn.max_pool``) sends it.
+    x, y = res
+    nd = len(window)
+    xb = _blocks(x, window)
+    expand = lambda v: jnp.expand_dims(v, tuple(range(2, 2 * nd + 1, 2)))
+    hit = xb == expand(y)
+    taken = jnp.zeros_like(expand(y), dtype=bool)
+    pieces = {}
+    for offset in np.ndindex(*window):
+        index = [slice(None)] * xb.ndim
+        for axis, o in enumerate(offset):
+            index[2 + 2 * axis] = slice(o, o + 1)
+        first = hit[tuple(index)] & ~taken
+        taken = taken | first
+        pieces[offset] = first
+    mask = _assemble(pieces, window, nd)
+    return (jnp.where(mask, expand(dy), 0).astype(x.dtype).reshape(x.shape),)
+
+
+def _assemble(pieces: dict, window: tuple[int, ...], nd: int, prefix: tuple = ()) -> jax.Array:
+    """Concatenates the per-offset masks back along the window axes (row-major order)."""
+    axis = len(prefix)
+    if axis == nd:
+        return pieces[prefix]
+    return jnp.concatenate([_assemble(pieces, window, nd, prefix + (o,)) for o in range(window[axis])],
+                           axis=2 + 2 * axis)
+
+
+_block_max.defvjp(_block_max_fwd, _block_max_bwd)
+
+
+def max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
+    """``flax.linen.max_pool(x, window, strides=window)`` for ``(B, *S, C)`` with sides divisible by ``window``.
+
+    On the matmul path (:func:`impl`) a block reshape and a max (XLA:CPU's reduce-window and
+    select-and-scatter are several times slower); same values, and the same gradient (to the
+    first maximum of each window).
+    """
+    window = tuple(int(w) for w in window)
+    divisible = all(s % w == 0 for s, w in zip(x.shape[1:-1], window)) and x.ndim == len(window) + 2
+    if impl() != "matmul" or not divisible:
+        return nn.max_pool(x, window, strides=window)
+    return _block_max(x, window)
 
 
 # --------------------------------------------------------------------------------------------

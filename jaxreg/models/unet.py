@@ -15,7 +15,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jaxreg.models.conv import Conv
+from jaxreg.models.conv import Conv, max_pool
 
 __all__ = ["DECODER", "ENCODER", "UNet"]
 
@@ -65,7 +65,7 @@ class UNet(nn.Module):
         for level, features in enumerate(self.encoder):
             x = conv(x, features, f"encoder_{level}")
             skips.append(x)
-            x = nn.max_pool(x, window, strides=window)
+            x = max_pool(x, window)
         for level, features in enumerate(self.decoder[: len(self.encoder)]):
             x = conv(x, features, f"decoder_{level}")
             x = jnp.concatenate([_upsample(x, ndim), skips.pop()], axis=-1)
