@@ -20,6 +20,24 @@ from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.deq.model import DEQReg, capture_steps
 from jaxreg.deq.unroll import step_weights
 from jaxreg.models.voxelmorph import registration_loss
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _xla_convolutions():
+    """The memory claims compare methods as they run on a GPU: with XLA's own convolution.
+
+    (The CPU matmul convolution of ``jaxreg.models.conv`` keeps other buffers alive and
+    shifts the DEQReg/RIIR ratio; it is chosen at trace time from ``JAXREG_CONV``.)
+    """
+    import os
+
+    before = os.environ.get("JAXREG_CONV")
+    os.environ["JAXREG_CONV"] = "xla"
+    yield
+    if before is None:
+        os.environ.pop("JAXREG_CONV", None)
+    else:
+        os.environ["JAXREG_CONV"] = before
 from jaxreg.training import create_state, make_optimizer, make_train_step
 
 SMALL = {"encoder": (4, 8), "decoder": (8, 8, 4)}
