@@ -1,22 +1,35 @@
-"""``jaxreg.register`` with its defaults (classical optimisation, ``jaxreg.optimize``) on real pairs.
+"""``jaxreg.register`` with its defaults (affine + SVF, ``jaxreg.optimize``) on real pairs, next to ANTs.
 
-    python benchmarks/register.py [--data ../shared/data] [--pairs oasis,promise12]
+    python benchmarks/register.py [--data ../shared/data] [--cases aligned,rotated,anisotropic,thick,large,promise12]
+                                  [--ants] [--baseline] [--option KEY=VALUE ...]
 
-Prints one JSON object. For each pair and direction ("B->A" registers B onto A: A is
-fixed): Dice before/after per label and their mean, folded voxels in % (Jacobian
-determinant <= 0), wall time of a first call that includes compilation (the JAX caches are
-cleared before it) and of a second call with the compiled programs, and the options used.
+Prints one JSON object. For each case: Dice before/after per label and their mean, folded
+voxels in % (Jacobian determinant <= 0), and the time of two calls in fresh JAX caches:
+``cold`` (an empty persistent compilation cache: a first run ever) and ``warm`` (the
+in-memory caches cleared, the compiled programs loaded from the persistent cache: any later
+process), each as wall seconds and CPU seconds of this process (``time.process_time``, all
+threads; on a shared machine the CPU seconds vary less than the wall seconds).
 
-Pairs (skipped with a note when their files are absent):
+Cases (OASIS: two OASIS-1 brains 160x192x144, tissue labels 1, 2; seg A resampled through
+the NIfTI headers onto image A's grid, nearest neighbour, see DESIGN.md §6; B is registered
+onto A unless said otherwise):
 
-* ``oasis_lapirn_pair``: two OASIS-1 brains 160x192x144, tissue labels 1, 2. The header of
-  ``image_A..._seg.nii.gz`` has another affine than its image (zooms 0.981, 0.969 and an
-  offset of 3, 6 voxels): as stored, the seg voxels do not overlay image A. Dice is given
-  both ways: ``voxel_grid`` (segs as stored; the convention of the numbers in DESIGN.md
-  §6, ANTs SyN 0.639 -> 0.650) and ``header_affine`` (seg A resampled through the two
-  headers onto image A's grid, nearest neighbour; then seg A > 0 equals image A > 0 exactly).
-* ``promise12_pair``: two prostate T2 MRI 32x128x128 with gland masks (needs ``h5py``,
-  the ``bench`` extra).
+* ``aligned``: the pair as shipped (already affinely aligned), both directions.
+* ``rotated``: image and labels of B rotated 12° about array axis 0 through the centre and
+  shifted 8 mm (diagonally in the plane of axes 0, 1), scipy ``affine_transform`` (linear /
+  nearest, zeros outside).
+* ``anisotropic``: every 5th slice along axis 2 (160x192x29), ``spacing=(1, 1, 5)``.
+* ``thick``: every 10th slice along axis 2 (160x192x15), ``spacing=(1, 1, 10)``: the
+  geometry of cine cardiac MRI (10 mm slices).
+* ``large``: both images and segs zero-padded to 240x240x155 (the size of brain-tumour
+  scans).
+* ``promise12``: two prostate T2 MRI 32x128x128 with gland masks, both directions (needs
+  ``h5py``, the ``bench`` extra).
+
+``--ants`` adds ANTs ``SyN`` (antspyx, the ``bench`` extra: rigid-free affine + SyN with its
+defaults, the same spacing) on the same arrays; ``--baseline`` adds ``register(...,
+affine=False)`` without ``spacing`` (the registration before the affine stage and the
+spacing existed, up to the speed changes).
 """
 
 from __future__ import annotations
@@ -26,114 +39,172 @@ import inspect
 import json
 import os
 import platform
+import tempfile
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage as ndi
+from scipy.spatial.transform import Rotation
 
 from jaxreg import io, metrics, register, spatial
-from jaxreg.cli import parse_option
 from jaxreg import optimize as optimize_module
+from jaxreg import optimize_affine as affine_module
+from jaxreg.cli import parse_option
 from jaxreg.optimize import optimize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CASES = ("aligned", "rotated", "anisotropic", "thick", "large", "promise12")
+OPTIONS: dict = {}  # --option KEY=VALUE: non-default options of jaxreg.register
 
 
-def _contended() -> str:
+def _load_average() -> str:
     """Other busy processes, read from /proc (Linux), so that timings can be judged."""
     try:
         with open("/proc/loadavg") as f:
-            return f"load average {f.read().split()[0]} on {os.cpu_count()} CPUs at start"
+            return f"{f.read().split()[0]} on {os.cpu_count()} CPUs"
     except OSError:
         return "unknown"
 
 
-def _dice(fixed_seg, moving_seg, ddf, labels) -> dict:
-    warped = np.asarray(spatial.warp(jnp.asarray(moving_seg), ddf, order=0))
+def _dice(fixed_seg, warped_seg, moving_seg, labels) -> dict:
     before = np.asarray(metrics.dice(fixed_seg, moving_seg, labels=labels))
-    after = np.asarray(metrics.dice(fixed_seg, warped, labels=labels))
+    after = np.asarray(metrics.dice(fixed_seg, warped_seg, labels=labels))
     return {
         "before": {str(k): round(float(v), 4) for k, v in zip(labels, before)} | {"mean": round(float(np.mean(before)), 4)},
         "after": {str(k): round(float(v), 4) for k, v in zip(labels, after)} | {"mean": round(float(np.mean(after)), 4)},
     }
 
 
-OPTIONS: dict = {}  # --option KEY=VALUE: non-default options of jaxreg.register
+def _timed(fn):
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, {"wall_s": round(time.perf_counter() - wall, 1), "cpu_s": round(time.process_time() - cpu, 1),
+                 "load": _load_average()}
 
 
-def _register(fixed, moving) -> tuple:
-    jax.clear_caches()  # the first call pays compilation, as a user's first call does
-    start = time.perf_counter()
-    result = register(fixed, moving, **OPTIONS)
-    jax.block_until_ready(result.warped)
-    first = time.perf_counter() - start
-    start = time.perf_counter()
-    result = register(fixed, moving, **OPTIONS)
-    jax.block_until_ready(result.warped)
-    second = time.perf_counter() - start
-    return result, first, second
+def _jaxreg(fixed, moving, fixed_seg, moving_seg, labels, spacing, **options) -> dict:
+    run = lambda: jax.block_until_ready(register(fixed, moving, moving_labels=moving_seg, spacing=spacing,
+                                                 **(OPTIONS | options)))
+    with tempfile.TemporaryDirectory(prefix="jaxreg-xla-") as cache:
+        jax.config.update("jax_compilation_cache_dir", cache)  # empty: a first run ever
+        jax.clear_caches()
+        _, cold = _timed(run)
+        jax.clear_caches()  # a new process: programs come from the persistent cache
+        result, warm = _timed(run)
+        jax.config.update("jax_compilation_cache_dir", None)
+    info = result.info
+    return {
+        "dice": _dice(fixed_seg, np.asarray(result.warped_labels), moving_seg, labels),
+        "folding_percent": round(100 * float(metrics.folding_fraction(result.ddf)), 4),
+        "time_cold": cold,
+        "time_warm": warm,
+        "affine": info.get("affine"),
+        "affine_levels": list(info.get("affine_levels", [])),
+        "levels": list(info["levels"]),
+        "steps": list(info["steps"]),
+        "matrix": np.round(result.matrix, 4).tolist(),
+    }
 
 
-def _run(name, images, segs, labels, note_segs=None) -> dict:
-    out = {}
-    for fixed_key, moving_key in ((0, 1), (1, 0)):
-        direction = f"{images[moving_key][0]}->{images[fixed_key][0]}"
-        result, first, second = _register(images[fixed_key][1], images[moving_key][1])
-        entry = {
-            "shape": list(images[fixed_key][1].shape),
-            "folding_percent": round(100 * float(metrics.folding_fraction(result.ddf)), 4),
-            "time_first_s": round(first, 2),
-            "time_second_s": round(second, 2),
-            "steps": list(result.info["steps"]),
-            "levels": list(result.info["levels"]),
-            "loss_first_last": [round(float(result.info["losses"][0]), 4), round(float(result.info["losses"][-1]), 4)],
-        }
-        for variant, seg_pair in segs.items():
-            entry[f"dice_{variant}" if len(segs) > 1 else "dice"] = _dice(
-                seg_pair[fixed_key], seg_pair[moving_key], result.ddf, labels)
-        out[direction] = entry
-    if note_segs:
-        out["note"] = note_segs
+def _ants(fixed, moving, fixed_seg, moving_seg, labels, spacing) -> dict:
+    import ants  # optional: the `bench` extra
+
+    spacing = tuple(float(s) for s in (spacing or (1.0,) * fixed.ndim))
+    f = ants.from_numpy(np.asarray(fixed, np.float32), spacing=spacing)
+    m = ants.from_numpy(np.asarray(moving, np.float32), spacing=spacing)
+    result, timing = _timed(lambda: ants.registration(f, m, type_of_transform="SyN"))
+    seg = ants.from_numpy(np.asarray(moving_seg, np.float32), spacing=spacing)
+    warped = ants.apply_transforms(f, seg, result["fwdtransforms"], interpolator="nearestNeighbor").numpy()
+    return {"dice": _dice(fixed_seg, np.rint(warped).astype(np.int32), moving_seg, labels), "time": timing,
+            "type_of_transform": "SyN", "antspyx": getattr(ants, "__version__", "?")}
+
+
+def _case(fixed, moving, fixed_seg, moving_seg, labels, *, spacing=None, ants=False, baseline=False) -> dict:
+    out = {"shape": list(fixed.shape), "spacing": list(spacing) if spacing else None,
+           "jaxreg": _jaxreg(fixed, moving, fixed_seg, moving_seg, labels, spacing)}
+    if baseline:
+        out["jaxreg_no_affine_no_spacing"] = _jaxreg(fixed, moving, fixed_seg, moving_seg, labels, None, affine=False)
+    if ants:
+        try:
+            out["ants"] = _ants(fixed, moving, fixed_seg, moving_seg, labels, spacing)
+        except ImportError:
+            out["ants"] = "antspyx not installed (pip install 'jaxreg[bench]')"
     return out
 
 
 def _oasis(folder: str) -> dict:
+    """Images A, B and their segs, seg A resampled through the NIfTI headers onto image A's grid."""
     load = lambda name: io.load_nifti(os.path.join(folder, name))
-    img = {k: load(f"image_{k}_160x192x144.nii.gz") for k in "AB"}
-    seg = {k: load(f"image_{k}_160x192x144_seg.nii.gz") for k in "AB"}
-    stored = [np.asarray(seg[k].array, np.int32) for k in "AB"]
-    resampled = []
-    for k in "AB":  # seg voxel = inv(seg affine) @ image affine @ image voxel
-        m = np.linalg.inv(seg[k].affine) @ img[k].affine
-        resampled.append(ndi.affine_transform(stored["AB".index(k)], m[:3, :3], m[:3, 3],
-                                               output_shape=img[k].array.shape, order=0))
-    images = [("A", np.asarray(img["A"].array, np.float32)), ("B", np.asarray(img["B"].array, np.float32))]
-    return _run("oasis", images, {"voxel_grid": stored, "header_affine": resampled}, (1, 2),
-                "dice_voxel_grid: segs as stored (DESIGN.md 6 convention); dice_header_affine: segs "
-                "resampled through their NIfTI headers onto the image grids (seg A's header differs "
-                "from image A's).")
+    out = {}
+    for k in "AB":
+        image, seg = load(f"image_{k}_160x192x144.nii.gz"), load(f"image_{k}_160x192x144_seg.nii.gz")
+        m = np.linalg.inv(seg.affine) @ image.affine  # seg voxel = inv(seg affine) @ image affine @ image voxel
+        labels = ndi.affine_transform(np.asarray(seg.array, np.int32), m[:3, :3], m[:3, 3],
+                                      output_shape=image.array.shape, order=0)
+        out[k] = (np.asarray(image.array, np.float32), labels)
+    return out
 
 
-def _promise(path: str) -> dict:
+def rotate_and_shift(image, labels, *, degrees=12.0, axis=0, shift_mm=8.0):
+    """``image`` and ``labels`` rotated about array ``axis`` through the centre and shifted (1 mm voxels)."""
+    centre = (np.array(image.shape, float) - 1) / 2
+    vector = np.zeros(3)
+    vector[axis] = np.deg2rad(degrees)
+    rotation = Rotation.from_rotvec(vector).as_matrix()
+    shift = np.array([shift_mm, shift_mm, 0.0]) / np.sqrt(2)  # 8 mm along the diagonal of axes 0, 1
+    offset = centre - rotation @ centre + shift  # output voxel y reads input voxel R (y - c) + c + shift
+    return (ndi.affine_transform(image, rotation, offset, order=1).astype(np.float32),
+            ndi.affine_transform(labels, rotation, offset, order=0).astype(np.int32))
+
+
+def _oasis_cases(folder: str, wanted, *, ants: bool, baseline: bool) -> dict:
+    data = _oasis(folder)
+    (a, seg_a), (b, seg_b) = data["A"], data["B"]
+    labels = (1, 2)
+    out = {}
+    if "aligned" in wanted:
+        out["aligned"] = {"B->A": _case(a, b, seg_a, seg_b, labels, ants=ants),
+                          "A->B": _case(b, a, seg_b, seg_a, labels, ants=ants)}
+    if "rotated" in wanted:
+        moved, moved_seg = rotate_and_shift(b, seg_b)
+        out["rotated"] = _case(a, moved, seg_a, moved_seg, labels, ants=ants)
+    for name, step in (("anisotropic", 5), ("thick", 10)):
+        if name in wanted:
+            cut = lambda x: np.ascontiguousarray(x[:, :, ::step])
+            out[name] = _case(cut(a), cut(b), cut(seg_a), cut(seg_b), labels, spacing=(1.0, 1.0, float(step)),
+                              ants=ants, baseline=baseline)
+    if "large" in wanted:
+        pad = lambda x: np.pad(x, [(40, 40), (24, 24), (5, 6)])
+        out["large"] = _case(pad(a), pad(b), pad(seg_a), pad(seg_b), labels, ants=ants)
+    return out
+
+
+def _promise(path: str, *, ants: bool) -> dict:
     import h5py  # optional: the `bench` extra
 
     with h5py.File(path, "r") as f:
-        images = [(str(i), np.asarray(f[f"image{i}"][()], np.float32)) for i in (0, 1)]
+        images = [np.asarray(f[f"image{i}"][()], np.float32) for i in (0, 1)]
         segs = [np.asarray(f[f"label{i}"][()], np.int32) for i in (0, 1)]
-    return _run("promise12", images, {"gland": segs}, (1,))
+    return {"1->0": _case(images[0], images[1], segs[0], segs[1], (1,), ants=ants),
+            "0->1": _case(images[1], images[0], segs[1], segs[0], (1,), ants=ants)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"),
                         help="folder holding oasis_lapirn_pair/ and promise12_pair/")
-    parser.add_argument("--pairs", default="oasis,promise12", help="comma-separated subset")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {CASES}")
+    parser.add_argument("--ants", action="store_true", help="also run ANTs SyN (antspyx) on every case")
+    parser.add_argument("--baseline", action="store_true",
+                        help="also run register(affine=False) without spacing on the anisotropic cases")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a non-default option of jaxreg.register, e.g. 'levels=(8,4,2)' (repeatable)")
     args = parser.parse_args()
-    wanted = set(args.pairs.split(","))
+    wanted = set(args.cases.split(","))
+    if wanted - set(CASES):
+        parser.error(f"unknown --cases {sorted(wanted - set(CASES))}; choose from {CASES}")
     OPTIONS.update(parse_option(text) for text in args.option)
 
     report = {
@@ -145,15 +216,17 @@ def main() -> None:
                     for k, p in inspect.signature(optimize).parameters.items()
                     if p.kind is p.KEYWORD_ONLY and k not in ("fixed_mask", "callback")} | OPTIONS,
         "exact_gradient_max_voxels": optimize_module.EXACT_GRADIENT_MAX_VOXELS,
-        "contended": _contended(),
-        "pairs": {},
+        "affine_steps_per_level": affine_module.STEPS_PER_LEVEL,
+        "load_at_start": _load_average(),
+        "cases": {},
         "skipped": {},
     }
     oasis_dir = os.path.join(args.data, "oasis_lapirn_pair")
     promise_file = os.path.join(args.data, "promise12_pair", "promise12_demo2.h5")
-    if "oasis" in wanted:
+    oasis_wanted = wanted - {"promise12"}
+    if oasis_wanted:
         if os.path.isdir(oasis_dir):
-            report["pairs"]["oasis"] = _oasis(oasis_dir)
+            report["cases"].update(_oasis_cases(oasis_dir, oasis_wanted, ants=args.ants, baseline=args.baseline))
         else:
             report["skipped"]["oasis"] = f"{oasis_dir} not found"
     if "promise12" in wanted:
@@ -161,7 +234,7 @@ def main() -> None:
             report["skipped"]["promise12"] = f"{promise_file} not found"
         else:
             try:
-                report["pairs"]["promise12"] = _promise(promise_file)
+                report["cases"]["promise12"] = _promise(promise_file, ants=args.ants)
             except ImportError:
                 report["skipped"]["promise12"] = "h5py not installed (pip install 'jaxreg[bench]')"
     print(json.dumps(report, indent=1))

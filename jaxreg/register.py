@@ -44,9 +44,46 @@ from jaxreg import optimize as optimize_lib
 from jaxreg import optimize_affine as affine_lib
 from jaxreg import spatial
 
-__all__ = ["Model", "Registration", "load_model", "register", "register_stages"]
+__all__ = ["Model", "Registration", "enable_compilation_cache", "load_model", "register", "register_stages"]
 
 AFFINE_STAGES = ("affine", "rigid")
+# JAX's persistent compilation cache: a path, or "0"/"off"/"false" to leave it off.
+CACHE_ENV = "JAXREG_COMPILATION_CACHE"
+
+
+def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | None:
+    """Turns on JAX's persistent compilation cache (compiled programs kept on disk).
+
+    On a 2-core CPU compiling the programs of one registration takes ~20 s, often more than
+    running them; with the cache a later process with images of the same shapes loads them
+    instead. :func:`register` calls this on its first call. Nothing changes when JAX already
+    has a cache directory (``jax_compilation_cache_dir``) or when the environment variable
+    ``JAXREG_COMPILATION_CACHE`` is ``0``, ``off`` or ``false``.
+
+    Args:
+      path: the directory; default ``$JAXREG_COMPILATION_CACHE``, else
+        ``$XDG_CACHE_HOME/jaxreg/xla`` (``~/.cache/jaxreg/xla``).
+
+    Returns:
+      The directory in use, or ``None`` when the cache stays off.
+    """
+    setting = os.environ.get(CACHE_ENV, "")
+    if path is None and setting.lower() in ("0", "off", "false", "no"):
+        return None
+    current = jax.config.jax_compilation_cache_dir
+    if current:
+        return current
+    if path is None:
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = setting or os.path.join(base, "jaxreg", "xla")
+    path = os.fspath(path)
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError:
+        return None  # a read-only home: run without the cache
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    return path
 
 
 class Registration(NamedTuple):
@@ -193,6 +230,17 @@ def _affine_ddf(matrix, like):
     return spatial.affine_ddf(matrix, like.shape[:-1])
 
 
+@jax.jit(static_argnames="order")
+def _warp(image, ddf, *, order=1):
+    return spatial.warp(image, ddf, order=order)
+
+
+@jax.jit
+def _warp_affine(image, matrix):
+    """``(*S, C)`` resampled through the voxel ``matrix`` (linear, edges repeated)."""
+    return spatial.warp(image, spatial.affine_ddf(matrix, image.shape[:-1]))
+
+
 @jax.jit
 def _compose_affine(matrix, u):
     """``matrix · [x + u(x), 1] − x``: the total displacement of ``u`` then ``matrix``."""
@@ -213,6 +261,10 @@ def _check_stage(affine, affine_options, options) -> tuple[str | None, dict]:
     return (affine or None), affine_options
 
 
+def _given(options: Mapping, key: str, default):
+    return default if options.get(key) is None else options[key]
+
+
 def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine", affine_options: Mapping | None = None,
            model=None, **options) -> tuple[tuple[str, tuple[int, ...], tuple[int, ...]], ...]:
     """The optimisation stages :func:`register` runs for spatial ``shape``: ``(name, levels, steps)`` each.
@@ -229,7 +281,7 @@ def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine"
     if stage is not None:
         levels = affine_options.get("levels")
         default = affine_lib.affine_levels(shape, spacing) if levels is None else None
-        levels, steps, _, _ = _objective.plan_levels(shape, levels, affine_options.get("steps", affine_lib.STEPS_PER_LEVEL),
+        levels, steps, _, _ = _objective.plan_levels(shape, levels, _given(affine_options, "steps", affine_lib.STEPS_PER_LEVEL),
                                                      spacing, default_levels=default)
         out.append((stage, levels, steps))
     if model is not None:
@@ -237,12 +289,12 @@ def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine"
     elif options.get("transform") in AFFINE_STAGES:
         levels = options.get("levels")
         default = affine_lib.affine_levels(shape, spacing) if levels is None else None
-        levels, steps, _, _ = _objective.plan_levels(shape, levels, options.get("steps", affine_lib.STEPS_PER_LEVEL),
+        levels, steps, _, _ = _objective.plan_levels(shape, levels, _given(options, "steps", affine_lib.STEPS_PER_LEVEL),
                                                      spacing, default_levels=default)
         out.append((options["transform"], levels, steps))
     else:
         levels, steps = optimize_lib.pyramid(shape, options.get("levels"),
-                                             options.get("steps", optimize_lib.STEPS_PER_LEVEL), spacing=spacing)
+                                             _given(options, "steps", optimize_lib.STEPS_PER_LEVEL), spacing=spacing)
         out.append((options.get("transform", "svf"), levels, steps))
     return tuple(out)
 
@@ -293,7 +345,8 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         dice = jaxreg.metrics.dice(fixed_labels, jaxreg.warp(moving_labels, result.ddf, order=0))
     """
     start = time.perf_counter()
-    given = fixed, moving  # optimize takes them as given (rank 3 means 3-D, so no channel axis added)
+    enable_compilation_cache()
+    given = fixed, moving
     fixed, moving = optimize_lib.check_pair(fixed, moving)  # (*S, C) float32
     shape = fixed.shape[:-1]
     ndim = len(shape)
@@ -313,15 +366,17 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     stage_callback = callback
     info: dict[str, Any] = {"affine": stage, "spacing": list(spacing)}
     matrix = np.eye(ndim + 1)
-    moving_stage = given[1]
+    # Each image checked and normalised once, for both stages (exactly what optimize would do).
+    fixed_n, moving_n = _objective.normalise(fixed), _objective.normalise(moving)
+    moving_stage = moving_n
     if stage is not None:
         affine_start = time.perf_counter()
         shared = {k: options[k] for k in ("similarity", "window", "bins") if k in options}
-        result = affine_lib.optimize_affine(*given, fixed_mask=fixed_mask, spacing=spacing, transform=stage,
+        result = affine_lib.optimize_affine(_objective.Normalised(fixed_n), _objective.Normalised(moving_n),
+                                            fixed_mask=fixed_mask, spacing=spacing, transform=stage,
                                             callback=callback, **(shared | affine_options))
         matrix = result.matrix
-        moving_stage = spatial.warp(moving, _affine_ddf(jnp.asarray(matrix, jnp.float32), moving)).reshape(
-            np.shape(given[1]))
+        moving_stage = _warp_affine(moving_n, jnp.asarray(matrix, jnp.float32))
         first_level = len(result.levels)
         info.update(affine_levels=result.levels, affine_steps=result.steps, affine_losses=np.asarray(result.losses),
                     affine_time_s=time.perf_counter() - affine_start)
@@ -330,8 +385,8 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
 
     velocity = None
     if model is None:
-        result = optimize_lib.optimize(given[0], moving_stage, fixed_mask=fixed_mask, spacing=spacing,
-                                       callback=stage_callback, **options)
+        result = optimize_lib.optimize(_objective.Normalised(fixed_n), _objective.Normalised(moving_stage),
+                                       fixed_mask=fixed_mask, spacing=spacing, callback=stage_callback, **options)
         if result.matrix is not None:  # transform="rigid"/"affine": the only stage
             matrix, deformation = result.matrix, None
         else:
@@ -339,8 +394,8 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         info.update(method="optimize", steps=result.steps, levels=result.levels, losses=np.asarray(result.losses),
                     options=dict(options))
     else:
-        deformation, model_info = _register_with_model(model, fixed, jnp.asarray(moving_stage).reshape(moving.shape),
-                                                       shape, options, key)
+        model_moving = moving if stage is None else _warp_affine(moving, jnp.asarray(matrix, jnp.float32))
+        deformation, model_info = _register_with_model(model, fixed, model_moving, shape, options, key)
         info.update(model_info)
     if deformation is None:
         ddf = _affine_ddf(jnp.asarray(matrix, jnp.float32), moving)
@@ -348,8 +403,8 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         ddf = deformation  # exactly the deformable stage's field
     else:
         ddf = _compose_affine(jnp.asarray(matrix, jnp.float32), deformation)
-    warped = spatial.warp(moving, ddf).reshape(np.shape(given[1]))  # shaped like the moving image given
-    warped_labels = None if moving_labels is None else spatial.warp(jnp.asarray(moving_labels), ddf, order=0)
+    warped = _warp(moving, ddf).reshape(np.shape(given[1]))  # shaped like the moving image given
+    warped_labels = None if moving_labels is None else _warp(jnp.asarray(moving_labels), ddf, order=0)
     jax.block_until_ready(warped)
     info["time_s"] = time.perf_counter() - start
     return Registration(ddf, warped, warped_labels, info, np.asarray(matrix, np.float64), deformation, velocity,
