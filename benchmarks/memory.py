@@ -2,6 +2,7 @@
 
     python benchmarks/memory.py [--size 64] [--sizes 32,64] [--ndim 3] [--skip-time] [--repeats 2]
         [--time deqreg:48,unroll_riir:6]
+    python benchmarks/memory.py --solvers [--size 64] [--batch 2]     # the solvers alone
 
 One full training step (forward, backward, AdamW update: ``jit(make_train_step(loss_fn, optimizer))``)
 is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_analysis()``
@@ -9,8 +10,13 @@ is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_ana
 after a warm-up call (DEQReg runs all max_steps unless ``--tol``). Models: DEQReg (Anderson, phantom backward K = 5, τ = 0.8, S = 3 corrected
 states, γ = 0.5) at solver max_steps 4, 12, 48, 96, and the unrolled baselines (vanilla, RIIR-like,
 BPTT) at T = 2, 4, 6, 12; ``deqreg_s0`` is DEQReg without the corrected states (S = 0), ``deqreg_remat`` with each phantom
-step rematerialised in the backward pass (``solver.phantom_remat``); VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion, batch 1,
-one synthetic brain pair.
+step rematerialised in the backward pass (``solver.phantom_remat``), ``deqreg_broyden`` the same with
+the Broyden solver (memory 5, as Anderson's); VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion,
+batch 1, one synthetic brain pair.
+
+``--solvers`` compiles :func:`jaxreg.deq.solvers.solve_pairs` alone (S = 3 intermediate states,
+``T(z) = 0.5·tanh(z) + x`` per pair) for each method at max_steps 8, 48 and 96 on a batch of
+``(size³, 3)`` fields and reports its temporaries in copies of one pair's field.
 """
 
 from __future__ import annotations
@@ -40,6 +46,9 @@ def config(name: str, steps: int, tol: float) -> tuple[dict, dict]:
         return {"name": "deqreg", "correction_states": 0}, dict(DEQ, max_steps=steps, tol=tol)
     if name == "deqreg_remat":  # each phantom step recomputed in the backward pass
         return {"name": "deqreg", **CORRECTION}, dict(DEQ, max_steps=steps, tol=tol, phantom_remat=True)
+    if name == "deqreg_broyden":  # as deqreg_remat, with the Broyden solver
+        return {"name": "deqreg", **CORRECTION}, dict(DEQ, method="broyden", max_steps=steps, tol=tol,
+                                                      phantom_remat=True)
     return {"name": "unroll", "variant": name.removeprefix("unroll_"), "steps": steps}, {}
 
 
@@ -63,7 +72,7 @@ def measure(name: str, steps: int, batch: dict, *, timed: bool, repeats: int, to
         out["step_s"] = (time.perf_counter() - start) / repeats
         out["loss"] = float(metrics["loss"])
         if "solver_steps" in metrics:
-            out["solver_steps"] = int(metrics["solver_steps"])
+            out["solver_steps"] = float(metrics["solver_steps"])  # mean over the batch's pairs
     return out
 
 
@@ -72,7 +81,7 @@ def ratios(results: dict) -> dict:
     mem = {name: {int(k): v["temp_mb"] for k, v in runs.items()} for name, runs in results.items()}
     out = {}
     deq = mem.get("deqreg", {})
-    for name in ("deqreg", "deqreg_s0", "deqreg_remat"):
+    for name in ("deqreg", "deqreg_s0", "deqreg_remat", "deqreg_broyden"):
         if mem.get(name):
             lo, hi = min(mem[name]), max(mem[name])
             out[f"{name}_{hi}_over_{name}_{lo}"] = mem[name][hi] / mem[name][lo]
@@ -87,10 +96,28 @@ def ratios(results: dict) -> dict:
             out[f"deqreg_48_equals_{name}_T"] = float((deq[48] - intercept) / slope)
         if deq and 48 in deq and 6 in runs:
             out[f"{name}_6_over_deqreg_48"] = runs[6] / deq[48]
-        for deq_name in ("deqreg_s0", "deqreg_remat"):
+        for deq_name in ("deqreg_s0", "deqreg_remat", "deqreg_broyden"):
             if 48 in mem.get(deq_name, {}) and 6 in runs:
                 out[f"{name}_6_over_{deq_name}_48"] = runs[6] / mem[deq_name][48]
     return out
+
+
+def solver_memory(size: int, ndim: int, batch: int) -> dict:
+    """Temporaries of ``solve_pairs`` (S = 3) per method and max_steps, in copies of one pair's field."""
+    from jaxreg.deq import SOLVERS, solve_pairs
+
+    z0 = jax.numpy.zeros((batch,) + (size,) * ndim + (ndim,), jax.numpy.float32)
+    x = jax.numpy.linspace(0.0, 1.0, z0.size, dtype=jax.numpy.float32).reshape(z0.shape)
+    field = z0[0].size * 4
+    out = {}
+    for method in SOLVERS:
+        for steps in (8, 48, 96):
+            def run(x, z0, method=method, steps=steps):
+                return solve_pairs(lambda z: 0.5 * jax.numpy.tanh(z) + x, z0, method=method, max_steps=steps, states=3)
+
+            compiled = jax.jit(run).lower(x, z0).compile()
+            out.setdefault(method, {})[str(steps)] = round(compiled.memory_analysis().temp_size_in_bytes / field, 2)
+    return {"shape": [batch] + [size] * ndim + [ndim], "states": 3, "temp_in_pair_fields": out}
 
 
 def main() -> None:
@@ -105,9 +132,14 @@ def main() -> None:
     parser.add_argument("--skip-time", action="store_true", help="compile only: memory, no step times")
     parser.add_argument("--time", default="all", help="which runs to time, e.g. deqreg:48,unroll_riir:6")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--solvers", action="store_true", help="the solvers alone (solve_pairs), nothing else")
+    parser.add_argument("--batch", type=int, default=2, help="pairs per batch with --solvers")
     parser.add_argument("--tol", type=float, default=1e-12,
                         help="DEQReg solver tolerance; the default runs every max_step (paper: 1e-3, early stop)")
     args = parser.parse_args()
+    if args.solvers:
+        print(json.dumps(solver_memory(args.size, args.ndim, args.batch), indent=2))
+        return
 
     runs = [(name, int(s)) for name in args.deq.split(",") if name for s in args.deq_steps.split(",") if s]
     runs += [(f"unroll_{v}", int(s)) for v in args.variants.split(",") if v for s in args.unroll_steps.split(",") if s]

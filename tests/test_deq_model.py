@@ -7,6 +7,11 @@ Tiny shapes (32×32 images, U-Net encoder (4, 8), decoder (8, 8, 4)); memory is 
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
 import jax
@@ -17,9 +22,11 @@ from jax.flatten_util import ravel_pytree
 
 from jaxreg import models, spatial
 from jaxreg.data.synthetic import synthetic_pair
-from jaxreg.deq.model import DEQReg, capture_steps
+from jaxreg.deq.model import DEQReg
+from jaxreg.deq.solvers import SOLVERS
 from jaxreg.deq.unroll import step_weights
 from jaxreg.models.voxelmorph import registration_loss
+from jaxreg.training import create_state, make_optimizer, make_train_step
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -38,7 +45,7 @@ def _xla_convolutions():
         os.environ.pop("JAXREG_CONV", None)
     else:
         os.environ["JAXREG_CONV"] = before
-from jaxreg.training import create_state, make_optimizer, make_train_step
+
 
 SMALL = {"encoder": (4, 8), "decoder": (8, 8, 4)}
 LOSS = {"similarity": "lncc", "window": 5, "weight": 0.1}
@@ -122,15 +129,6 @@ def test_adam_steps_lower_the_loss(train_steps, batch):
     assert losses[-1] < losses[0], losses
 
 
-def test_capture_steps_closed_form():
-    assert capture_steps(48, 3) == (16, 32, 48)
-    assert capture_steps(96, 3) == (32, 64, 96)
-    assert capture_steps(48, 1) == (48,)
-    assert capture_steps(48, 0) == ()
-    with pytest.raises(ValueError, match="correction_states"):
-        capture_steps(2, 3)
-
-
 @pytest.mark.parametrize("model, loss, solver, option", [
     ({"name": "deqreg", "correction_states": 5}, {}, {"max_steps": 4}, "correction_states"),
     ({"name": "deqreg"}, {}, {"backward": "exact"}, "backward"),
@@ -179,7 +177,9 @@ def test_initial_update_is_near_identity(batch):
     fixed, moving = batch["fixed"][..., None], batch["moving"][..., None]
     out = deq.net.apply(params, fixed, moving, jnp.zeros((1, 32, 32, 2)))
     assert float(jnp.abs(out).max()) < 1e-3  # last conv kernel ~ N(0, 1e-5²)
-    ddf = deq.predict(params, batch["fixed"], batch["moving"])
+    # Plain iteration: T = φ + f_θ with f_θ ≈ a small constant has no fixed point, and where
+    # Anderson's extrapolation lands on such a map is decided by float rounding.
+    ddf = deq.predict(params, batch["fixed"], batch["moving"], method="fixed_point")
     assert ddf.shape == (1, 32, 32, 2)
     assert float(jnp.abs(ddf).max()) < 0.1  # voxels
 
@@ -202,7 +202,7 @@ def test_trajectory_and_exact_step_predict_match_a_python_loop(batch):
         np.testing.assert_allclose(np.asarray(deq.predict(params, batch["fixed"], batch["moving"], steps=steps)),
                                    reference[steps], atol=1e-5, rtol=1e-5)
     _, info, _ = deq.solve(params, batch["fixed"], batch["moving"])
-    assert int(info.steps) < 5  # without steps=, tol = 0.5 stops earlier
+    assert int(info.steps[0]) < 5  # without steps=, tol = 0.5 stops earlier
 
 
 def test_unrolled_vanilla_predict_matches_a_python_loop(batch):
@@ -268,3 +268,232 @@ def test_jacobian_regulariser_is_added_to_the_loss_with_its_weight(batch):
     assert "jacobian" not in metrics0
     np.testing.assert_allclose(float(loss2), float(loss0) + 2.0 * float(metrics2["jacobian"]), rtol=1e-5)
     assert 0.8 < float(metrics2["jacobian"]) < 1.2, metrics2  # T ≈ identity at initialisation
+
+
+# --- batches: pairs are independent -----------------------------------------------------------
+
+
+class _PairRates(DEQReg):
+    """T(φ) = c·φ + f_θ(I_f, I_m∘φ, φ) with a contraction c = 1.5·mean(I_f) of each pair's own:
+    pairs converge at different speeds (and each depends on its own images only)."""
+
+    def update(self, params, x, ddf):
+        rate = 1.5 * jnp.mean(x[0], axis=tuple(range(1, ddf.ndim)), keepdims=True)
+        return super().update(params, x, ddf) - (1.0 - rate) * ddf
+
+
+@pytest.fixture(scope="module")
+def three():
+    """Three different 32² pairs: brain, cardiac, and identical images at half intensity (c ≈ 0.48, 0.28, 0.23)."""
+    pairs = [synthetic_pair(jax.random.key(3), (32, 32), anatomy="brain"),
+             synthetic_pair(jax.random.key(4), (32, 32), anatomy="cardiac")]
+    same = 0.5 * synthetic_pair(jax.random.key(5), (32, 32), anatomy="brain")["fixed"]
+    pairs.append({"fixed": same, "moving": same})
+    return {k: jnp.stack([jnp.asarray(p[k]) for p in pairs]) for k in ("fixed", "moving")}
+
+
+def _pair(batch, b):
+    return {k: v[b:b + 1] for k, v in batch.items()}
+
+
+@pytest.mark.parametrize("method", SOLVERS)
+def test_a_batch_of_three_pairs_gives_the_fields_of_three_calls(three, method):
+    """predict on B = 3 pairs that stop at different steps = three single-pair calls.
+
+    Fails on the old solver (one set of Anderson/Broyden coefficients and one stop for the
+    batch as a whole). Prints the largest field difference.
+    """
+    deq = _PairRates(**SMALL, solver={"method": method, "max_steps": 60, "tol": 1e-4})
+    params = _scale_update_kernel(deq.init(jax.random.key(1), three), 1e4)
+    solve = jax.jit(lambda p, f, m: deq.solve(p, f, m))
+    ddf, info, _ = solve(params, three["fixed"], three["moving"])
+    steps = np.asarray(info.steps)
+    assert len(set(steps.tolist())) > 1 and np.all(np.asarray(info.converged)), steps
+    assert float(jnp.abs(ddf).max()) > 0.1
+    diff = 0.0
+    for b in range(3):
+        single, info_b, _ = solve(params, three["fixed"][b:b + 1], three["moving"][b:b + 1])
+        assert int(info_b.steps[0]) == steps[b]
+        diff = max(diff, float(jnp.abs(ddf[b] - single[0]).max()))
+    print(f"{method}: steps {steps.tolist()}, max |batch - single| = {diff:.3g} voxels")
+    assert diff <= 1e-5, diff
+
+
+@pytest.mark.parametrize("backward", ["phantom", "ift"])
+def test_loss_and_gradient_of_a_batch_are_the_means_over_its_pairs(three, backward):
+    """loss_fn on B = 3 (S = 2 corrected states, γ = 0.5) = the mean of three single-pair losses; same for
+    the gradient. The pairs stop at different steps, so each has its own corrected states."""
+    deq = _PairRates(**SMALL, solver={"method": "anderson", "max_steps": 24, "tol": 1e-4}, backward=backward,
+                       phantom_steps=2, correction_states=2, correction_weight=0.5, sequential_states=False)
+    params = _scale_update_kernel(deq.init(jax.random.key(1), three), 1e4)
+    grad = jax.jit(jax.value_and_grad(lambda p, b: deq.loss_fn(p, b, None), has_aux=True))
+    (loss, metrics), g = grad(params, three)
+    assert 0 < float(metrics["solver_converged"]) and float(metrics["correction"]) > 0
+    singles = [grad(params, _pair(three, b)) for b in range(3)]
+    assert len({float(m["solver_steps"]) for (_, m), _ in singles}) > 1  # different stops
+    np.testing.assert_allclose(float(loss), np.mean([float(v) for (v, _), _ in singles]), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["correction"]), np.mean([float(m["correction"]) for (_, m), _ in singles]),
+                               rtol=1e-5)
+    mean = ravel_pytree(jax.tree.map(lambda *v: sum(v) / 3, *[gb for _, gb in singles]))[0]
+    g = ravel_pytree(g)[0]
+    assert float(jnp.linalg.norm(g - mean)) <= 1e-4 * float(jnp.linalg.norm(mean)), (g, mean)
+
+
+def test_correction_loss_and_gradient_match_a_hand_computation(three):
+    """DEQReg Eq. 9 with γ = 0.5, S = 2, K = 2, τ = 0.8 against a python loop over the network.
+
+    Plain iteration stops by hand-computed residuals at its own step n per pair (before
+    max_steps = 12); the corrected states are those after round(n/3) and round(2n/3) steps.
+    Fails on the old code, which took steps 6 and 12 of max_steps for both pairs (the latter a
+    second copy of φ*) and stopped both pairs at once.
+    """
+    batch = {k: three[k][:2] for k in ("fixed", "moving")}
+    gamma, tau, k_steps = 0.5, 0.8, 2
+    probe = DEQReg(**SMALL)
+    params = _scale_update_kernel(probe.init(jax.random.key(1), batch), 1e4)
+    fixed, moving = batch["fixed"][..., None], batch["moving"][..., None]
+
+    def t_map(p, b, z):  # T of pair b, by hand
+        f, m = fixed[b:b + 1], moving[b:b + 1]
+        return (1.5 * float(np.mean(batch["fixed"][b]))) * z + probe.net.apply(p, f, _batch_warp(m, z), z)
+
+    trajectories, residuals = [], []
+    for b in range(2):
+        z, path, res = jnp.zeros((1, 32, 32, 2)), [], []
+        for _ in range(12):
+            t = t_map(params, b, z)
+            res.append(float(jnp.linalg.norm(t - z) / (jnp.linalg.norm(t) + 1e-8)))
+            z = t
+            path.append(z)
+        trajectories.append([jnp.zeros((1, 32, 32, 2))] + path)
+        residuals.append(res)
+    tol = residuals[0][8] * 1.0001  # pair 0 stops after 9 steps
+    stops = [next(i + 1 for i, r in enumerate(res) if r < tol) for res in residuals]
+    assert stops[0] == 9 and 3 <= stops[1] < 9, (stops, residuals)
+    points = [(int(n / 3 + 0.5), int(2 * n / 3 + 0.5)) for n in stops]
+    print("steps taken", stops, "corrected states after steps", points)
+
+    def pair_loss(p, b, state):
+        z = jax.lax.stop_gradient(state)
+        for _ in range(k_steps):
+            z = tau * t_map(p, b, z) + (1 - tau) * z
+        return registration_loss(batch["fixed"][b], batch["moving"][b], z[0], **LOSS)[0]
+
+    def hand(p):
+        total = 0.0
+        for b in range(2):
+            path = trajectories[b]
+            total += pair_loss(p, b, path[stops[b]]) + gamma * sum(pair_loss(p, b, path[t]) for t in points[b])
+        return total / 2
+
+    deq = _PairRates(**SMALL, solver={"method": "fixed_point", "max_steps": 12, "tol": tol}, phantom_steps=k_steps,
+                       phantom_damping=tau, correction_states=2, correction_weight=gamma, sequential_states=False)
+    ref_loss, ref_grad = jax.value_and_grad(hand)(params)
+    (loss, metrics), g = jax.jit(jax.value_and_grad(lambda p: deq.loss_fn(p, batch, None), has_aux=True))(params)
+    assert float(metrics["solver_steps"]) == np.mean(stops)
+    np.testing.assert_allclose(float(loss), float(ref_loss), rtol=1e-5)
+    ref_grad, g = ravel_pytree(ref_grad)[0], ravel_pytree(g)[0]
+    assert float(jnp.linalg.norm(ref_grad)) > 0
+    assert float(jnp.linalg.norm(g - ref_grad)) <= 1e-4 * float(jnp.linalg.norm(ref_grad))
+    # γ matters: without the correction the loss is the equilibrium term alone
+    plain = hand(params) - gamma * sum(pair_loss(params, b, trajectories[b][t]) for b in range(2) for t in points[b]) / 2
+    assert abs(float(loss) - float(plain)) > 1e-3 * abs(float(plain))
+
+
+def test_ift_with_corrected_states_solves_the_forward_once(batch):
+    """Counts applications of T in one IFT loss evaluation (S = 2, K = 3, 6 plain steps): 6 for the
+    solve + 2·3 phantom steps. The old code solved the forward a second time for the states (18)."""
+    calls = []
+
+    class Counting(DEQReg):
+        def update(self, params, x, ddf):
+            jax.debug.callback(lambda: calls.append(1))
+            return super().update(params, x, ddf)
+
+    deq = Counting(**SMALL, solver={"method": "fixed_point", "max_steps": 6, "tol": 1e-30}, backward="ift",
+                   phantom_steps=3, correction_states=2, correction_weight=0.5, sequential_states=False)
+    params = deq.init(jax.random.key(1), batch)
+    loss, metrics = jax.jit(deq.loss_fn)(params, batch, None)
+    jax.block_until_ready(loss)
+    assert float(metrics["solver_steps"]) == 6
+    assert len(calls) == 6 + 2 * 3, len(calls)
+
+
+@pytest.mark.parametrize("variant", ["vanilla", "riir", "gradirn"])
+def test_unrolled_batches_are_independent_pairs(three, variant):
+    """Unrolled baselines: predict on B = 3 = three calls; the loss and its gradient = the means."""
+    method = models.build({"name": "unroll", "variant": variant, "steps": 2, **SMALL}, LOSS)
+    params = method.init(jax.random.key(1), three)
+    params = dict(params, net=_scale_update_kernel(params["net"], 1e4))
+    if variant == "gradirn":
+        params["step_size"] = jnp.float32(0.5)
+    predict = jax.jit(method.predict)
+    grad = jax.jit(jax.value_and_grad(lambda p, b: method.loss_fn(p, b, None)[0]))
+    ddf = predict(params, three["fixed"], three["moving"])
+    loss, g = grad(params, three)
+    singles = [grad(params, _pair(three, b)) for b in range(3)]
+    scale = float(jnp.abs(ddf).max())
+    assert scale > 0.1
+    for b in range(3):  # float rounding only (a batch of 3 and of 1 convolve in different orders)
+        single = predict(params, three["fixed"][b:b + 1], three["moving"][b:b + 1])
+        np.testing.assert_allclose(np.asarray(ddf[b]), np.asarray(single[0]), rtol=0, atol=1e-4 * scale)
+    np.testing.assert_allclose(float(loss), np.mean([float(v) for v, _ in singles]), rtol=1e-5)
+    mean = ravel_pytree(jax.tree.map(lambda *v: sum(v) / 3, *[gb for _, gb in singles]))[0]
+    assert float(jnp.linalg.norm(ravel_pytree(g)[0] - mean)) <= 1e-4 * float(jnp.linalg.norm(mean))
+
+
+_SHARDED = textwrap.dedent("""
+    import json, sys
+    import jax, jax.numpy as jnp, numpy as np
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    sys.path.insert(0, sys.argv[1])
+    from test_deq_model import SMALL, _PairRates, _scale_update_kernel
+    from jaxreg.data.synthetic import synthetic_pair
+    from jaxreg.training import create_state, make_optimizer, make_train_step
+
+    pairs = [synthetic_pair(jax.random.key(i), (32, 32), anatomy=("brain", "cardiac")[i % 2]) for i in range(4)]
+    batch = {k: jnp.stack([jnp.asarray(p[k]) for p in pairs]) for k in ("fixed", "moving")}
+    deq = _PairRates(**SMALL, solver={"method": "anderson", "max_steps": 16, "tol": 1e-3}, phantom_steps=2,
+                       correction_states=2, correction_weight=0.5, sequential_states=False)
+    params = _scale_update_kernel(deq.init(jax.random.key(1), batch), 1e4)
+    optimizer = make_optimizer({"learning_rate": 1e-3})
+    train_step = make_train_step(deq.loss_fn, optimizer)
+    _, info, _ = jax.jit(deq.solve)(params, batch["fixed"], batch["moving"])
+
+    def run(mesh):
+        state = create_state(params, optimizer, jax.random.key(2))
+        if mesh is None:
+            step, data = jax.jit(train_step), batch
+        else:
+            replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
+            state = jax.device_put(state, replicated)
+            data = jax.device_put(batch, sharded)
+            step = jax.jit(train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
+        losses = []
+        for _ in range(2):
+            state, metrics = step(state, data)
+            losses.append(float(metrics["loss"]))
+        return losses, jax.tree.leaves(state.params), data
+
+    single_losses, single_params, _ = run(None)
+    sharded_losses, sharded_params, data = run(Mesh(np.array(jax.devices()), ("data",)))
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(single_params, sharded_params))
+    scale = max(float(jnp.max(jnp.abs(a))) for a in single_params)
+    print(json.dumps({"devices": len(jax.devices()), "single": single_losses, "sharded": sharded_losses,
+                      "max_param_diff": diff, "param_scale": scale, "steps": np.asarray(info.steps).tolist(),
+                      "batch_shards": len(data["fixed"].addressable_shards)}))
+""")
+
+
+def test_sharded_deqreg_train_step_matches_one_device():
+    """Two DEQReg train steps (Anderson, S = 2, γ = 0.5) on 4 pairs sharded over 2 simulated devices = one device."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
+    out = subprocess.run([sys.executable, "-c", _SHARDED, os.path.dirname(__file__)], env=env, capture_output=True,
+                         text=True, timeout=900, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    print(result)
+    assert result["devices"] == 2 and result["batch_shards"] == 2
+    assert len(set(result["steps"])) > 1, result  # the pairs stop at different steps
+    np.testing.assert_allclose(result["sharded"], result["single"], rtol=1e-5)
+    assert result["max_param_diff"] <= 1e-5 * max(result["param_scale"], 1.0), result

@@ -1,6 +1,6 @@
 """A fixed-point (deep equilibrium) layer with memory-free gradients.
 
-``fixed_point_layer(f)`` builds ``layer(params, x, z0) -> (z_star, info)`` where
+``fixed_point_layer(f)`` builds ``layer(params, x, z0) -> (z_star, info, captured)`` where
 ``z_star = f(params, x, z_star)`` is found by :func:`jaxreg.deq.solvers.solve` without
 storing the trajectory, and the backward pass (a ``jax.custom_vjp``) is either
 
@@ -11,7 +11,9 @@ storing the trajectory, and the backward pass (a ``jax.custom_vjp``) is either
   same solvers, then pull ``w`` back through ``f`` to ``params`` and ``x``.
 
 Memory is that of K steps of ``f`` (phantom) or of one step plus the solver (ift),
-independent of how many forward steps were taken. ``f`` must receive everything it is
+independent of how many forward steps were taken. With ``batched=True`` every pair of a
+batch is solved on its own (forward and adjoint), and ``states`` > 0 returns the
+intermediate states of DEQReg's Eq. 9 from the same forward solve. ``f`` must receive everything it is
 differentiated with respect to through ``params`` and ``x`` (custom_vjp cannot
 differentiate values a closure captures); it may close over constants.
 """
@@ -25,7 +27,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from jaxreg.deq.solvers import OPTIONS as _SOLVER_KEYS
-from jaxreg.deq.solvers import solve, validate_options
+from jaxreg.deq.solvers import solve, solve_pairs, validate_options
 
 BACKWARDS = ("phantom", "ift")
 
@@ -115,8 +117,8 @@ def _solver_options(name: str, options: Mapping | None, default: Mapping | None 
 def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
                       backward: str = "phantom", phantom_steps: int = 5,
                       damping: float = 0.5, adjoint: Mapping | None = None,
-                      remat: bool = False) -> Callable:
-    """Builds a fixed-point layer ``layer(params, x, z0) -> (z_star, info)``.
+                      remat: bool = False, batched: bool = False, states: int = 0) -> Callable:
+    """Builds a fixed-point layer ``layer(params, x, z0) -> (z_star, info, captured)``.
 
     Args:
       f: ``f(params, x, z) -> T(z)``; ``params`` and ``x`` are pytrees, ``z`` an array
@@ -130,11 +132,20 @@ def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
       adjoint: solver options for the ``"ift"`` adjoint fixed point; ``None`` uses
         ``solver``'s. Its convergence is not reported (a backward pass cannot return it).
       remat: rematerialise each phantom step in the backward pass (see :func:`phantom_steps`).
+      batched: ``z`` carries a leading batch axis of independent problems (image pairs;
+        pair b of ``f``'s output depends on pair b of ``x`` and ``z`` only): the forward
+        and the ``"ift"`` adjoint are solved per pair
+        (:func:`~jaxreg.deq.solvers.solve_pairs`), so a batch gives what separate calls give.
+      states: S >= 0 intermediate states of the forward trajectory to return (equal
+        intervals of the steps taken, :func:`~jaxreg.deq.solvers.state_steps`), from the
+        same forward solve.
 
     Returns:
-      ``layer(params, x, z0) -> (z_star, info)``: ``z_star`` shaped like ``z0`` is the
-      solver's result; ``info`` a :class:`~jaxreg.deq.solvers.SolverInfo` (no gradient).
-      Gradients flow to ``params`` and ``x``; ``z0`` gets a zero cotangent.
+      ``layer(params, x, z0) -> (z_star, info, captured)``: ``z_star`` shaped like ``z0``
+      is the solver's result; ``info`` a :class:`~jaxreg.deq.solvers.SolverInfo` (with a
+      leading batch axis when ``batched``) and ``captured`` the ``(S, *z0.shape)``
+      intermediate states, both without gradient. Gradients flow to ``params`` and ``x``;
+      ``z0`` gets a zero cotangent.
 
     Raises:
       ValueError: an option is invalid (the message names it).
@@ -144,30 +155,32 @@ def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
     _check_phantom(phantom_steps, damping)
     fwd_opts = _solver_options("solver", solver)
     adj_opts = _solver_options("adjoint", adjoint, default=fwd_opts)
+    states = validate_options(states=states)
     steps, tau = int(phantom_steps), float(damping)
 
+    run = solve_pairs if batched else solve  # a batch: pair by pair (f's Jacobian is block diagonal)
+
     def forward(params, x, z0):
-        z, info, _ = solve(lambda z: f(params, x, z), z0, **fwd_opts)
-        return z, info
+        return run(lambda z: f(params, x, z), z0, states=states, **fwd_opts)
 
     @jax.custom_vjp
     def layer(params, x, z0):
         return forward(params, x, z0)
 
     def layer_fwd(params, x, z0):
-        z, info = forward(params, x, z0)
-        return (z, info), (params, x, z)
+        out = forward(params, x, z0)
+        return out, (params, x, out[0])
 
     def layer_bwd(res, cotangents):
         params, x, z = res
-        g = cotangents[0]  # the info cotangent is ignored: info is not differentiable
+        g = cotangents[0]  # info and the captured states are not differentiable
         if backward == "phantom":
             _, vjp = jax.vjp(lambda p, xx: _phantom_steps(f, p, xx, z, steps=steps,
                                                           damping=tau, remat=remat), params, x)
             gp, gx = vjp(g)
         else:
             _, vjp_z = jax.vjp(lambda zz: f(params, x, zz), z)
-            w, _, _ = solve(lambda w: g + vjp_z(w)[0].astype(g.dtype), g, **adj_opts)
+            w, _, _ = run(lambda w: g + vjp_z(w)[0].astype(g.dtype), g, **adj_opts)
             _, vjp = jax.vjp(lambda p, xx: f(p, xx, z), params, x)
             gp, gx = vjp(w)
         return gp, gx, jnp.zeros_like(z)
@@ -175,8 +188,7 @@ def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
     layer.defvjp(layer_fwd, layer_bwd)
 
     def apply(params, x, z0):
-        z, info = layer(params, x, jnp.asarray(z0))
-        return z, jax.tree.map(lax.stop_gradient, info)
+        z, info, captured = layer(params, x, jnp.asarray(z0))
+        return z, jax.tree.map(lax.stop_gradient, info), lax.stop_gradient(captured)
 
     return apply
-

@@ -6,7 +6,12 @@ found by a root solver (``jaxreg.deq.solvers``). Training differentiates the equ
 implicitly (``jaxreg.deq.implicit``): the phantom gradient of the paper (Eq. 7–8) or the
 exact implicit-function gradient, so memory does not depend on the number of solver steps.
 The intermediate-state correction (Eq. 9) adds the loss of ``S`` states taken at equal
-intervals of the forward trajectory, each with its own phantom gradient, weighted ``γ``.
+intervals of the steps the forward solver took (:func:`jaxreg.deq.solvers.state_steps`),
+each with its own phantom gradient, weighted ``γ``.
+
+Pairs of a batch are independent: the solver runs per pair (its own coefficients, residual
+and stop; :func:`jaxreg.deq.solvers.solve_pairs`), and every loss is a mean of per-pair
+losses, so a batch of B pairs gives the fields, losses and gradients of B separate calls.
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import jax.numpy as jnp
 from jaxreg import spatial
 from jaxreg.deq import implicit, solvers
 from jaxreg.deq.implicit import BACKWARDS
+from jaxreg.deq.solvers import state_steps
 from jaxreg.models.unet import DECODER, ENCODER, UNet
 from jaxreg.models.voxelmorph import SIMILARITIES, registration_loss
 
-__all__ = ["BACKWARDS", "SOLVER_OPTIONS", "DEQReg", "UpdateNet", "capture_steps"]
+__all__ = ["BACKWARDS", "SOLVER_OPTIONS", "DEQReg", "UpdateNet", "state_steps"]
 
 #: Options of :func:`jaxreg.deq.solvers.solve` a config's ``solver`` section may set.
 SOLVER_OPTIONS = solvers.OPTIONS
@@ -61,19 +67,6 @@ def warp_batch(moving: jax.Array, ddf: jax.Array) -> jax.Array:
     return jax.vmap(spatial.warp)(moving, ddf)
 
 
-def capture_steps(max_steps: int, num_states: int) -> tuple[int, ...]:
-    """The ``S`` solver steps whose states the correction loss uses: equal intervals of the trajectory.
-
-    ``capture_steps(48, 3) == (16, 32, 48)``.
-
-    Raises:
-      ValueError: ``num_states`` larger than ``max_steps`` or negative.
-    """
-    if not 0 <= num_states <= max_steps:
-        raise ValueError(f"`model.correction_states` (S) must be in 0..solver.max_steps={max_steps}; got {num_states}.")
-    return tuple(round(max_steps * (i + 1) / num_states) for i in range(num_states))
-
-
 class DEQReg:
     """DEQReg with its solver and gradient options (a plain object; parameters are explicit).
 
@@ -104,8 +97,6 @@ class DEQReg:
             raise ValueError(f"unknown `solver` option(s) {sorted(unknown)}; known: {SOLVER_OPTIONS} "
                              "(and backward, phantom_steps, phantom_damping, phantom_remat).")
         self.solver.setdefault("max_steps", 48)
-        if self.solver.get("method") == "broyden":  # short Broyden memories diverge; it keeps its whole history
-            self.solver.pop("history", None)
         if backward not in BACKWARDS:
             raise ValueError(f"`solver.backward` must be one of {BACKWARDS}; got {backward!r}.")
         if similarity not in SIMILARITIES:
@@ -114,8 +105,11 @@ class DEQReg:
             raise ValueError(f"`model.correction_weight` (γ) must be >= 0; got {correction_weight}.")
         if not jacobian_weight >= 0:
             raise ValueError(f"`model.jacobian_weight` must be >= 0; got {jacobian_weight}.")
-        self.capture = capture_steps(int(self.solver["max_steps"]), int(correction_states))
         solvers.validate_options(**self.solver)
+        if not 0 <= correction_states <= self.solver["max_steps"]:
+            raise ValueError(f"`model.correction_states` (S) must be in 0..solver.max_steps={self.solver['max_steps']}; "
+                             f"got {correction_states}.")
+        self.states = int(correction_states)
         self.net = UpdateNet(tuple(encoder), tuple(decoder))
         self.backward, self.phantom_steps, self.phantom_damping = backward, int(phantom_steps), float(phantom_damping)
         self.correction_weight, self.sequential_states = float(correction_weight), bool(sequential_states)
@@ -123,7 +117,8 @@ class DEQReg:
         self.loss_options = {"similarity": similarity, "window": int(window), "weight": float(weight)}
         self.layer = implicit.fixed_point_layer(self.update, solver=self.solver, backward=backward,
                                                 phantom_steps=self.phantom_steps, damping=self.phantom_damping,
-                                                remat=self.phantom_remat)
+                                                remat=self.phantom_remat, batched=True,
+                                                states=self.states if self.correction_weight > 0 else 0)
 
     # T(φ) = φ + f_θ(I_f, I_m∘φ, φ); x = (fixed, moving) as (B, *S, 1) images.
     def update(self, params, x, ddf):
@@ -137,18 +132,19 @@ class DEQReg:
     def _start(self, fixed):
         return jnp.zeros((*fixed.shape[:-1], fixed.ndim - 2), fixed.dtype)
 
-    def solve(self, params, fixed, moving, *, capture: Sequence[int] = (), **overrides):
-        """Forward solve without gradients: ``(ddf, info, captured)`` for ``(B, *S)`` images.
+    def solve(self, params, fixed, moving, *, states: int = 0, **overrides):
+        """Forward solve, pair by pair, without gradients: ``(ddf, info, captured)`` for ``(B, *S)`` images.
 
-        ``capture``: solver steps whose states to return (1-based); ``overrides`` replace
-        solver options (e.g. ``max_steps=96``, ``tol=1e-6``).
+        ``states``: how many intermediate states to return (``captured`` ``(states, B, *S, ndim)``,
+        at equal intervals of each pair's steps, ``info.state_steps``); ``info`` has a ``(B,)``
+        axis; ``overrides`` replace solver options (e.g. ``max_steps=96``, ``tol=1e-6``).
         """
         x = (jnp.asarray(fixed)[..., None], jnp.asarray(moving)[..., None])
         options = dict(self.solver, **overrides)
-        return solvers.solve(lambda z: self.update(params, x, z), self._start(x[0]), capture=tuple(capture), **options)
+        return solvers.solve_pairs(lambda z: self.update(params, x, z), self._start(x[0]), states=states, **options)
 
     def predict(self, params, fixed, moving, *, steps: int | None = None, **overrides):
-        """The equilibrium ``ddf`` ``(B, *S, ndim)`` (voxels, pull) for ``(B, *S)`` images.
+        """The equilibrium ``ddf`` ``(B, *S, ndim)`` (voxels, pull) for ``(B, *S)`` images, each pair solved on its own.
 
         ``steps`` runs the solver for exactly that many steps (``max_steps=steps`` and no
         early stop), as the convergence study does; ``overrides`` replace other solver
@@ -197,29 +193,29 @@ class DEQReg:
     def loss_fn(self, params, batch, key):
         """Equilibrium loss + γ·Σ loss of the S corrected states (+ the Jacobian regulariser).
 
-        Metrics include the solver's steps, residual and convergence, and ``jacobian``
-        (``‖∂T/∂φ‖_F²/d`` at φ*) when it is regularised.
+        Every term is the mean over pairs of per-pair losses. Metrics include the solver's
+        steps (mean over pairs), residual (largest) and convergence (fraction of pairs), and
+        ``jacobian`` (``‖∂T/∂φ‖_F²/d`` at φ*) when it is regularised.
         """
         x = (jnp.asarray(batch["fixed"])[..., None], jnp.asarray(batch["moving"])[..., None])
         start = self._start(x[0])
-        corrections = bool(self.capture) and self.correction_weight > 0
-        if self.backward == "ift":
-            equilibrium, info = self.layer(params, x, start)
+        corrections = self.states > 0 and self.correction_weight > 0
+        if self.backward == "ift":  # one forward solve: the layer returns the states too
+            equilibrium, info, captured = self.layer(params, x, start)
             loss, parts = self._pair_losses(x, equilibrium)
             if corrections:
-                _, _, captured = solvers.solve(lambda z: self.update(jax.lax.stop_gradient(params), x, z), start,
-                                               capture=self.capture, **self.solver)
                 correction = jnp.sum(self._phantom_losses(params, x, captured)[0])
         else:
-            equilibrium, info, captured = solvers.solve(lambda z: self.update(jax.lax.stop_gradient(params), x, z),
-                                                        start, capture=self.capture if corrections else (),
-                                                        **self.solver)
+            frozen = jax.lax.stop_gradient(params)
+            equilibrium, info, captured = solvers.solve_pairs(lambda z: self.update(frozen, x, z), start,
+                                                              states=self.states if corrections else 0, **self.solver)
             states = jnp.concatenate([equilibrium[None], captured]) if corrections else equilibrium[None]
             losses, per_state = self._phantom_losses(params, x, states)
             loss, parts = losses[0], {k: v[0] for k, v in per_state.items()}
             correction = jnp.sum(losses[1:])
-        metrics = dict(parts, solver_steps=info.steps, solver_residual=info.residual,
-                       solver_converged=info.converged.astype(jnp.float32))
+        metrics = dict(parts, solver_steps=jnp.mean(info.steps.astype(jnp.float32)),
+                       solver_residual=jnp.max(info.residual),
+                       solver_converged=jnp.mean(info.converged.astype(jnp.float32)))
         if corrections:
             loss = loss + self.correction_weight * correction
             metrics["correction"] = correction
