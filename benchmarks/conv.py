@@ -1,16 +1,17 @@
 """Convolution layers: XLA's convolution, jaxreg's matmul path and PyTorch side by side; prints JSON.
 
-    python benchmarks/conv.py [--case issue|voxelmorph|denoiser] [--size 64] [--repeats 5] [--impls xla,matmul]
-                              [--no-torch]
+    python benchmarks/conv.py [--case issue|voxelmorph|voxelmorph2d|denoiser] [--size 64] [--batch 1] [--repeats 5]
+                              [--impls xla,matmul] [--no-torch]
 
 ``issue``: one 3×3×3, 32→32-channel convolution at ``size``³ (and a 3×3 one on a 2-D image of
 ``(4·size)``² pixels). ``voxelmorph``: every convolution of the VoxelMorph U-Net for a
 ``size``³ input, at its own resolution and widths (the sum is the convolution share of a
-train step). ``denoiser``: DiffuseReg's patch embedding, 2× transposed convolution and
+train step); ``voxelmorph2d``: the same for a ``size``² image (the 2-D demo: ``--size 128
+--batch 4``). ``denoiser``: DiffuseReg's patch embedding, 2× transposed convolution and
 3×3×3 conv-block layers at 32×128×128. For each layer: forward (``fwd_ms``) and forward +
 backward (gradients of input and kernel, ``fwd_bwd_ms``), best of ``--repeats`` runs (the
-minimum is the least disturbed by other processes), batch 1, float32, channels last for
-jaxreg and NCDHW for PyTorch (its native layout). Ratios are time / PyTorch's time.
+minimum is the least disturbed by other processes), float32, channels last for jaxreg and
+channels first for PyTorch (its native layout). Ratios are time / PyTorch's time.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ def _best(fn, repeats: int) -> float:
     return round(min(times) * 1e3, 2)
 
 
-def voxelmorph_layers(size: int) -> list[dict]:
+def voxelmorph_layers(size: int, ndim: int = 3) -> list[dict]:
     """(spatial size, C_in, C_out) of every 3×3×3 convolution of the VoxelMorph U-Net (+ flow)."""
     layers, width, sides = [], 2, []
     for level, f in enumerate(ENCODER):
@@ -58,7 +59,7 @@ def voxelmorph_layers(size: int) -> list[dict]:
         width = f
     layers.append({"name": "flow", "side": size, "cin": width, "cout": 3})
     for layer in layers:
-        layer.update(kind="conv", ndim=3, kernel=3, stride=1)
+        layer.update(kind="conv", ndim=ndim, kernel=3, stride=1)
     return layers
 
 
@@ -70,6 +71,8 @@ def cases(name: str, size: int) -> list[dict]:
                  "kernel": 3, "stride": 1}]
     if name == "voxelmorph":
         return voxelmorph_layers(size)
+    if name == "voxelmorph2d":
+        return voxelmorph_layers(size, 2)
     if name == "denoiser":
         shape = (32, 128, 128)
         return [{"name": "patch_embed", "kind": "conv", "ndim": 3, "shape": shape, "cin": 3, "cout": 48, "kernel": 2,
@@ -78,7 +81,7 @@ def cases(name: str, size: int) -> list[dict]:
                  "kernel": 3, "stride": 1},
                 {"name": "up_2x", "kind": "transpose", "ndim": 3, "shape": (16, 64, 64), "cin": 96, "cout": 48,
                  "kernel": 2, "stride": 2}]
-    raise ValueError(f"--case must be issue, voxelmorph or denoiser; got {name!r}.")
+    raise ValueError(f"--case must be issue, voxelmorph, voxelmorph2d or denoiser; got {name!r}.")
 
 
 def _jax_fn(case: dict):
@@ -144,6 +147,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", default="issue")
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--impls", default="xla,matmul")
     parser.add_argument("--no-torch", action="store_true")
@@ -154,7 +158,7 @@ def main() -> None:
     for case in cases(args.case, args.size):
         nd = case["ndim"]
         shape = tuple(case.get("shape", (case.get("side", args.size),) * nd))
-        x = jnp.asarray(rng.normal(size=(1, *shape, case["cin"])), jnp.float32)
+        x = jnp.asarray(rng.normal(size=(args.batch, *shape, case["cin"])), jnp.float32)
         w = jnp.asarray(rng.normal(size=(*(case["kernel"],) * nd, case["cin"], case["cout"])) * 0.1, jnp.float32)
         row = {k: case[k] for k in ("name", "cin", "cout", "kernel", "stride")} | {"shape": list(shape)}
         results = {}
@@ -176,7 +180,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), file=sys.stderr, flush=True)
     print(json.dumps({"backend": jax.default_backend(), "cpus": os.cpu_count(), "jax": jax.__version__,
-                      "case": args.case, "size": args.size, "layers": rows, "total": totals}, indent=2))
+                      "case": args.case, "size": args.size, "batch": args.batch, "layers": rows, "total": totals}, indent=2))
 
 
 if __name__ == "__main__":
