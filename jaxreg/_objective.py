@@ -49,6 +49,24 @@ def maybe_emit(token, level, i, steps: int, loss) -> None:
     )
 
 
+def per_pair_value_and_grad(objective: Callable, batch: bool) -> Callable:
+    """``objective(params, *arrays)`` → ``(loss, gradient)``; with ``batch`` every argument has a
+    leading pair axis and the result is ``((B,) losses, per-pair gradients)`` (the gradient of
+    their sum: each pair's own)."""
+    if not batch:
+        return jax.value_and_grad(objective)
+
+    def total(params, *arrays):
+        losses = jax.vmap(objective)(params, *arrays)
+        return jnp.sum(losses), losses
+
+    def value_and_grad(params, *arrays):
+        (_, losses), grad = jax.value_and_grad(total, has_aux=True)(params, *arrays)
+        return losses, grad
+
+    return value_and_grad
+
+
 # ----------------------------------------------------------------------------- images
 def as_image(x, name: str) -> jax.Array:
     """A user image as float32 ``(*S, C)`` (rank 2, 3: no channels; 4: channels last), checked."""
@@ -106,12 +124,45 @@ def normalise(image: jax.Array) -> jax.Array:
     return jnp.clip((image - lo) / jnp.maximum(hi - lo, 1e-12), 0.0, 1.0)
 
 
-@jax.jit(static_argnames="shape")
-def downsample(image: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
-    """Anti-aliased (area-weighted linear) resize of ``(*S, C)`` to ``(*shape, C)``."""
+@jax.jit(static_argnames=("shape", "batch"))
+def downsample(image: jax.Array, *, shape: tuple[int, ...], batch: bool = False) -> jax.Array:
+    """Anti-aliased (area-weighted linear) resize of ``(*S, C)`` to ``(*shape, C)`` (``batch``:
+    of each image of a ``(B, *S, C)`` stack)."""
+    if batch:
+        return jax.vmap(lambda x: downsample(x, shape=shape))(image)
     if shape == image.shape[:-1]:
         return image
     return jax.image.resize(image, shape + image.shape[-1:], "linear", antialias=True)
+
+
+def prepare_pairs(fixed, moving, check_pair) -> tuple[jax.Array, jax.Array]:
+    """:func:`prepare_pair` for ``(B, *S[, C])`` stacks of pairs: every pair checked alone (the
+    messages name the pair), each image normalised alone; ``(B, *S, C)`` float32."""
+    if isinstance(fixed, Normalised) and isinstance(moving, Normalised):
+        return fixed.image, moving.image
+    fixed, moving = check_stacks(fixed, moving, check_pair)
+    return jax.vmap(normalise)(fixed), jax.vmap(normalise)(moving)
+
+
+def check_stacks(fixed, moving, check_pair) -> tuple[jax.Array, jax.Array]:
+    """Checks two ``(B, *S[, C])`` stacks of pairs with ``check_pair`` pair by pair; returns them as
+    float32 ``(B, *S, C)``.
+
+    Raises:
+      ValueError: stacks of other lengths or ranks, or a bad pair (the message names its index).
+    """
+    shapes = tuple(np.shape(fixed)), tuple(np.shape(moving))
+    if len(shapes[0]) not in (3, 4, 5) or len(shapes[1]) not in (3, 4, 5) or shapes[0][:1] != shapes[1][:1] \
+            or shapes[0][0] < 1:
+        raise ValueError(f"with batch=True `fixed` and `moving` must be stacks (B, *S) or (B, *S, C) of B >= 1 "
+                         f"pairs; got shapes {shapes[0]} and {shapes[1]}.")
+    pairs = []
+    for i in range(shapes[0][0]):
+        try:
+            pairs.append(check_pair(fixed[i], moving[i]))
+        except ValueError as error:
+            raise ValueError(f"pair {i} of the batch: {error}") from None
+    return jnp.stack([f for f, _ in pairs]), jnp.stack([m for _, m in pairs])
 
 
 # ----------------------------------------------------------------------------- spacing, pyramid
@@ -207,16 +258,27 @@ def plan_levels(shape, levels, steps, spacing, *, default_levels) -> tuple:
     return levels, steps, factors, shapes
 
 
-def mask_weight(fixed_mask, shape) -> jax.Array | None:
-    """The ``(*S)`` float32 similarity weight of a ``fixed_mask`` (or ``None``)."""
+def mask_weight(fixed_mask, shape, *, batch: int | None = None) -> jax.Array | None:
+    """The ``(*S)`` float32 similarity weight of a ``fixed_mask`` (or ``None``).
+
+    With ``batch=B``: ``(B, *S)`` weights from one ``(*S)`` mask for every pair or one mask per
+    pair ``(B, *S)``.
+    """
     if fixed_mask is None:
         return None
     fixed_mask = jnp.asarray(fixed_mask)
-    if fixed_mask.shape != tuple(shape):
-        raise ValueError(f"`fixed_mask` must have shape {tuple(shape)}; got {tuple(fixed_mask.shape)}.")
+    shape = tuple(shape)
+    if batch is not None and fixed_mask.shape == shape:
+        fixed_mask = jnp.broadcast_to(fixed_mask, (batch, *shape))
+    expected = shape if batch is None else (batch, *shape)
+    if fixed_mask.shape != expected:
+        also = "" if batch is None else f" or {shape}"
+        raise ValueError(f"`fixed_mask` must have shape {expected}{also}; got {tuple(fixed_mask.shape)}.")
     weight = (fixed_mask != 0).astype(jnp.float32)
-    if not bool(jnp.any(weight > 0)):
-        raise ValueError("`fixed_mask` is all zero; the similarity would count no voxel.")
+    spatial_axes = tuple(range(weight.ndim - len(shape), weight.ndim))
+    if not bool(jnp.all(jnp.any(weight > 0, axis=spatial_axes))):  # every pair counts some voxel
+        raise ValueError("`fixed_mask` is all zero" + ("" if batch is None else " for some pair")
+                         + "; the similarity would count no voxel.")
     return weight
 
 

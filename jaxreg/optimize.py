@@ -99,14 +99,16 @@ class OptimizeResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- jitted parts
-@jax.jit(static_argnames="shape")
-def _resize(field: jax.Array, *, shape: tuple[int, ...]) -> jax.Array:
-    return spatial.resize_ddf(field, shape)
+@jax.jit(static_argnames=("shape", "batch"))
+def _resize(field: jax.Array, *, shape: tuple[int, ...], batch: bool = False) -> jax.Array:
+    resize = lambda f: spatial.resize_ddf(f, shape)  # noqa: E731
+    return jax.vmap(resize)(field) if batch else resize(field)
 
 
-@jax.jit(static_argnames="integration_steps")
-def _exp(velocity: jax.Array, *, integration_steps: int) -> jax.Array:
-    return spatial.integrate_velocity(velocity, steps=integration_steps)
+@jax.jit(static_argnames=("integration_steps", "batch"))
+def _exp(velocity: jax.Array, *, integration_steps: int, batch: bool = False) -> jax.Array:
+    exp = lambda v: spatial.integrate_velocity(v, steps=integration_steps)  # noqa: E731
+    return jax.vmap(exp)(velocity) if batch else exp(velocity)
 
 
 def _smooth(p, relative):
@@ -153,10 +155,10 @@ def _regularize(field, relative, regularizer: str):
 
 
 @jax.jit(static_argnames=("steps", "transform", "similarity", "window", "bins", "regularizer",
-                          "integration_steps", "exact_gradient", "with_callback", "relative"))
+                          "integration_steps", "exact_gradient", "with_callback", "relative", "batch"))
 def _run_level(params, fixed, moving, weight, reg_weight, learning_rate, token, level, *, steps,
                transform, similarity, window, bins, regularizer, integration_steps, exact_gradient,
-               with_callback, relative=None):
+               with_callback, relative=None, batch=False):
     """Runs ``steps`` Adam steps at one level.
 
     ``params`` ``(*L, ndim)`` (voxels of this level) stand for the field ``smooth(params)``;
@@ -164,11 +166,15 @@ def _run_level(params, fixed, moving, weight, reg_weight, learning_rate, token, 
     ``(*L)`` similarity weight map. ``relative``: the level's voxel size over its smallest
     (``None`` if isotropic); then the optimised variables are the displacement components in
     units of the smallest voxel (equal Adam steps in mm), ``window`` is one per axis.
+    ``batch``: every array has a leading pair axis ``B`` and the trace is ``(B, steps)``; each
+    pair has its own loss and gradient, and Adam, elementwise, treats the pairs apart, so
+    every pair follows the steps of its own call.
     """
     scale = 1.0 if relative is None else jnp.asarray(relative, params.dtype)
+    smooth = lambda p: _smooth(p, relative) / scale  # noqa: E731
 
-    def objective(p):
-        field = _smooth(p, relative) / scale
+    def objective(p, fixed, moving, weight):
+        field = smooth(p)
         if transform == "svf":
             # Forward: exp(v) by scaling and squaring. Backward: exact, or d exp(v)/dv ≈ I (the
             # first-order update of log-domain demons), which skips the scatter-adds of the
@@ -181,19 +187,20 @@ def _run_level(params, fixed, moving, weight, reg_weight, learning_rate, token, 
         sim = obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
         return sim + reg_weight * _regularize(field, relative, regularizer)
 
+    loss_and_grad = obj.per_pair_value_and_grad(objective, batch)
     opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=FINAL_LR_FRACTION))
 
     def step(carry, i):
         p, state = carry
-        loss, grad = jax.value_and_grad(objective)(p)
+        loss, grad = loss_and_grad(p, fixed, moving, weight)
         updates, state = opt.update(grad, state, p)
         if with_callback:
-            obj.maybe_emit(token, level, i, steps, loss)
+            obj.maybe_emit(token, level, i, steps, jnp.mean(loss))
         return (optax.apply_updates(p, updates), state), loss
 
     params = params * scale
     (params, _), trace = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
-    return _smooth(params, relative) / scale, trace
+    return (jax.vmap(smooth)(params), trace.T) if batch else (smooth(params), trace)
 
 
 def _level_integration_steps(steps: int, factors: Sequence[int], spacing: Sequence[float]) -> int:
@@ -301,6 +308,7 @@ def optimize(
     integration_steps: int = 7,
     init: str = "com",
     callback: Callable[[int, int, float], None] | None = None,
+    batch: bool = False,
 ) -> OptimizeResult:
     """Registers ``moving`` onto ``fixed`` by multi-resolution instance optimisation.
 
@@ -342,7 +350,13 @@ def optimize(
       init: rigid/affine only: ``"com"`` (translation by the intensity centres of mass) or
         ``"identity"``.
       callback: optional ``callback(level_index, step, loss)``, called from the compiled
-        loop every 10 steps and at the last step of each level (e.g. for a progress bar).
+        loop every 10 steps and at the last step of each level (e.g. for a progress bar;
+        with ``batch``, the mean loss of the pairs).
+      batch: ``fixed`` and ``moving`` are stacks ``(B, *S)`` / ``(B, *S, C)`` of B pairs of
+        one shape, registered in one compiled loop (vmapped: a GPU runs them in parallel);
+        each pair gets exactly the steps it would get alone (its own loss, gradient and Adam
+        state). ``fixed_mask`` is ``(*S)`` for all pairs or ``(B, *S)``. Every array of the
+        result has a leading ``B`` axis (``losses`` ``(B, sum(steps))``).
 
     Returns:
       An :class:`OptimizeResult`; ``warp(moving, result.ddf)`` is aligned with ``fixed``.
@@ -360,16 +374,22 @@ def optimize(
             fixed, moving, fixed_mask=fixed_mask, spacing=spacing, transform=transform, similarity=similarity,
             window=window, bins=bins, levels=levels, learning_rate=learning_rate, init=init,
             **({} if steps is None else {"steps": steps}),
-            callback=callback)
-        ddf = spatial.affine_ddf(jnp.asarray(result.matrix, jnp.float32), result.shape)
+            callback=callback, batch=batch)
+        matrix = jnp.asarray(result.matrix, jnp.float32)
+        ddf = jax.vmap(lambda m: spatial.affine_ddf(m, result.shape))(matrix) if batch else \
+            spatial.affine_ddf(matrix, result.shape)
         return OptimizeResult(ddf, None, result.losses, result.steps, result.levels, result.matrix)
-    fixed, moving = obj.prepare_pair(fixed, moving, check_pair)
-    shape = fixed.shape[:-1]
+    batch = bool(batch)
+    if batch:
+        fixed, moving = obj.prepare_pairs(fixed, moving, check_pair)
+    else:
+        fixed, moving = obj.prepare_pair(fixed, moving, check_pair)
+    shape = fixed.shape[1:-1] if batch else fixed.shape[:-1]
     spacing = obj.check_spacing(spacing, len(shape))
     default = auto_levels(shape, spacing) if levels is None else None
     steps = STEPS_PER_LEVEL if steps is None else steps
     levels, steps, factors, level_shapes = obj.plan_levels(shape, levels, steps, spacing, default_levels=default)
-    weight_map = obj.mask_weight(fixed_mask, shape)
+    weight_map = obj.mask_weight(fixed_mask, shape, batch=fixed.shape[0] if batch else None)
     learning_rate = LEARNING_RATE if learning_rate is None else learning_rate
 
     token = next(obj.TOKENS)
@@ -378,28 +398,30 @@ def optimize(
     options = {"transform": transform, "similarity": similarity, "bins": int(bins), "regularizer": regularizer,
                "with_callback": callback is not None}
     ndim = len(shape)
-    params = jnp.zeros(level_shapes[0] + (ndim,), jnp.float32)
+    lead = fixed.shape[:1] if batch else ()  # (B,) or ()
+    params = jnp.zeros(lead + level_shapes[0] + (ndim,), jnp.float32)
     traces = []
     try:
         for i, (ls, fs, n) in enumerate(zip(level_shapes, factors, steps)):
-            if params.shape[:-1] != ls:
-                params = _resize(params, shape=ls)
+            if params.shape[len(lead):-1] != ls:
+                params = _resize(params, shape=ls, batch=batch)
             relative = obj.relative_spacing(spacing, fs)
-            w = None if weight_map is None else obj.downsample(weight_map[..., None], shape=ls)[..., 0]
+            w = None if weight_map is None else obj.downsample(weight_map[..., None], shape=ls, batch=batch)[..., 0]
             params, trace = _run_level(
-                params, obj.downsample(fixed, shape=ls), obj.downsample(moving, shape=ls), w,
-                jnp.float32(weight), jnp.float32(learning_rate), jnp.int32(token), jnp.int32(i),
+                params, obj.downsample(fixed, shape=ls, batch=batch), obj.downsample(moving, shape=ls, batch=batch),
+                w, jnp.float32(weight), jnp.float32(learning_rate), jnp.int32(token), jnp.int32(i),
                 steps=n, **options, window=obj.axis_windows(window, relative), relative=relative,
                 integration_steps=_level_integration_steps(integration_steps, fs, spacing),
                 exact_gradient=transform == "svf" and math.prod(ls) <= EXACT_GRADIENT_MAX_VOXELS,
+                **({"batch": True} if batch else {}),  # the single-pair program as compiled before
             )
             traces.append(trace)
-        if params.shape[:-1] != shape:
-            params = _resize(params, shape=shape)
-        trace = np.concatenate([np.asarray(t) for t in traces])  # blocks until the loops end
+        if params.shape[len(lead):-1] != shape:
+            params = _resize(params, shape=shape, batch=batch)
+        trace = np.concatenate([np.asarray(t) for t in traces], axis=-1)  # blocks until the loops end
     finally:
         obj.CALLBACKS.pop(token, None)
     if transform == "svf":
-        return OptimizeResult(_exp(params, integration_steps=int(integration_steps)), params, trace,
+        return OptimizeResult(_exp(params, integration_steps=int(integration_steps), batch=batch), params, trace,
                               steps, levels)
     return OptimizeResult(params, None, trace, steps, levels)

@@ -116,50 +116,58 @@ def _world(theta, centre, radius, *, transform: str, ndim: int) -> jax.Array:
     return jnp.concatenate([top, jnp.eye(ndim + 1)[ndim:]], axis=0)
 
 
-@jax.jit(static_argnames=("shape", "work", "weight"))
-def _padded(image, shape, work, weight=False):
+@jax.jit(static_argnames=("shape", "work", "weight", "batch"))
+def _padded(image, shape, work, weight=False, batch=False):
     """``image`` ``(*S, C)`` downsampled to ``shape`` and padded to ``work`` at the far ends
-    (edges repeated; zeros for a ``weight`` map)."""
+    (edges repeated; zeros for a ``weight`` map); ``batch``: each of a ``(B, *S, C)`` stack."""
+    if batch:
+        return jax.vmap(lambda x: _padded(x, shape, work, weight))(image)
     image = obj.downsample(image, shape=shape)
     pad = [(0, w - s) for s, w in zip(shape, work)] + [(0, 0)]
     return jnp.pad(image, pad) if weight else jnp.pad(image, pad, mode="edge")
 
 
 # ----------------------------------------------------------------------------- jitted parts
-@jax.jit(static_argnames=("steps", "transform", "similarity", "window", "bins", "with_callback"))
+@jax.jit(static_argnames=("steps", "transform", "similarity", "window", "bins", "with_callback", "batch"))
 def _run_level(theta, fixed, moving, weight, level_to_mm, centre, radius, learning_rate, token, level, *,
-               steps, transform, similarity, window, bins, with_callback):
+               steps, transform, similarity, window, bins, with_callback, batch=False):
     """``steps`` Adam steps at one level; returns ``(theta, (steps,) loss trace)``.
 
     ``level_to_mm`` ``(ndim + 1, ndim + 1)`` maps a voxel of this level to mm; the level's
-    voxel matrix is ``level_to_mm⁻¹ · world(theta) · level_to_mm``.
+    voxel matrix is ``level_to_mm⁻¹ · world(theta) · level_to_mm``. ``batch``: ``theta``,
+    the images, ``weight``, ``centre`` and ``radius`` have a leading pair axis, each pair is
+    optimised as alone (its own loss, gradient and Adam moments) and the trace is ``(B, steps)``.
     """
-    ndim = fixed.ndim - 1
-    shape = fixed.shape[:-1]
+    ndim = fixed.ndim - 1 - int(batch)
+    shape = fixed.shape[int(batch):-1]
     mm_to_level = jnp.linalg.inv(level_to_mm)
 
-    def objective(th):
+    def objective(th, fixed, moving, weight, centre, radius):
         m = mm_to_level @ _world(th, centre, radius, transform=transform, ndim=ndim) @ level_to_mm
         warped = spatial.warp(moving, spatial.affine_ddf(m, shape), order=1, mode="nearest")
         return obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
 
+    loss_and_grad = obj.per_pair_value_and_grad(objective, batch)
     opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=FINAL_LR_FRACTION))
 
     def step(carry, i):
         th, state = carry
-        loss, grad = jax.value_and_grad(objective)(th)
+        loss, grad = loss_and_grad(th, fixed, moving, weight, centre, radius)
         updates, state = opt.update(grad, state, th)
         if with_callback:
-            obj.maybe_emit(token, level, i, steps, loss)
+            obj.maybe_emit(token, level, i, steps, jnp.mean(loss))
         return (optax.apply_updates(th, updates), state), loss
 
     (theta, _), trace = jax.lax.scan(step, (theta, opt.init(theta)), jnp.arange(steps))
-    return theta, trace
+    return theta, (trace.T if batch else trace)
 
 
-@jax.jit
-def _moments(image, spacing):
-    """Intensity centre of mass (mm) and RMS radius about it (mm) of a ``(*S, C)`` image."""
+@jax.jit(static_argnames="batch")
+def _moments(image, spacing, *, batch=False):
+    """Intensity centre of mass (mm) and RMS radius about it (mm) of a ``(*S, C)`` image
+    (``batch``: of each image of a stack, ``(B, ndim)`` and ``(B,)``)."""
+    if batch:
+        return jax.vmap(lambda x: _moments(x, spacing))(image)
     ndim = image.ndim - 1
     mass = jnp.mean(image, axis=-1)
     total = jnp.maximum(jnp.sum(mass), 1e-12)
@@ -197,6 +205,7 @@ def optimize_affine(
     learning_rate: float | None = None,
     init: str = "com",
     callback: Callable[[int, int, float], None] | None = None,
+    batch: bool = False,
 ) -> AffineResult:
     """Rigid or affine registration of ``moving`` onto ``fixed`` (module docstring).
 
@@ -211,7 +220,11 @@ def optimize_affine(
       steps: Adam steps at each level (one number or one per level).
       learning_rate: Adam step in voxels of the level's finest axis (``None``: 0.25).
       init: ``"com"`` (translation by the intensity centres of mass) or ``"identity"``.
-      callback: optional ``callback(level_index, step, loss)`` every 10 steps.
+      callback: optional ``callback(level_index, step, loss)`` every 10 steps (with
+        ``batch``: the mean loss of the pairs).
+      batch: stacks ``(B, *S[, C])`` of B pairs, optimised together in one compiled loop, each
+        pair as it would be alone (as :func:`jaxreg.optimize.optimize`); ``matrix``,
+        ``world``, ``losses`` and ``parameters`` of the result gain a leading ``B`` axis.
 
     Returns:
       An :class:`AffineResult`; ``warp(moving, affine_ddf(result.matrix, shape))`` is
@@ -226,22 +239,24 @@ def optimize_affine(
         raise ValueError(f"`init` must be one of {INITS}; got {init!r}.")
     _check_options(transform=transform, similarity=similarity, regularizer="diffusion", window=window, bins=bins,
                    weight=0.0, learning_rate=learning_rate, integration_steps=0, callback=callback)
-    fixed, moving = obj.prepare_pair(fixed, moving, check_pair)
-    shape = fixed.shape[:-1]
+    batch = bool(batch)
+    fixed, moving = (obj.prepare_pairs if batch else obj.prepare_pair)(fixed, moving, check_pair)
+    lead = fixed.shape[:1] if batch else ()  # (B,) or ()
+    shape = fixed.shape[len(lead):-1]
     ndim = len(shape)
     spacing = obj.check_spacing(spacing, ndim)
     default = affine_levels(shape, spacing) if levels is None else None
     levels, steps, factors, level_shapes = obj.plan_levels(shape, levels, steps, spacing, default_levels=default)
-    weight_map = obj.mask_weight(fixed_mask, shape)
+    weight_map = obj.mask_weight(fixed_mask, shape, batch=lead[0] if batch else None)
     learning_rate = LEARNING_RATE if learning_rate is None else float(learning_rate)
 
     spacing_arr = jnp.asarray(spacing, jnp.float32)
-    com_fixed, radius = _moments(fixed, spacing_arr)
-    com_moving, _ = _moments(moving, spacing_arr)
+    com_fixed, radius = _moments(fixed, spacing_arr, batch=batch)
+    com_moving, _ = _moments(moving, spacing_arr, batch=batch)
     radius = jnp.maximum(radius, 4.0 * min(spacing))
-    theta = jnp.zeros((_n_linear(transform, ndim) + ndim,), jnp.float32)
+    theta = jnp.zeros(lead + (_n_linear(transform, ndim) + ndim,), jnp.float32)
     if init == "com":
-        theta = theta.at[-ndim:].set(com_moving - com_fixed)
+        theta = theta.at[..., -ndim:].set(com_moving - com_fixed)
 
     token = next(obj.TOKENS)
     if callback is not None:
@@ -249,7 +264,7 @@ def optimize_affine(
     # Every level runs on the grid of the largest one: a coarser level's images sit in its corner,
     # edges repeated, with similarity weight 0 outside. One compiled program serves all levels.
     work = tuple(max(sides) for sides in zip(*level_shapes))
-    ones = jnp.ones(shape, jnp.float32) if weight_map is None else weight_map
+    ones = jnp.ones(lead + shape, jnp.float32) if weight_map is None else weight_map
     traces = []
     try:
         for i, (ls, fs, n) in enumerate(zip(level_shapes, factors, steps)):
@@ -259,18 +274,20 @@ def optimize_affine(
             level_to_mm[:ndim, ndim] = np.asarray(spacing) * (ratio - 1) / 2
             relative = obj.relative_spacing(spacing, fs)
             theta, trace = _run_level(
-                theta, _padded(fixed, ls, work), _padded(moving, ls, work),
-                _padded(ones[..., None], ls, work, weight=True)[..., 0],
+                theta, _padded(fixed, ls, work, batch=batch), _padded(moving, ls, work, batch=batch),
+                _padded(ones[..., None], ls, work, weight=True, batch=batch)[..., 0],
                 jnp.asarray(level_to_mm, jnp.float32), com_fixed, radius,
                 jnp.float32(learning_rate * min(spacing) * max(fs)), jnp.int32(token), jnp.int32(i),
                 steps=n, transform=transform, similarity=similarity, window=obj.axis_windows(window, relative),
-                bins=int(bins), with_callback=callback is not None)
+                bins=int(bins), with_callback=callback is not None,
+                **({"batch": True} if batch else {}))  # the single-pair program as compiled before
             traces.append(trace)
-        trace = np.concatenate([np.asarray(t) for t in traces])
+        trace = np.concatenate([np.asarray(t) for t in traces], axis=-1)
     finally:
         obj.CALLBACKS.pop(token, None)
-    world = np.asarray(_world(theta, com_fixed, radius, transform=transform, ndim=ndim), np.float64)
-    world[ndim] = np.eye(ndim + 1)[ndim]
+    world_of = lambda th, c, r: _world(th, c, r, transform=transform, ndim=ndim)  # noqa: E731
+    world = np.array((jax.vmap(world_of) if batch else world_of)(theta, com_fixed, radius), np.float64)
+    world[..., ndim, :] = np.eye(ndim + 1)[ndim]
     scale = np.diag(np.append(np.asarray(spacing, np.float64), 1.0))
     matrix = np.linalg.inv(scale) @ world @ scale
     return AffineResult(matrix, world, trace, steps, levels, shape, np.asarray(theta))

@@ -22,9 +22,11 @@ two stages: the voxel ``matrix`` and the deformable stage's ``deformation`` ``u`
 ``ddf(x) = matrix · [x + u(x), 1] − x`` (the deformation is applied first, then the affine
 map, as ANTs' ``-t Warp.nii.gz -t Affine.mat``).
 
-Many pairs of one shape: call ``register`` in a loop (each call after the first reuses the
-compiled code), or batch a trained model yourself with ``model.predict`` on ``(B, *S)``
-arrays.
+Many pairs of one shape: ``register(fixed, moving, batch=True)`` on stacks ``(B, *S[, C])``
+registers them in one call (the optimisers are vmapped, so a GPU runs the pairs in
+parallel; a trained model sees one ``(B, ...)`` batch); each pair gets the result it would
+get alone, to float rounding. Or call ``register`` in a loop: each call after the first
+reuses the compiled code.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -213,16 +216,22 @@ def _model_inputs(model: Model, image: jax.Array, shape: tuple[int, ...]) -> jax
     return jnp.pad(image, pad, mode="edge")[None]
 
 
-def _register_with_model(model: Model, fixed, moving, shape, options: Mapping, key) -> tuple[jax.Array, dict]:
+def _register_with_model(model: Model, fixed, moving, shape, options: Mapping, key, *,
+                         batch: bool = False) -> tuple[jax.Array, dict]:
+    """The model's field for one pair ``(*S, C)`` (``batch``: for a stack ``(B, *S, C)``, every pair
+    rescaled and padded alone, then one ``(B, ...)`` call of the network)."""
     if model.name not in ("deqreg", "diffusereg") and options:
         raise ValueError(f"a {model.name!r} model takes no options; got {sorted(options)}.")
-    f, m = _model_inputs(model, fixed, shape), _model_inputs(model, moving, shape)
+    pairs = zip(fixed, moving) if batch else [(fixed, moving)]
+    inputs = [(_model_inputs(model, f, shape), _model_inputs(model, m, shape)) for f, m in pairs]
+    f, m = jnp.concatenate([f for f, _ in inputs]), jnp.concatenate([m for _, m in inputs])
     if model.name == "diffusereg":  # a sampler: its options, and the key of its noise
-        ddf = model.method.module.sample(model.params, f, m, key=key, **options).ddf[0]
+        ddf = model.method.module.sample(model.params, f, m, key=key, **options).ddf
     else:
-        ddf = model.method.predict(model.params, f, m, **options)[0]
-    ddf = ddf[tuple(slice(0, s) for s in shape)]
-    return ddf, {"method": model.name, "workdir": str(model.workdir), "checkpoint": model.step, "options": dict(options)}
+        ddf = model.method.predict(model.params, f, m, **options)
+    ddf = ddf[(slice(None), *(slice(0, s) for s in shape))]
+    return (ddf if batch else ddf[0]), {"method": model.name, "workdir": str(model.workdir), "checkpoint": model.step,
+                                        "options": dict(options)}
 
 
 @jax.jit
@@ -246,6 +255,11 @@ def _compose_affine(matrix, u):
     """``matrix · [x + u(x), 1] − x``: the total displacement of ``u`` then ``matrix``."""
     ndim = u.shape[-1]
     return spatial.affine_ddf(matrix, u.shape[:-1]) + jnp.einsum("...j,ij->...i", u, matrix[:ndim, :ndim])
+
+
+def _per_pair(fn: Callable, batch: bool) -> Callable:
+    """``fn`` of one pair's arrays, mapped over a leading pair axis when ``batch``."""
+    return jax.vmap(fn) if batch else fn
 
 
 def _check_stage(affine, affine_options, options) -> tuple[str | None, dict]:
@@ -302,7 +316,7 @@ def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine"
 def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, spacing=None,
              affine: str | bool | None = "affine", affine_options: Mapping | None = None, fixed_mask=None,
              moving_labels=None, key: jax.Array | None = None, callback: Callable | None = None,
-             **options) -> Registration:
+             batch: bool = False, **options) -> Registration:
     """Registers ``moving`` onto ``fixed``: an affine stage, then a deformable one.
 
     Args:
@@ -324,7 +338,14 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
       key: PRNG key of a sampling model's noise (DiffuseReg; default from its ``seed``);
         unused by the optimiser and deterministic models.
       callback: ``callback(level, step, loss)`` during optimisation (e.g. a progress bar);
-        levels are numbered across the stages (:func:`register_stages`).
+        levels are numbered across the stages (:func:`register_stages`); with ``batch`` the
+        loss is the mean over the pairs.
+      batch: ``fixed`` and ``moving`` are stacks ``(B, *S)`` or ``(B, *S, C)`` of B pairs of
+        one shape, registered together (the optimisers vmapped; a model gets one batch), each
+        pair as it would be alone. ``fixed_mask`` is ``(*S)`` for every pair or ``(B, *S)``;
+        ``moving_labels`` is ``(B, *S)``. Every array of the result (``ddf``, ``warped``,
+        ``warped_labels``, ``matrix``, ``deformation``, ``velocity``, the loss traces in
+        ``info``) gains a leading ``B`` axis.
       **options: keyword options of :func:`jaxreg.optimize.optimize` for the deformable
         stage (``transform="rigid"``/``"affine"`` makes that the only stage), or of the
         model's ``predict`` (DEQReg: ``steps``, ``tol``, ``method``, ...; DiffuseReg: sampler
@@ -342,21 +363,28 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
 
         result = jaxreg.register(fixed, moving, spacing=(1.4, 1.4, 10.0))  # affine + SVF
         result = jaxreg.register(fixed, moving, model="runs/deqreg_demo", steps=24)
+        results = jaxreg.register(fixed_stack, moving_stack, batch=True)  # (B, *S): B pairs at once
         dice = jaxreg.metrics.dice(fixed_labels, jaxreg.warp(moving_labels, result.ddf, order=0))
     """
     start = time.perf_counter()
     enable_compilation_cache()
     given = fixed, moving
-    fixed, moving = optimize_lib.check_pair(fixed, moving)  # (*S, C) float32
-    shape = fixed.shape[:-1]
+    batch = bool(batch)
+    if batch:  # (B, *S, C) float32, every pair checked
+        fixed, moving = _objective.check_stacks(fixed, moving, optimize_lib.check_pair)
+    else:
+        fixed, moving = optimize_lib.check_pair(fixed, moving)  # (*S, C) float32
+    lead = fixed.shape[:1] if batch else ()  # (B,) or ()
+    shape = fixed.shape[len(lead):-1]
     ndim = len(shape)
     spacing = _objective.check_spacing(spacing, ndim)
     stage, affine_options = _check_stage(affine, affine_options, options)
-    if fixed_mask is not None and tuple(np.shape(fixed_mask)) != shape:
-        raise ValueError(f"`fixed_mask` must have the spatial shape of `fixed` {shape}; got {tuple(np.shape(fixed_mask))}.")
-    if moving_labels is not None and tuple(np.shape(moving_labels)) != shape:
-        raise ValueError(f"`moving_labels` must have the spatial shape of `moving` {shape}; "
-                         f"got {tuple(np.shape(moving_labels))}.")
+    if fixed_mask is not None and tuple(np.shape(fixed_mask)) not in {shape, lead + shape}:
+        raise ValueError(f"`fixed_mask` must have the spatial shape of `fixed` {shape}"
+                         + (f" or {lead + shape}" if batch else "") + f"; got {tuple(np.shape(fixed_mask))}.")
+    if moving_labels is not None and tuple(np.shape(moving_labels)) != lead + shape:
+        raise ValueError(f"`moving_labels` must have the {'shape (B, *S)' if batch else 'spatial shape'} of `moving` "
+                         f"{lead + shape}; got {tuple(np.shape(moving_labels))}.")
     if model is not None:
         if fixed_mask is not None:
             raise ValueError("`fixed_mask` is used by the classical optimiser only (model=None).")
@@ -365,18 +393,20 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     first_level = 0
     stage_callback = callback
     info: dict[str, Any] = {"affine": stage, "spacing": list(spacing)}
-    matrix = np.eye(ndim + 1)
+    matrix = np.array(np.broadcast_to(np.eye(ndim + 1), lead + (ndim + 1, ndim + 1)))
     # Each image checked and normalised once, for both stages (exactly what optimize would do).
-    fixed_n, moving_n = _objective.normalise(fixed), _objective.normalise(moving)
+    normalise = _per_pair(_objective.normalise, batch)
+    fixed_n, moving_n = normalise(fixed), normalise(moving)
     moving_stage = moving_n
+    pairs = {"batch": True} if batch else {}
     if stage is not None:
         affine_start = time.perf_counter()
         shared = {k: options[k] for k in ("similarity", "window", "bins") if k in options}
         result = affine_lib.optimize_affine(_objective.Normalised(fixed_n), _objective.Normalised(moving_n),
                                             fixed_mask=fixed_mask, spacing=spacing, transform=stage,
-                                            callback=callback, **(shared | affine_options))
+                                            callback=callback, **(shared | affine_options), **pairs)
         matrix = result.matrix
-        moving_stage = _warp_affine(moving_n, jnp.asarray(matrix, jnp.float32))
+        moving_stage = _per_pair(_warp_affine, batch)(moving_n, jnp.asarray(matrix, jnp.float32))
         first_level = len(result.levels)
         info.update(affine_levels=result.levels, affine_steps=result.steps, affine_losses=np.asarray(result.losses),
                     affine_time_s=time.perf_counter() - affine_start)
@@ -386,7 +416,8 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     velocity = None
     if model is None:
         result = optimize_lib.optimize(_objective.Normalised(fixed_n), _objective.Normalised(moving_stage),
-                                       fixed_mask=fixed_mask, spacing=spacing, callback=stage_callback, **options)
+                                       fixed_mask=fixed_mask, spacing=spacing, callback=stage_callback, **options,
+                                       **pairs)
         if result.matrix is not None:  # transform="rigid"/"affine": the only stage
             matrix, deformation = result.matrix, None
         else:
@@ -394,17 +425,20 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         info.update(method="optimize", steps=result.steps, levels=result.levels, losses=np.asarray(result.losses),
                     options=dict(options))
     else:
-        model_moving = moving if stage is None else _warp_affine(moving, jnp.asarray(matrix, jnp.float32))
-        deformation, model_info = _register_with_model(model, fixed, model_moving, shape, options, key)
+        model_moving = moving if stage is None else _per_pair(_warp_affine, batch)(moving,
+                                                                                    jnp.asarray(matrix, jnp.float32))
+        deformation, model_info = _register_with_model(model, fixed, model_moving, shape, options, key, batch=batch)
         info.update(model_info)
     if deformation is None:
-        ddf = _affine_ddf(jnp.asarray(matrix, jnp.float32), moving)
+        ddf = _per_pair(_affine_ddf, batch)(jnp.asarray(matrix, jnp.float32), moving)
     elif stage is None:
         ddf = deformation  # exactly the deformable stage's field
     else:
-        ddf = _compose_affine(jnp.asarray(matrix, jnp.float32), deformation)
-    warped = _warp(moving, ddf).reshape(np.shape(given[1]))  # shaped like the moving image given
-    warped_labels = None if moving_labels is None else _warp(jnp.asarray(moving_labels), ddf, order=0)
+        ddf = _per_pair(_compose_affine, batch)(jnp.asarray(matrix, jnp.float32), deformation)
+    warp = _per_pair(_warp, batch)
+    warped = warp(moving, ddf).reshape(np.shape(given[1]))  # shaped like the moving image given
+    warped_labels = None if moving_labels is None else _per_pair(partial(_warp, order=0), batch)(
+        jnp.asarray(moving_labels), ddf)
     jax.block_until_ready(warped)
     info["time_s"] = time.perf_counter() - start
     return Registration(ddf, warped, warped_labels, info, np.asarray(matrix, np.float64), deformation, velocity,

@@ -197,6 +197,20 @@ def test_trained_model_registers_odd_shapes_with_solver_options(deq_workdir):
     np.testing.assert_allclose(np.asarray(by_path.ddf), np.asarray(result.ddf), atol=1e-6)
 
 
+def test_trained_model_registers_a_batch_like_single_pairs(deq_workdir):
+    # Pairs of different intensity ranges: each is rescaled alone before the one network call.
+    pairs = [_blob_pair(shape=(18, 22), shift=s)[:2] for s in [(1.0, -1.0), (-1.5, 0.5), (0.5, 1.5)]]
+    fixed = np.stack([f * (1 + 3 * i) for i, (f, _) in enumerate(pairs)])
+    moving = np.stack([m * (1 + 3 * i) + i for i, (_, m) in enumerate(pairs)])
+    model = jaxreg.load_model(deq_workdir)
+    batch = jaxreg.register(fixed, moving, model=model, batch=True, affine=False, steps=4)
+    assert batch.ddf.shape == (3, 18, 22, 2)
+    for i in range(3):
+        alone = jaxreg.register(fixed[i], moving[i], model=model, affine=False, steps=4)
+        np.testing.assert_allclose(np.asarray(batch.ddf[i]), np.asarray(alone.ddf), atol=1e-5)
+        np.testing.assert_allclose(np.asarray(batch.warped[i]), _scipy_warp(moving[i], batch.ddf[i]), atol=1e-4)
+
+
 def test_voxelmorph_workdir_registers_a_volume_and_takes_no_options(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests/configs/tiny.py"),
                           "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
