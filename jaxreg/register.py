@@ -31,6 +31,7 @@ reuses the compiled code.
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
 from collections.abc import Callable, Mapping
@@ -262,7 +263,24 @@ def _per_pair(fn: Callable, batch: bool) -> Callable:
     return jax.vmap(fn) if batch else fn
 
 
-def _check_stage(affine, affine_options, options) -> tuple[str | None, dict]:
+# Arguments of optimize/optimize_affine that register passes itself (not user options).
+_REGISTER_OWNS = ("fixed", "moving", "fixed_mask", "spacing", "callback", "batch")
+
+
+def _keyword_names(function, owned) -> tuple[str, ...]:
+    return tuple(name for name, p in inspect.signature(function).parameters.items()
+                 if p.kind is p.KEYWORD_ONLY and name not in owned)
+
+
+def _check_names(given: Mapping, function, owned, argument: str) -> None:
+    valid = _keyword_names(function, owned)
+    unknown = [name for name in given if name not in valid]
+    if unknown:
+        raise ValueError(f"{argument}: unknown option(s) {unknown} of {function.__name__}; valid names: "
+                         f"{', '.join(valid)}.")
+
+
+def _check_stage(affine, affine_options, options, model=None) -> tuple[str | None, dict]:
     if affine is not None and affine is not False and affine not in AFFINE_STAGES:
         raise ValueError(f"`affine` must be one of {AFFINE_STAGES}, False or None; got {affine!r}.")
     if affine_options is not None and not isinstance(affine_options, Mapping):
@@ -270,9 +288,38 @@ def _check_stage(affine, affine_options, options) -> tuple[str | None, dict]:
     affine_options = dict(affine_options or {})
     if "transform" in affine_options:
         raise ValueError("`affine_options` takes no 'transform': choose it with affine='rigid' or 'affine'.")
+    _check_names(affine_options, affine_lib.optimize_affine, _REGISTER_OWNS + ("transform",), "`affine_options`")
+    if model is None:  # a model's predict checks its own options
+        _check_names(options, optimize_lib.optimize, _REGISTER_OWNS, "`**options` of register")
     if options.get("transform") in AFFINE_STAGES:  # the affine transform is the whole registration
         return None, affine_options
     return (affine or None), affine_options
+
+
+def _check_not_channels_2d(given_shape, shape, batch: bool) -> None:
+    """Refuses a rank-3 image (rank 4 with ``batch``) whose last axis is too short for a 3-D image."""
+    if len(given_shape) == 3 + batch and len(shape) == 3 and shape[-1] < 4:
+        raise ValueError(
+            f"`fixed` of shape {tuple(given_shape)} is read as a 3-D image {tuple(shape)} whose last axis has "
+            f"{shape[-1]} voxel(s), fewer than the 4 a 3-D registration needs. A rank-3 array is a 3-D image; "
+            f"2-D images with channels are not supported: register one channel or average them "
+            f"(e.g. `image.mean(-1)`).")
+
+
+def _check_labels(labels) -> np.ndarray:
+    """An integer label map; floats whose values are all integers are cast to int32, others refused."""
+    labels = np.asarray(labels)
+    if labels.dtype == bool or np.issubdtype(labels.dtype, np.integer):
+        return labels
+    if not np.issubdtype(labels.dtype, np.floating):
+        raise ValueError(f"`moving_labels` must be an integer label map; got dtype {labels.dtype}.")
+    bad = ~np.isfinite(labels)
+    bad[~bad] = labels[~bad] != np.round(labels[~bad])
+    if bad.any():
+        raise ValueError(f"`moving_labels` must be an integer label map (floats are accepted only when every value "
+                         f"is an integer); got dtype {labels.dtype} with {int(bad.sum())} non-integer value(s), "
+                         f"e.g. {labels[bad].flat[0].item()!r}.")
+    return labels.astype(np.int32)
 
 
 def _given(options: Mapping, key: str, default):
@@ -290,7 +337,7 @@ def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine"
     """
     shape = tuple(int(s) for s in shape)
     spacing = _objective.check_spacing(spacing, len(shape))
-    stage, affine_options = _check_stage(affine, affine_options, options)
+    stage, affine_options = _check_stage(affine, affine_options, options, model)
     out = []
     if stage is not None:
         levels = affine_options.get("levels")
@@ -320,7 +367,9 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     """Registers ``moving`` onto ``fixed``: an affine stage, then a deformable one.
 
     Args:
-      fixed: ``(*S)`` or ``(*S, C)`` image, 2-D or 3-D; the target grid.
+      fixed: ``(H, W)``, ``(D, H, W)`` or ``(D, H, W, C)`` image; the target grid. A rank-3 array
+        is a 3-D image: 2-D images with channels ``(H, W, C)`` are not supported (register one
+        channel or their mean).
       moving: an image of the same spatial shape and channels.
       model: ``None`` for classical optimisation, or a trained model (a workdir path or
         :func:`load_model`'s result) for the deformable stage.
@@ -334,13 +383,14 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
       fixed_mask: optional ``(*S)`` mask on the fixed grid; the similarity counts only
         where it is nonzero (classical path and the affine stage).
       moving_labels: optional ``(*S)`` integer label map of ``moving``, warped with
-        nearest-neighbour interpolation into ``warped_labels``.
+        nearest-neighbour interpolation into ``warped_labels``. A float map whose values are
+        all integers is cast to int32; other floats raise.
       key: PRNG key of a sampling model's noise (DiffuseReg; default from its ``seed``);
         unused by the optimiser and deterministic models.
       callback: ``callback(level, step, loss)`` during optimisation (e.g. a progress bar);
         levels are numbered across the stages (:func:`register_stages`); with ``batch`` the
         loss is the mean over the pairs.
-      batch: ``fixed`` and ``moving`` are stacks ``(B, *S)`` or ``(B, *S, C)`` of B pairs of
+      batch: ``fixed`` and ``moving`` are stacks ``(B, *S)`` or ``(B, D, H, W, C)`` of B pairs of
         one shape, registered together (the optimisers vmapped; a model gets one batch), each
         pair as it would be alone. ``fixed_mask`` is ``(*S)`` for every pair or ``(B, *S)``;
         ``moving_labels`` is ``(B, *S)``. Every array of the result (``ddf``, ``warped``,
@@ -355,8 +405,11 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
       A :class:`Registration`.
 
     Raises:
-      ValueError: NaN/Inf or constant images, mismatched shapes or ranks, a mask or label
-        map of the wrong shape, a bad ``spacing`` or ``affine``, unknown options.
+      ValueError: NaN/Inf or constant images, mismatched shapes or ranks, a rank-3 array
+        whose last axis is shorter than 4 (a 2-D image with channels), a mask or label map of
+        the wrong shape, a float label map with non-integer values, a bad ``spacing`` or
+        ``affine``, unknown keyword options of the optimisers (the message lists the valid
+        names; a model's ``predict`` checks its own).
       FileNotFoundError: a model workdir that does not exist.
 
     Example::
@@ -378,13 +431,16 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     shape = fixed.shape[len(lead):-1]
     ndim = len(shape)
     spacing = _objective.check_spacing(spacing, ndim)
-    stage, affine_options = _check_stage(affine, affine_options, options)
+    _check_not_channels_2d(np.shape(given[0]), shape, batch)
+    stage, affine_options = _check_stage(affine, affine_options, options, model)
     if fixed_mask is not None and tuple(np.shape(fixed_mask)) not in {shape, lead + shape}:
         raise ValueError(f"`fixed_mask` must have the spatial shape of `fixed` {shape}"
                          + (f" or {lead + shape}" if batch else "") + f"; got {tuple(np.shape(fixed_mask))}.")
     if moving_labels is not None and tuple(np.shape(moving_labels)) != lead + shape:
         raise ValueError(f"`moving_labels` must have the {'shape (B, *S)' if batch else 'spatial shape'} of `moving` "
                          f"{lead + shape}; got {tuple(np.shape(moving_labels))}.")
+    if moving_labels is not None:
+        moving_labels = _check_labels(moving_labels)
     if model is not None:
         if fixed_mask is not None:
             raise ValueError("`fixed_mask` is used by the classical optimiser only (model=None).")

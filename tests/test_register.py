@@ -172,6 +172,38 @@ def test_bad_spacing_or_stage_raises(kwargs, match):
         jaxreg.register(fixed, moving, **kwargs)
 
 
+def test_integral_float_labels_are_warped_as_integers_and_others_refused():
+    fixed, moving, _, moving_labels = _blob_pair()
+    result = jaxreg.register(fixed, moving, affine=False, moving_labels=moving_labels.astype(np.float32), **FAST)
+    assert np.asarray(result.warped_labels).dtype == np.int32
+    np.testing.assert_array_equal(np.asarray(result.warped_labels), _scipy_warp(moving_labels, result.ddf, order=0))
+    stack = np.stack([moving_labels, moving_labels]).astype(np.float64)  # batch=True: (B, *S) float labels
+    batch = jaxreg.register(np.stack([fixed, fixed]), np.stack([moving, moving]), batch=True, affine=False,
+                            moving_labels=stack, **FAST)
+    for b in range(2):
+        np.testing.assert_array_equal(np.asarray(batch.warped_labels[b]),
+                                      _scipy_warp(moving_labels, batch.ddf[b], order=0))
+    for bad in (np.full(fixed.shape, 0.5), np.where(moving_labels > 0, np.nan, 0.0)):
+        with pytest.raises(ValueError, match="`moving_labels` must be an integer label map"):
+            jaxreg.register(fixed, moving, affine=False, moving_labels=bad, **FAST)
+
+
+def test_unknown_options_list_the_valid_names():
+    fixed, moving, _, _ = _blob_pair(shape=(16, 16))
+    with pytest.raises(ValueError, match=r"unknown option\(s\) \['bogus'\] of optimize; valid names: transform, .*steps"):
+        jaxreg.register(fixed, moving, bogus=1)
+    with pytest.raises(ValueError, match=r"`affine_options`: unknown option\(s\) \['bogus'\].*valid names: .*learning_rate"):
+        jaxreg.register(fixed, moving, affine_options={"bogus": 1})
+
+
+def test_a_2d_image_with_channels_is_refused_with_a_hint():
+    image = np.random.default_rng(0).random((32, 32, 3)).astype(np.float32)  # an RGB-like 2-D image
+    with pytest.raises(ValueError, match="A rank-3 array is a 3-D image; 2-D images with channels are not supported"):
+        jaxreg.register(image, image[::-1])
+    with pytest.raises(ValueError, match="2-D images with channels are not supported"):
+        jaxreg.register(np.stack([image, image]), np.stack([image, image[::-1]]), batch=True)
+
+
 # --- trained models ---------------------------------------------------------------------
 
 
