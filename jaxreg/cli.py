@@ -43,6 +43,7 @@ import inspect
 import json
 import math
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -68,11 +69,18 @@ def parse_option(text: str) -> tuple[str, object]:
         return key, value  # a bare word: a string option such as similarity=mi
 
 
+def _plain(text: str) -> str:
+    """Docstring text for ``--help``: ``:func:`name``` and ````code```` markup removed."""
+    text = re.sub(r":\w+:`~?([^`]*)`", r"\1", text)
+    return text.replace("``DIR``", "the --out folder").replace("``", "")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxreg", description="jaxreg: deformable image registration in JAX.")
     commands = parser.add_subparsers(dest="command", required=True)
     reg = commands.add_parser("register", help="register a moving NIfTI image onto a fixed one",
-                              description=__doc__.split("\n\n")[2])
+                              description=_plain("\n\n".join(__doc__.split("\n\n")[2:4])),
+                              formatter_class=argparse.RawDescriptionHelpFormatter)
     reg.add_argument("--fixed", required=True, help="fixed image (.nii or .nii.gz): the target grid; "
                      "(X, Y, Z, C) for several channels")
     reg.add_argument("--moving", required=True, help="moving image (.nii or .nii.gz), as many channels as --fixed")
@@ -169,8 +177,19 @@ def _load_companion(path: str | None, name: str, image: _Image, what: str):
         return None
     other = _load(path, name)
     if not _same_space(other.shape, other.affine, image.shape, image.affine):
-        raise ValueError(f"--{name} must share the {what}'s shape and affine; got {other.shape} vs {image.shape}.")
+        if tuple(other.shape) != tuple(image.shape):
+            got = f"shape {tuple(other.shape)} vs the {what}'s {tuple(image.shape)}"
+        else:
+            got = f"the same shape {tuple(image.shape)} but affine {_matrix_text(other.affine)} vs the {what}'s " \
+                  f"{_matrix_text(image.affine)}"
+        raise ValueError(f"--{name} must share the {what}'s shape and affine; got {got}.")
     return other.array
+
+
+def _matrix_text(matrix) -> str:
+    """A matrix on one line, rows in brackets, 4 decimals (for error messages)."""
+    rows = np.round(np.asarray(matrix, np.float64), 4) + 0.0  # + 0.0: no "-0"
+    return "[" + ", ".join("[" + ", ".join(f"{v:g}" for v in row) + "]" for row in rows) + "]"
 
 
 def _check_out(path: str) -> Path:

@@ -323,6 +323,33 @@ def test_register_errors_before_any_work(inputs, capsys, extra, message):
     assert not out.exists() and not [p for p in tmp.iterdir() if p.name.startswith(".out")]
 
 
+@pytest.mark.parametrize("affine, shape, message", [
+    (np.diag([1.0, 1.0, 1.0, 1.0]), (16, 16, 16),
+     "--moving-labels must share the moving image's shape and affine; got the same shape (16, 16, 16) but affine "
+     "[[1, 0, 0, 0], [0, 1, 0, 0], [0, 0, 1, 0], [0, 0, 0, 1]] vs the moving image's "
+     "[[0, 0, 2, -10], [-1.5, 0, 0, 20], [0, 1.5, 0, -5], [0, 0, 0, 1]]."),
+    (AFFINE, (8, 16, 16), "--moving-labels must share the moving image's shape and affine; got shape (8, 16, 16) "
+                          "vs the moving image's (16, 16, 16)."),
+])
+def test_labels_on_another_grid_name_what_differs(inputs, capsys, affine, shape, message):
+    tmp, paths = inputs
+    labels = _save(tmp / "other.nii.gz", np.zeros(shape, np.int16), affine)
+    code = cli.main(["register", "--fixed", paths["f"], "--moving", paths["m"], "--out", str(tmp / "out"),
+                     "--no-progress", "--moving-labels", labels])
+    assert code == 1
+    assert capsys.readouterr().err.strip() == f"error: {message}"
+
+
+def test_register_help_lists_the_outputs_without_markup():
+    out = subprocess.run([sys.executable, "-m", "jaxreg.cli", "register", "--help"], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    for name in ("warped.nii.gz", "disp.nii.gz", "inverse_disp.nii.gz", "warped_labels.nii.gz", "transform/", "itk/",
+                 "overview.png", "info.json"):
+        assert f"* {name}" in out.stdout, name
+    assert ":func:" not in out.stdout and "``" not in out.stdout
+
+
 def test_register_refuses_an_existing_non_empty_out(inputs, capsys):
     tmp, paths = inputs
     out = tmp / "out"
