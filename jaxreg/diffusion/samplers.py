@@ -14,6 +14,10 @@ guidance live in the denoiser (``jaxreg.diffusion.model``); every update here re
 * :func:`observe` yields a :class:`Snapshot` every ``every`` steps (one jitted scan per
   chunk), so a caller can watch x̂₀ form and stop early.
 
+Noise: every model call splits the carried key, ``key, sub = jax.random.split(key)``, and a
+stochastic update draws ``jax.random.normal(sub, x.shape)``; :func:`observe` carries the key
+across chunks, so chunked and whole runs draw the same noise.
+
 :func:`ddim_sample` / :func:`ddpm_sample` are the plain forms for an ``eps_fn(x_t, t)``.
 """
 
