@@ -3,8 +3,11 @@
     python docs/make_api.py            # rewrite docs/api.md
     python docs/make_api.py --check    # exit 1 if docs/api.md is out of date (the tests run this)
 
-A module's public names are its ``__all__``; each entry shows the signature and the
-docstring as written (Google style: shapes, units, which direction is better).
+Every public module of jaxreg (no ``_`` in its dotted name) that has an ``__all__`` gets a
+section: the modules of ``MODULES`` first, in that order, then the others alphabetically. A
+module's public names are its ``__all__``; each entry shows the signature and the docstring as
+written (Google style: shapes, units, which direction is better). A name that a package
+re-exports from a module documented here is listed as a pointer to that module's entry.
 """
 
 from __future__ import annotations
@@ -12,7 +15,10 @@ from __future__ import annotations
 import argparse
 import importlib
 import inspect
+import pkgutil
+import re
 import sys
+import typing
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "api.md"
@@ -37,7 +43,29 @@ MODULES = (
     ("jaxreg.diffusion.guidance", "energies of x̂₀ that steer sampling"),
     ("jaxreg.training", "training state, loop, checkpoints, sharding"),
     ("jaxreg.evaluation", "evaluating a workdir, figures, reports"),
+    ("jaxreg.evaluation.l2r", "the Learn2Reg challenge metrics as the official evaluation computes them"),
+    ("jaxreg.evaluation.figures", "figures of a registration and of an evaluation"),
+    ("jaxreg.training.restore", "loading a trained run (config, parameters, model) from a workdir"),
+    ("jaxreg.data", "dataset readers, synthetic pairs, the input pipeline"),
 )
+
+
+class _Annotation:
+    """An annotation printed as written in the source (not ``'str'`` or ``ForwardRef('str')``)."""
+
+    def __init__(self, text: str):
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+def _annotation(annotation):
+    if isinstance(annotation, typing.ForwardRef):
+        return _Annotation(annotation.__forward_arg__)
+    if isinstance(annotation, str):
+        return _Annotation(annotation)
+    return annotation
 
 
 def _signature(obj) -> str:
@@ -48,8 +76,25 @@ def _signature(obj) -> str:
     # Flax modules add `parent` and `name`, whose defaults print memory addresses.
     flax_module = inspect.isclass(obj) and any(c.__name__ == "Module" and c.__module__.startswith("flax")
                                                for c in obj.__mro__)
-    keep = [p for p in signature.parameters.values() if not (flax_module and p.name in ("parent", "name"))]
-    return str(signature.replace(parameters=keep))
+    keep = [p.replace(annotation=_annotation(p.annotation)) for p in signature.parameters.values()
+            if not (flax_module and p.name in ("parent", "name"))]
+    text = str(signature.replace(parameters=keep, return_annotation=_annotation(signature.return_annotation)))
+    return re.sub(r" at 0x[0-9a-f]+>", ">", text)  # default functions: no memory addresses
+
+
+def modules() -> list[tuple[str, str]]:
+    """``(module, summary)`` for every public module with an ``__all__``, ``MODULES`` first."""
+    import jaxreg
+
+    known = dict(MODULES)
+    found = []
+    for info in pkgutil.walk_packages(jaxreg.__path__, "jaxreg."):
+        if any(part.startswith("_") for part in info.name.split(".")) or info.name in known:
+            continue
+        module = importlib.import_module(info.name)
+        if hasattr(module, "__all__"):
+            found.append((info.name, (inspect.getdoc(module) or "").split("\n")[0].rstrip(".").replace("``", "`")))
+    return list(MODULES) + sorted(found)
 
 
 def _entry(module_name: str, name: str, obj) -> list[str]:
@@ -66,14 +111,23 @@ def _entry(module_name: str, name: str, obj) -> list[str]:
 def render() -> str:
     lines = ["# API reference", "",
              "Generated from the docstrings by `python docs/make_api.py`; do not edit by hand.", ""]
-    for module_name, summary in MODULES:
+    sections = modules()
+    documented = {name for name, _ in sections}
+    for module_name, summary in sections:
         module = importlib.import_module(module_name)
         lines += [f"## `{module_name}`: {summary}", ""]
         first = (inspect.getdoc(module) or "").split("\n\n")[0]
         if first:
             lines += [first, ""]
         for name in getattr(module, "__all__", ()):
-            lines += _entry(module_name, name, getattr(module, name))
+            obj = getattr(module, name)
+            home = getattr(obj, "__module__", None)
+            if (home != module_name and home in documented and not inspect.ismodule(obj)
+                    and getattr(importlib.import_module(home), name, None) is obj
+                    and name in getattr(importlib.import_module(home), "__all__", ())):
+                lines += [f"### `{module_name}.{name}`", "", f"Re-exported: see `{home}.{name}`.", ""]
+                continue
+            lines += _entry(module_name, name, obj)
     return "\n".join(lines).rstrip() + "\n"
 
 
