@@ -20,6 +20,7 @@ from numpy.testing import assert_allclose, assert_array_equal
 
 from jaxreg.models.denoiser import Denoiser
 from jaxreg.models.swin import (
+    JointWindowAttention,
     SwinBlock,
     effective_window,
     joint_mask,
@@ -186,6 +187,85 @@ def test_relative_position_index(window):
     # closed-form properties: every offset has its own entry, all entries used, zero offset in the middle
     assert len(np.unique(got)) == math.prod(sides) and got.min() == 0 and got.max() == math.prod(sides) - 1
     assert (np.diag(got) == (math.prod(sides) - 1) // 2).all()
+
+
+def _joint_attention_reference(params, field, conditions, time, grid, window, shift, heads):
+    """JointWindowAttention by brute force: a loop over windows, heads, field queries and keys.
+
+    The bias of a (query, key) pair is looked up in the table at the key's group-free window
+    position: offset = coords(query) − coords(key) per axis, shifted by w − 1 and flattened in
+    C order over the (2w − 1) sides; the time key gets the per-head time bias. The mask is the
+    true-neighbour rule of the shifted grid (:func:`_shift_mask_reference`) for every
+    condition/field key, and the time key is always allowed.
+    """
+    p = jax.tree.map(lambda a: np.asarray(a, np.float64), params["params"])
+    field = np.asarray(field, np.float64)
+    keys_in = ([np.asarray(time, np.float64)] if time is not None else []) + [np.asarray(c, np.float64) for c in
+                                                                                conditions] + [field]
+    tokens = np.concatenate(keys_in, axis=1)
+    bw, n, c = field.shape
+    d = c // heads
+    offsets = list(np.ndindex(*window))
+    sides = [2 * w - 1 for w in window]
+    allowed = _shift_mask_reference(grid, window, shift)  # (nW, N, N)
+    n_w = allowed.shape[0]
+    lead = 1 if time is not None else 0
+    q = field @ p["query"]["kernel"] + p["query"]["bias"]
+    kv = tokens @ p["key_value"]["kernel"] + p["key_value"]["bias"]
+    k, v = kv[..., :c], kv[..., c:]
+    out = np.zeros((bw, n, c))
+    for b in range(bw):
+        for h in range(heads):
+            sl = slice(h * d, (h + 1) * d)
+            for i in range(n):
+                logits = np.empty(tokens.shape[1])
+                for j in range(tokens.shape[1]):
+                    logit = q[b, i, sl] @ k[b, j, sl] / math.sqrt(d)
+                    if j < lead:
+                        logit += p["time_bias"][h]
+                    else:
+                        pos = (j - lead) % n  # the key's place in its window, whatever its group
+                        flat = 0
+                        for a, bb, w, side in zip(offsets[i], offsets[pos], window, sides):
+                            flat = flat * side + (a - bb + w - 1)
+                        logit += p["relative_bias"][flat, h]
+                        if not allowed[b % n_w, i, pos]:
+                            logit = -np.inf
+                    logits[j] = logit
+                weights = np.exp(logits - logits.max())
+                weights /= weights.sum()
+                out[b, i, sl] = weights @ v[b, :, sl]
+    return out @ p["out"]["kernel"] + p["out"]["bias"]
+
+
+@pytest.mark.parametrize("window,grid,time_token,shifted", [
+    ((2, 2, 2), (4, 4, 4), True, True),
+    ((2, 2, 2), (4, 4, 4), False, False),
+    ((2, 3, 4), (4, 6, 8), True, True),  # unequal sides: a swapped axis order would show
+])
+def test_joint_attention_tiled_bias_matches_loop(window, grid, time_token, shifted):
+    """Values of the relative-position bias tiled over [moving | fixed | field] keys (plus the time bias),
+    through the whole attention, against a loop over token pairs; O(1) tables so the bias dominates."""
+    heads, c = 2, 4
+    shift = tuple(w // 2 if shifted and g > w else 0 for g, w in zip(grid, window))
+    n_w, n = math.prod(g // w for g, w in zip(grid, window)), math.prod(window)
+    rng = np.random.default_rng(21)
+    field, mov, fix = (jnp.asarray(rng.standard_normal((n_w, n, c)), jnp.float32) for _ in range(3))
+    time = jnp.asarray(rng.standard_normal((n_w, 1, c)), jnp.float32) if time_token else None
+    mask = None
+    if any(shift):  # the field rows of the joint mask, built here from the neighbour rule
+        base = _shift_mask_reference(grid, window, shift)
+        rows = np.tile(base, (1, 1, 3))
+        mask = np.concatenate([np.ones((n_w, n, 1), bool), rows], axis=2) if time_token else rows
+        assert not mask.all()
+    module = JointWindowAttention(heads, window)
+    shapes = jax.eval_shape(module.init, jax.random.key(0), field, [mov, fix], time, mask)
+    params = jax.tree.map(lambda s: jnp.asarray(rng.standard_normal(s.shape) * 0.5, jnp.float32), shapes)
+    params["params"]["relative_bias"] = jnp.asarray(rng.standard_normal((math.prod(2 * w - 1 for w in window), heads)) * 2,
+                                                    jnp.float32)
+    got = np.asarray(module.apply(params, field, [mov, fix], time, mask))
+    want = _joint_attention_reference(params, field, [mov, fix], time, grid, window, shift, heads)
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
 
 
 # ----------------------------------------------------------------------------- 5. effective window
