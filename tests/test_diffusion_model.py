@@ -190,18 +190,117 @@ def test_observe_gives_fields_in_voxels_and_stops_early(tiny):
     assert len(stopped) == 2  # the second observation changed less than 1000 %
 
 
-def test_start_from_the_teacher_and_classifier_free_guidance_run(tiny):
+def _strong(params, scale=300.0):
+    """``params`` with the last conv scaled up: flax initialises it at std 1e-3, which would make ε̂ ~1e-3
+    and every effect of the network on a sample too small to test."""
+    params = jax.tree.map(lambda a: a, params)
+    params["params"]["eps"]["kernel"] = params["params"]["eps"]["kernel"] * scale
+    return params
+
+
+_MEAN, _STD = np.asarray([0.1, -0.2]), np.asarray([2.0, 0.5])  # _model's normalisation
+
+
+def _abar(num_steps=100):
+    return np.cumprod(1.0 - np.linspace(1e-6, 1e-2, num_steps))  # _model's linear schedule, float64
+
+
+def _start_noise(key, shape):
+    """The start noise of DiffuseReg.sample: ``key, k_start = split(key)``; ``normal(k_start, (N·B, *S, ndim))``."""
+    return np.asarray(jax.random.normal(jax.random.split(key)[1], shape, jnp.float32), np.float64)
+
+
+_NET = {}  # one jitted network call per model: the tests below share its compilation
+
+
+def _net(model, params, x, t, f, m, condition):
+    """ε̂ of the network for float64 ``x`` ``(B, *S, ndim)``, steps ``t`` ``(B,)``, images ``(B, *S)``."""
+    apply = _NET.setdefault(id(model), jax.jit(model.net.apply))
+    return np.asarray(apply(params, jnp.asarray(x, jnp.float32), jnp.asarray(t, jnp.int32), jnp.asarray(f)[..., None],
+                            jnp.asarray(m)[..., None], jnp.asarray(condition, jnp.float32)), np.float64)
+
+
+def _one_step_x0(model, params, x, t, f, m, condition):
+    """x̂₀ = (x − √(1−ᾱ_t) ε̂)/√ᾱ_t with ε̂ of the network called here, in voxels."""
+    a = _abar()[t]
+    eps = _net(model, params, x, np.full((x.shape[0],), t), f, m, condition)
+    return (x - np.sqrt(1 - a) * eps) / np.sqrt(a) * _STD + _MEAN, eps
+
+
+def test_teacher_start_noises_the_teachers_field_to_the_start_step(tiny):
+    """start="teacher", start_step t₀, one DDIM call: x = √ᾱ·z(φ_teacher) + √(1−ᾱ)·noise at t₀, then x̂₀ of
+    the network at (x, t₀), in voxels (DDIM's last update returns x̂₀)."""
     model, params = tiny
-    batch = _pair(b=1)
-    a = model.sample(params, batch["fixed"], batch["moving"], start="teacher", start_step=5).ddf
-    b = model.sample(params, batch["fixed"], batch["moving"], cfg_scale=2.0).ddf
-    assert a.shape == b.shape == (1, 16, 16, 2)
-    # The teacher start at a small step stays near the teacher's field (the model is untrained).
-    teacher = np.stack([batch["fixed"] - batch["moving"], 0.5 * batch["fixed"]], axis=-1)
-    assert np.abs(np.asarray(a) - teacher).mean() < 0.5 * np.abs(teacher).mean()
-    assert bool(jnp.all(jnp.isfinite(a))) and bool(jnp.all(jnp.isfinite(b)))
+    params = _strong(params)
+    batch = _pair(b=2)
+    f, m = batch["fixed"], batch["moving"]
+    key, t0 = jax.random.key(11), 60
+    got = np.asarray(model.sample(params, f, m, start="teacher", start_step=t0, steps=1, key=key).ddf)
+    teacher = np.stack([f - m, 0.5 * f], axis=-1).astype(np.float64)
+    a = _abar()[t0]
+    x = np.sqrt(a) * (teacher - _MEAN) / _STD + np.sqrt(1 - a) * _start_noise(key, teacher.shape)
+    want, eps = _one_step_x0(model, params, x, t0, f, m, jnp.ones((2,)))
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.abs(np.sqrt(1 - a) / np.sqrt(a) * eps * _STD).max() > 0.1  # the network's share is far above tolerance
+    # a field given as the start is treated the same way
+    again = np.asarray(model.sample(params, f, m, start=jnp.asarray(teacher, jnp.float32), start_step=t0, steps=1,
+                                    key=key).ddf)
+    np.testing.assert_allclose(again, want, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="start field"):
-        model.sample(params, batch["fixed"], batch["moving"], start=jnp.zeros((1, 8, 8, 2)), start_step=10)
+        model.sample(params, f[:1], m[:1], start=jnp.zeros((1, 8, 8, 2)), start_step=10)
+
+
+def test_classifier_free_guidance_combines_the_two_branches(tiny):
+    """cfg_scale w: ε̂ = (1 + w)·ε̂(images) − w·ε̂(null condition), both branches called here (Ho & Salimans)."""
+    model, params = tiny
+    params = _strong(params)
+    batch = _pair(b=2)
+    f, m = batch["fixed"], batch["moving"]
+    key, w, t = jax.random.key(12), 2.0, 99
+    got = np.asarray(model.sample(params, f, m, cfg_scale=w, steps=1, key=key).ddf)
+    x = _start_noise(key, (2, 16, 16, 2))
+    plain, eps_c = _one_step_x0(model, params, x, t, f, m, jnp.ones((2,)))
+    _, eps_u = _one_step_x0(model, params, x, t, f, m, jnp.zeros((2,)))
+    a = _abar()[t]
+    want = (x - np.sqrt(1 - a) * ((1 + w) * eps_c - w * eps_u)) / np.sqrt(a) * _STD + _MEAN
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
+    assert np.abs(want - plain).max() > 100 * 1e-4  # the guidance term is far above tolerance
+    unguided = np.asarray(model.sample(params, f, m, steps=1, key=key).ddf)
+    np.testing.assert_allclose(unguided, plain, rtol=1e-4, atol=1e-4)  # cfg_scale 0: the conditional branch alone
+
+
+def test_condition_dropout_in_the_loss(tiny):
+    """condition_dropout p: sample b is dropped when uniform(k_drop)[b] < p; a dropped sample's network call
+    gets the null condition and its consistency terms (which need its images) do not count."""
+    model, params = tiny  # p = 0.2
+    params = _strong(params)
+    batch = _pair(b=2, seed=3)
+    for seed in range(100):  # a key that keeps one sample and drops the other (the draw as documented)
+        key = jax.random.key(seed)
+        k_t, k_eps, k_drop = jax.random.split(key, 3)
+        keep = (np.asarray(jax.random.uniform(k_drop, (2,))) >= 0.2).astype(np.float64)
+        if keep.sum() == 1:
+            break
+    assert keep.sum() == 1, keep
+    loss, parts = jax.jit(model.loss_fn)(params, batch, key)
+    f, m = batch["fixed"], batch["moving"]
+    x0 = (np.stack([f - m, 0.5 * f], axis=-1) - _MEAN) / _STD
+    t = np.asarray(jax.random.randint(k_t, (2,), 0, 100))
+    eps = np.asarray(jax.random.normal(k_eps, x0.shape), np.float64)
+    a = _abar()[t].reshape(-1, 1, 1, 1)
+    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
+    eps_hat = _net(model, params, x_t, t, f, m, keep)
+    u = jnp.asarray((x_t - np.sqrt(1 - a) * eps_hat) / np.sqrt(a) * _STD + _MEAN, jnp.float32)
+    from jaxreg import spatial
+
+    i = int(np.argmax(keep))  # the kept sample: its consistency terms alone
+    ssim = float(losses.ssim(jnp.asarray(f[i]), spatial.warp(jnp.asarray(m[i]), u[i]), window=9, sigma=1.5, ndim=2))
+    smooth = float(losses.diffusion(u[i]))
+    mse = np.mean((eps_hat - eps) ** 2)
+    np.testing.assert_allclose(float(parts["eps_mse"]), mse, rtol=1e-4)
+    np.testing.assert_allclose(float(loss), mse + ssim + 0.1 * smooth, rtol=1e-4)
+    # the network's share: with every sample conditioned ε̂ differs far beyond the tolerance
+    assert np.abs(_net(model, params, x_t, t, f, m, np.ones(2)) - eps_hat).max() > 1e-2
 
 
 @pytest.mark.parametrize("options, match", [
