@@ -7,10 +7,7 @@ Tiny shapes (32×32 images, U-Net encoder (4, 8), decoder (8, 8, 4)); memory is 
 
 from __future__ import annotations
 
-import json
 import os
-import subprocess
-import sys
 import textwrap
 from concurrent.futures import ThreadPoolExecutor
 
@@ -20,6 +17,7 @@ import numpy as np
 import pytest
 from jax.flatten_util import ravel_pytree
 
+from _two_devices import run_script
 from jaxreg import models, spatial
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.deq.model import DEQReg
@@ -443,13 +441,12 @@ def test_unrolled_batches_are_independent_pairs(three, variant):
 
 
 _SHARDED = textwrap.dedent("""
-    import json, sys
+    import json
     import jax, jax.numpy as jnp, numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-    sys.path.insert(0, sys.argv[1])
+    from _two_devices import one_and_two_devices
     from test_deq_model import SMALL, _PairRates, _scale_update_kernel
     from jaxreg.data.synthetic import synthetic_pair
-    from jaxreg.training import create_state, make_optimizer, make_train_step
+    from jaxreg.training import make_optimizer, make_train_step
 
     pairs = [synthetic_pair(jax.random.key(i), (32, 32), anatomy=("brain", "cardiac")[i % 2]) for i in range(4)]
     batch = {k: jnp.stack([jnp.asarray(p[k]) for p in pairs]) for k in ("fixed", "moving")}
@@ -457,41 +454,19 @@ _SHARDED = textwrap.dedent("""
                        correction_states=2, correction_weight=0.5, sequential_states=False)
     params = _scale_update_kernel(deq.init(jax.random.key(1), batch), 1e4)
     optimizer = make_optimizer({"learning_rate": 1e-3})
-    train_step = make_train_step(deq.loss_fn, optimizer)
     _, info, _ = jax.jit(deq.solve)(params, batch["fixed"], batch["moving"])
-
-    def run(mesh):
-        state = create_state(params, optimizer, jax.random.key(2))
-        if mesh is None:
-            step, data = jax.jit(train_step), batch
-        else:
-            replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-            state = jax.device_put(state, replicated)
-            data = jax.device_put(batch, sharded)
-            step = jax.jit(train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
-        losses = []
-        for _ in range(2):
-            state, metrics = step(state, data)
-            losses.append(float(metrics["loss"]))
-        return losses, jax.tree.leaves(state.params), data
-
-    single_losses, single_params, _ = run(None)
-    sharded_losses, sharded_params, data = run(Mesh(np.array(jax.devices()), ("data",)))
-    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(single_params, sharded_params))
-    scale = max(float(jnp.max(jnp.abs(a))) for a in single_params)
-    print(json.dumps({"devices": len(jax.devices()), "single": single_losses, "sharded": sharded_losses,
+    r = one_and_two_devices(make_train_step(deq.loss_fn, optimizer), optimizer, params, batch, steps=2, state_key=2)
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(r["single_params"], r["sharded_params"]))
+    scale = max(float(jnp.max(jnp.abs(a))) for a in r["single_params"])
+    print(json.dumps({"devices": len(jax.devices()), "single": r["single"], "sharded": r["sharded"],
                       "max_param_diff": diff, "param_scale": scale, "steps": np.asarray(info.steps).tolist(),
-                      "batch_shards": len(data["fixed"].addressable_shards)}))
+                      "batch_shards": r["batch_shards"]}))
 """)
 
 
 def test_sharded_deqreg_train_step_matches_one_device():
     """Two DEQReg train steps (Anderson, S = 2, γ = 0.5) on 4 pairs sharded over 2 simulated devices = one device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _SHARDED, os.path.dirname(__file__)], env=env, capture_output=True,
-                         text=True, timeout=900, check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_script(_SHARDED, timeout=900)
     print(result)
     assert result["devices"] == 2 and result["batch_shards"] == 2
     assert len(set(result["steps"])) > 1, result  # the pairs stop at different steps

@@ -16,10 +16,6 @@ the same steps on one device.
 the loss, are checked against their formulas in ``test_diffusion_model.py``.)
 """
 
-import json
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -27,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _two_devices import run_script
 from jaxreg.diffusion import samplers
 from jaxreg.diffusion.schedule import linear_schedule
 
@@ -162,9 +159,9 @@ def test_ddim_matches_eq_12_step_by_step(eta, steps, start_step):
 _SHARDED = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np, optax
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from _two_devices import one_and_two_devices
     from jaxreg.diffusion.model import DiffuseReg
-    from jaxreg.training import create_state, make_train_step
+    from jaxreg.training import make_train_step
 
     # A tiny 2-D denoiser (one stage, a plain and a shifted block) with condition dropout: the
     # per-sample draws (t, ε, dropped conditions) must be the same whether the batch is split or not.
@@ -177,40 +174,20 @@ _SHARDED = textwrap.dedent("""
     # Plain SGD, not make_optimizer's Adam: Adam's first step is lr·sign(g), which turns float
     # rounding in gradients that are zero in exact arithmetic (biases before a norm) into ±lr.
     optimizer = optax.apply_if_finite(optax.sgd(0.1), 10)
-    train_step = make_train_step(model.loss_fn, optimizer)
-
-    def run(mesh):
-        state = create_state(params, optimizer, jax.random.key(1))
-        if mesh is None:
-            step, data = jax.jit(train_step), batch
-        else:
-            replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-            state = jax.device_put(state, replicated)
-            data = jax.device_put(batch, sharded)
-            step = jax.jit(train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
-        losses = []
-        for _ in range(2):
-            state, metrics = step(state, data)
-            losses.append([float(metrics[k]) for k in ("loss", "eps_mse", "ssim", "grad_norm")])
-        return losses, jax.tree.leaves(state.params), data
-
-    single_losses, single_params, _ = run(None)
-    sharded_losses, sharded_params, data = run(Mesh(np.array(jax.devices()), ("data",)))
+    r = one_and_two_devices(make_train_step(model.loss_fn, optimizer), optimizer, params, batch, steps=2,
+                            metrics=("loss", "eps_mse", "ssim", "grad_norm"))
+    single_params, sharded_params = r["single_params"], r["sharded_params"]
     diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(single_params, sharded_params))
     moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(single_params, jax.tree.leaves(params)))
-    print(json.dumps({"devices": len(jax.devices()), "single": single_losses, "sharded": sharded_losses,
-                      "max_param_diff": diff, "moved": moved, "batch_shards": len(data["fixed"].addressable_shards)}))
+    print(json.dumps({"devices": len(jax.devices()), "single": r["single"], "sharded": r["sharded"],
+                      "max_param_diff": diff, "moved": moved, "batch_shards": r["batch_shards"]}))
 """)
 
 
 @pytest.mark.slow  # two compilations of the denoiser's gradient: ~3 minutes on 2 busy cores
 def test_sharded_diffusereg_train_step_matches_one_device():
     """Two DiffuseReg train steps on 4 pairs split over 2 simulated devices = the same steps on one device."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=900,
-                         check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_script(_SHARDED, timeout=900)
     print(result)
     assert result["devices"] == 2 and result["batch_shards"] == 2
     np.testing.assert_allclose(result["sharded"], result["single"], rtol=1e-5)  # loss, eps_mse, ssim, |g| per step

@@ -1,10 +1,6 @@
 """Optimiser schedule, the non-finite guard, EMA, and the sharded train step."""
 
-import json
 import math
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -12,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from _two_devices import run_script
 from jaxreg.training import create_state, make_optimizer, make_schedule, make_train_step
 
 
@@ -69,11 +66,11 @@ def test_ema_is_the_closed_form_average():
 
 
 _SHARDED = textwrap.dedent("""
-    import json, sys
+    import json
     import jax, jax.numpy as jnp, numpy as np
-    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+    from _two_devices import one_and_two_devices
     from jaxreg import models
-    from jaxreg.training import create_state, make_optimizer, make_train_step
+    from jaxreg.training import make_optimizer, make_train_step
 
     module, _, loss_fn, _ = models.build({"name": "voxelmorph"}, {"similarity": "lncc", "window": 5, "weight": 0.1})
     rng = np.random.default_rng(0)
@@ -81,40 +78,15 @@ _SHARDED = textwrap.dedent("""
              "moving": jnp.asarray(rng.normal(size=(4, 32, 32)), jnp.float32)}
     params = module.init(jax.random.key(0), batch["fixed"][..., None], batch["moving"][..., None])
     optimizer = make_optimizer({"learning_rate": 1e-3, "grad_clip": 1.0})
-    train_step = make_train_step(loss_fn, optimizer)
-
-    def run(mesh):
-        state = create_state(params, optimizer, jax.random.key(1))
-        if mesh is None:
-            step, data = jax.jit(train_step), batch
-        else:
-            replicated, sharded = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-            state = jax.device_put(state, replicated)
-            data = jax.device_put(batch, sharded)
-            step = jax.jit(train_step, in_shardings=(replicated, sharded), out_shardings=(replicated, replicated))
-        losses = []
-        for _ in range(3):
-            state, metrics = step(state, data)
-            losses.append(float(metrics["loss"]))
-        return losses, jax.tree.leaves(state.params), data
-
-    single_losses, single_params, _ = run(None)
-    mesh = Mesh(np.array(jax.devices()), ("data",))
-    sharded_losses, sharded_params, data = run(mesh)
-    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(single_params, sharded_params))
-    print(json.dumps({"devices": len(jax.devices()), "single": single_losses, "sharded": sharded_losses,
-                      "max_param_diff": diff, "batch_shards": len(data["fixed"].addressable_shards)}))
+    r = one_and_two_devices(make_train_step(loss_fn, optimizer), optimizer, params, batch, steps=3)
+    diff = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(r["single_params"], r["sharded_params"]))
+    print(json.dumps({"devices": len(jax.devices()), "single": r["single"], "sharded": r["sharded"],
+                      "max_param_diff": diff, "batch_shards": r["batch_shards"]}))
 """)
 
 
 def test_sharded_train_step_matches_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu")
-    out = subprocess.run([sys.executable, "-c", _SHARDED], env=env, capture_output=True, text=True, timeout=600,
-                         check=False)
-    assert out.returncode == 0, out.stderr[-3000:]
-
-
-    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result = run_script(_SHARDED, timeout=600)
     assert result["devices"] == 2 and result["batch_shards"] == 2
     np.testing.assert_allclose(result["sharded"], result["single"], rtol=1e-5, atol=1e-6)
     assert result["max_param_diff"] < 1e-5
