@@ -413,7 +413,7 @@ def optimize(
                 steps=n, **options, window=obj.axis_windows(window, relative), relative=relative,
                 integration_steps=_level_integration_steps(integration_steps, fs, spacing),
                 exact_gradient=transform == "svf" and math.prod(ls) <= EXACT_GRADIENT_MAX_VOXELS,
-                **({"batch": True} if batch else {}),  # the single-pair program as compiled before
+                batch=batch,
             )
             traces.append(trace)
         if params.shape[len(lead):-1] != shape:

@@ -280,7 +280,7 @@ def optimize_affine(
                 jnp.float32(learning_rate * min(spacing) * max(fs)), jnp.int32(token), jnp.int32(i),
                 steps=n, transform=transform, similarity=similarity, window=obj.axis_windows(window, relative),
                 bins=int(bins), with_callback=callback is not None,
-                **({"batch": True} if batch else {}))  # the single-pair program as compiled before
+                batch=batch)
             traces.append(trace)
         trace = np.concatenate([np.asarray(t) for t in traces], axis=-1)
     finally:

@@ -454,13 +454,12 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     normalise = _per_pair(_objective.normalise, batch)
     fixed_n, moving_n = normalise(fixed), normalise(moving)
     moving_stage = moving_n
-    pairs = {"batch": True} if batch else {}
     if stage is not None:
         affine_start = time.perf_counter()
         shared = {k: options[k] for k in ("similarity", "window", "bins") if k in options}
         result = affine_lib.optimize_affine(_objective.Normalised(fixed_n), _objective.Normalised(moving_n),
                                             fixed_mask=fixed_mask, spacing=spacing, transform=stage,
-                                            callback=callback, **(shared | affine_options), **pairs)
+                                            callback=callback, batch=batch, **(shared | affine_options))
         matrix = result.matrix
         moving_stage = _per_pair(_warp_affine, batch)(moving_n, jnp.asarray(matrix, jnp.float32))
         first_level = len(result.levels)
@@ -472,8 +471,8 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     velocity = None
     if model is None:
         result = optimize_lib.optimize(_objective.Normalised(fixed_n), _objective.Normalised(moving_stage),
-                                       fixed_mask=fixed_mask, spacing=spacing, callback=stage_callback, **options,
-                                       **pairs)
+                                       fixed_mask=fixed_mask, spacing=spacing, callback=stage_callback, batch=batch,
+                                       **options)
         if result.matrix is not None:  # transform="rigid"/"affine": the only stage
             matrix, deformation = result.matrix, None
         else:
