@@ -56,7 +56,13 @@ def main() -> None:
     parser.add_argument("--shape", default="64,64,64")
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
-    shape = tuple(int(s) for s in args.shape.split(","))
+    try:
+        shape = tuple(int(s) for s in args.shape.split(","))
+    except ValueError:
+        parser.error(f"--shape must be 2 or 3 comma-separated integers, e.g. 64,64,64; got {args.shape!r}")
+    if len(shape) not in (2, 3) or min(shape) < 16 or args.pairs < 1 or args.repeats < 1:
+        parser.error(f"--shape needs 2 or 3 sides >= 16 and --pairs, --repeats >= 1; got --shape {args.shape} "
+                     f"--pairs {args.pairs} --repeats {args.repeats}")
     fixed, moving = _pairs(args.pairs, shape)
     batch, batch_first, batch_s = _best(lambda: jaxreg.register(fixed, moving, batch=True).ddf, args.repeats)
     loop, loop_first, loop_s = _best(lambda: [jaxreg.register(f, m).ddf for f, m in zip(fixed, moving)],
