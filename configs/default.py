@@ -107,12 +107,18 @@ def deqreg_model(model: ml_collections.ConfigDict) -> None:
     model.jacobian_weight = 0.0  # weight of ‖∂T/∂φ‖_F²/d at φ* (keeps T contractive); 0 in the paper
 
 
-def unroll_model(model: ml_collections.ConfigDict, arg: str | None) -> None:
-    """Turns ``model`` into an unrolled baseline; ``arg`` is ``"variant"`` or ``"variant,T"``."""
-    variant, _, steps = (arg or "vanilla").partition(",")
+def unroll_model(model: ml_collections.ConfigDict, arg: str | None, *, steps: int = 3, levels: int = 3) -> None:
+    """Turns ``model`` into an unrolled baseline; ``arg`` is ``"variant[,steps[,levels]]"``.
+
+    The defaults are the papers' baselines: 3 resolution levels × 3 steps.
+    """
+    variant, *numbers = (arg or "vanilla").split(",")
+    if len(numbers) > 2:
+        raise ValueError(f"the config argument must be 'variant[,steps[,levels]]'; got {arg!r}")
     model.name = "unroll"
     model.variant = variant  # vanilla | riir | gradirn (jaxreg.deq.unroll)
-    model.steps = int(steps or 6)  # T: steps trained through (BPTT)
+    model.steps = int(numbers[0]) if numbers else steps  # steps per level, trained through (BPTT)
+    model.levels = int(numbers[1]) if len(numbers) > 1 else levels  # resolution levels, coarse to fine (1: single)
     model.hidden = 8  # RIIR's hidden-state channels
 
 
@@ -130,6 +136,7 @@ def diffusereg_model(model: ml_collections.ConfigDict, loss: ml_collections.Conf
     model.conditional_mask = True  # tile the shifted-window mask over the image tokens (ablation: False)
     model.time_in_resblocks = True  # a time projection in every conv block (ablation: False)
     model.image_skip = False  # also give the images to the full-resolution conv skip (not in the paper)
+    model.image_tokens = "input"  # input (official code: image tokens entering each image block) | output (leaving it)
     loss.ssim_weight = 1.0  # λ₁ of 1 − SSIM(I_m∘φ̂₀, I_f)
     loss.ssim_window = 9  # SSIM Gaussian window side (σ 1.5)
     loss.smooth_weight = 0.1  # λ₂ of the diffusion regulariser of φ̂₀

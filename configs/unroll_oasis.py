@@ -1,10 +1,11 @@
 """Unrolled baselines on OASIS (the convergence and memory studies of DEQReg's paper).
 
-    python train.py --config configs/unroll_oasis.py:riir,6 --workdir runs/riir_oasis \\
+    python train.py --config configs/unroll_oasis.py:riir --workdir runs/riir_oasis \\
         --config.data.root=...
 
 The part after the colon is the variant (vanilla | riir | gradirn) and, optionally, the
-number of steps T trained through. Data, loss, optimiser and schedule are those of
+steps per level and the resolution levels: the default 3 × 3 is the papers' (``riir,6,1``
+is the single-resolution form with T = 6). Data, loss, optimiser and schedule are those of
 ``voxelmorph_oasis.py`` (and DEQReg's).
 """
 
@@ -12,7 +13,7 @@ from configs import default, voxelmorph_oasis
 
 
 def get_config(arg=None):
-    """The config for ``arg`` = "variant[,T]" (default "vanilla,6")."""
+    """The config for ``arg`` = "variant[,steps[,levels]]" (default "vanilla,3,3")."""
     config = voxelmorph_oasis.get_config()
     default.unroll_model(config.model, arg)
     return config

@@ -77,6 +77,7 @@ def _unroll(model: Mapping, loss: Mapping, solver: Mapping, **_) -> Method:
     from jaxreg.deq.unroll import Unrolled
 
     net = Unrolled(variant=model.get("variant", "vanilla"), steps=int(model.get("steps", 6)),
+                   levels=int(model.get("levels", 1)),
                    encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
                    hidden=int(model.get("hidden", 8)), **_loss_options(loss, window=5))
     return Method(net, net.init, net.loss_fn, net.predict)

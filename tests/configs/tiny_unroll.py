@@ -16,5 +16,5 @@ def _load(path):
 def get_config(arg=None):
     """Tiny unrolled baseline; ``arg`` is ``"variant[,T]"`` (default ``"vanilla,2"``)."""
     config = _load(_HERE / "tiny_deq.py").tiny_2d()
-    _load(_HERE.parents[1] / "configs" / "default.py").unroll_model(config.model, arg or "vanilla,2")
+    _load(_HERE.parents[1] / "configs" / "default.py").unroll_model(config.model, arg or "vanilla,2", levels=1)
     return config
