@@ -12,13 +12,14 @@ slow CPU), and its final conv has std 1e-3, which would make every output differ
 import itertools
 import math
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
-from jaxreg.models.denoiser import Denoiser
+from jaxreg.models.denoiser import IMAGE_TOKENS, Denoiser
 from jaxreg.models.swin import (
     JointWindowAttention,
     SwinBlock,
@@ -528,6 +529,90 @@ def test_denoiser_ablation_time_in_resblocks():
     assert _rel_change(apply(blind, x_t, t, fixed, moving), apply(blind, x_t, t + 500, fixed, moving)) > 1e-2
 
 
+def _layer_norm_reference(p, x):
+    x = np.asarray(x, np.float64)
+    mean, var = x.mean(-1, keepdims=True), x.var(-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + 1e-6) * np.asarray(p["scale"]) + np.asarray(p["bias"])
+
+
+def _patch_embed_reference(p, images, patch):
+    """A ``patch``-strided patch embedding in numpy: each patch's pixels (row-major, then channels) times the kernel."""
+    images = np.asarray(images, np.float64)
+    b, h, w, c = images.shape
+    patches = images.reshape(b, h // patch, patch, w // patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    kernel = np.asarray(p["kernel"], np.float64)
+    return patches.reshape(b, h // patch, w // patch, -1) @ kernel.reshape(-1, kernel.shape[-1]) + np.asarray(p["bias"])
+
+
+def _plain_swin_block_reference(p, x, window, heads):
+    """An unshifted Swin block without conditions in numpy: x + attn(LN(x)) per window, then + MLP(LN(·))
+    (tanh GELU); the attention is :func:`_joint_attention_reference` with no conditions and no time."""
+    x = np.asarray(x, np.float64)
+    b, *grid, c = x.shape
+    (wh, ww), (gh, gw) = window, grid
+    h = _layer_norm_reference(p["norm1"], x)
+    win = h.reshape(b, gh // wh, wh, gw // ww, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(-1, wh * ww, c)
+    att = _joint_attention_reference({"params": p["attention"]}, win, [], None, grid, window, (0, 0), heads)
+    att = att.reshape(b, gh // wh, gw // ww, wh, ww, c).transpose(0, 1, 3, 2, 4, 5).reshape(x.shape)
+    x = x + att
+    y = _layer_norm_reference(p["norm2"], x) @ np.asarray(p["mlp_in"]["kernel"]) + np.asarray(p["mlp_in"]["bias"])
+    y = 0.5 * y * (1 + np.tanh(math.sqrt(2 / math.pi) * (y + 0.044715 * y**3)))
+    return x + y @ np.asarray(p["mlp_out"]["kernel"]) + np.asarray(p["mlp_out"]["bias"])
+
+
+def _image_tokens_seen(model, params, *args):
+    """The [moving, fixed] token grids each field block was called with (flax method interception)."""
+    seen = {}
+
+    def spy(next_fun, args_, kwargs, context):
+        if context.method_name == "__call__" and str(context.module.name).startswith("field_stage"):
+            seen[context.module.name] = [np.asarray(c, np.float64) for c in args_[1]]
+        return next_fun(*args_, **kwargs)
+
+    with nn.intercept_methods(spy):
+        out = model.apply(params, *args)
+    return seen, np.asarray(out)
+
+
+def test_denoiser_image_tokens_wiring():
+    """``image_tokens``: field block b of a stage attends to the image tokens *entering* image block b
+    (``"input"``, the official code and the default) or *leaving* it (``"output"``). Checked against a
+    numpy patch embedding and a numpy Swin block: field block 0 sees the embedded images (input) or
+    image block 0's output; field block 1 sees image block 0's output (input). End to end, in a
+    one-stage net the last image block then feeds nothing but the unused merge: perturbing it leaves
+    the "input" net's ε̂ exactly unchanged and changes the "output" net's."""
+    assert Denoiser().image_tokens == "input" and IMAGE_TOKENS == ("input", "output")
+    x_t, t, fixed, moving = _denoiser_inputs((16, 16), 1, seed=15)
+    nets = {w: Denoiser(image_tokens=w, **_SMALL) for w in IMAGE_TOKENS}
+    params = _random_params(nets["input"], x_t, t, fixed, moving)
+    assert jax.tree.structure(params) == jax.tree.structure(_random_params(nets["output"], x_t, t, fixed, moving))
+    p = params["params"]
+    embedded = _patch_embed_reference(p["image_embed"], np.concatenate([moving, fixed]), 2)  # [moving; fixed]
+    after0 = _plain_swin_block_reference(p["image_stage0_block0"], embedded, (4, 4), heads=2)
+    assert _rel_change(embedded, after0) > 0.1  # the two candidates are far apart
+    seen = {w: _image_tokens_seen(nets[w], params, x_t, t, fixed, moving) for w in IMAGE_TOKENS}
+    expected = {("input", 0): embedded, ("input", 1): after0, ("output", 0): after0}
+    for (wiring, block), want in expected.items():
+        got = seen[wiring][0][f"field_stage0_block{block}"]
+        for group, tokens in enumerate(got):  # moving, then fixed
+            assert_allclose(tokens, want[group:group + 1], rtol=1e-4, atol=1e-4, err_msg=f"{wiring} block {block}")
+    # "output", block 1: image block 1's output, which is neither of the above
+    got = np.concatenate(seen["output"][0]["field_stage0_block1"])
+    assert _rel_change(after0, got) > 0.1 and _rel_change(embedded, got) > 0.1
+    eps = {w: seen[w][1] for w in IMAGE_TOKENS}
+    assert _rel_change(eps["input"], eps["output"]) > 1e-2  # the same parameters, two networks
+
+    kicked = jax.tree.map(lambda a: a, params)
+    kicked["params"]["image_stage0_block1"] = jax.tree.map(lambda a: a + 0.5, p["image_stage0_block1"])
+    for wiring, net in nets.items():
+        out = np.asarray(jax.jit(net.apply)(kicked, x_t, t, fixed, moving))
+        base = np.asarray(jax.jit(net.apply)(params, x_t, t, fixed, moving))
+        if wiring == "input":
+            assert_array_equal(out, base)
+        else:
+            assert _rel_change(base, out) > 1e-2
+
+
 @pytest.mark.parametrize(
     "kwargs,shape,fixed_shape,match",
     [
@@ -538,6 +623,7 @@ def test_denoiser_ablation_time_in_resblocks():
         ({"heads": (2, 2, 2)}, (32, 32), None, "heads"),
         ({"window": (2, 4, 4)}, (32, 32), None, "window"),
         ({"fusion": "concat"}, (32, 32), None, "fusion"),
+        ({"image_tokens": "after"}, (32, 32), None, "image_tokens"),
     ],
 )
 def test_denoiser_bad_inputs(kwargs, shape, fixed_shape, match):

@@ -50,7 +50,7 @@ PREDICTIONS = ("eps", "v")
 WEIGHTINGS = ("none", "alpha_bar")
 #: Denoiser fields a config's ``model`` section may set.
 DENOISER_FIELDS = ("features", "depths", "heads", "window", "patch", "fusion", "conditional_mask", "time_in_resblocks",
-                   "mlp_ratio", "image_skip")
+                   "mlp_ratio", "image_skip", "image_tokens")
 #: Sampler options (``diffusion.sampler`` in a config, keyword arguments of predict/sample).
 SAMPLER_OPTIONS = ("method", "steps", "eta", "seed", "cfg_scale", "guidance", "ensemble", "start", "start_step", "clip")
 

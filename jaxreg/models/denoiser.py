@@ -6,7 +6,10 @@
   ``len(depths)`` Swin stages (patch merging between them) — the *field stream*;
 * with ``fusion="layerwise"`` (DiffuseReg), the fixed and moving images go through one
   weight-shared Swin encoder of the same shape, and every field block attends jointly over
-  ``[time | moving | fixed | field]`` tokens of its window (``jaxreg.models.swin``);
+  ``[time | moving | fixed | field]`` tokens of its window (``jaxreg.models.swin``); the
+  image tokens a field block sees are those entering the image block of the same stage and
+  index (``image_tokens="input"``, the official code's wiring) or those leaving it
+  (``"output"``);
   ``fusion="input"`` (the ablation) concatenates ``[x_t, fixed, moving]`` at the input
   instead and runs a plain Swin over it;
 * the time step goes through a sinusoidal embedding and an MLP; each stage gets its own
@@ -35,9 +38,12 @@ import jax.numpy as jnp
 from jaxreg.models.conv import Conv, ConvTranspose
 from jaxreg.models.swin import PatchMerging, SwinBlock
 
-__all__ = ["FUSIONS", "Denoiser", "ResBlock", "timestep_embedding"]
+__all__ = ["FUSIONS", "IMAGE_TOKENS", "Denoiser", "ResBlock", "timestep_embedding"]
 
 FUSIONS = ("layerwise", "input")
+#: Which image tokens reach field block (s, b) with layerwise fusion: those entering image block (s, b)
+#: (before its attention; the official DiffuseReg code) or those leaving it.
+IMAGE_TOKENS = ("input", "output")
 
 
 def timestep_embedding(t: jax.Array, dim: int, *, max_period: float = 10_000.0) -> jax.Array:
@@ -90,6 +96,11 @@ class Denoiser(nn.Module):
       image_skip: also feed the fixed and moving images to the full-resolution conv skip
         block (layerwise fusion sees them only through patch tokens otherwise); the demo's
         choice, not the paper's.
+      image_tokens: with layerwise fusion, field block ``b`` of stage ``s`` attends to the
+        image tokens *entering* image block ``b`` of stage ``s`` (``"input"``: the official
+        code, whose field blocks get the image block's windows before its attention) or
+        *leaving* it (``"output"``: this library's wiring before the option existed; runs
+        saved without the field are restored with it, ``jaxreg.training.workdir``).
 
     Call with ``x_t`` ``(B, *S, ndim)``, ``t`` ``(B,)`` int steps, ``fixed`` and ``moving``
     ``(B, *S, 1)`` and optional ``condition`` ``(B,)`` in {0, 1}; returns ``ε̂`` like ``x_t``.
@@ -105,6 +116,7 @@ class Denoiser(nn.Module):
     time_in_resblocks: bool = True
     mlp_ratio: float = 4.0
     image_skip: bool = False
+    image_tokens: str = "input"
 
     def _check(self, x_t, fixed, moving):
         ndim = x_t.ndim - 2
@@ -115,6 +127,8 @@ class Denoiser(nn.Module):
                              f"got {fixed.shape} and {moving.shape}.")
         if self.fusion not in FUSIONS:
             raise ValueError(f"`model.fusion` must be one of {FUSIONS}; got {self.fusion!r}.")
+        if self.image_tokens not in IMAGE_TOKENS:
+            raise ValueError(f"`model.image_tokens` must be one of {IMAGE_TOKENS}; got {self.image_tokens!r}.")
         if len(self.heads) != len(self.depths) or len(self.window) != ndim:
             raise ValueError(f"need one `heads` entry per stage and one `window` side per axis; got depths "
                              f"{tuple(self.depths)}, heads {tuple(self.heads)}, window {tuple(self.window)} for {ndim}-D.")
@@ -154,10 +168,11 @@ class Denoiser(nn.Module):
             for block in range(depth):
                 shift = block % 2 == 1
                 if layerwise:
+                    entering = image_tokens
                     image_tokens = SwinBlock(heads, self.window, shift, self.mlp_ratio,
                                              name=f"image_stage{stage}_block{block}")(image_tokens)
-                    moving_t, fixed_t = jnp.split(image_tokens, 2, axis=0)
-                    conditions = [moving_t, fixed_t]
+                    seen = entering if self.image_tokens == "input" else image_tokens
+                    conditions = list(jnp.split(seen, 2, axis=0))  # [moving, fixed]
                 else:
                     conditions = []
                 tokens = SwinBlock(heads, self.window, shift, self.mlp_ratio, tile_mask=self.conditional_mask,
