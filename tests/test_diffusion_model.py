@@ -345,6 +345,35 @@ def test_teacher_workdir_errors(tmp_path):
         load_teacher(tmp_path / "diffusion_run")
 
 
+def test_saved_runs_without_image_tokens_keep_the_old_wiring(tmp_path):
+    """A DiffuseReg config.json saved before ``model.image_tokens`` existed is read back with "output"
+    (the wiring it was trained with) and builds that denoiser; a saved value is kept; other models are
+    untouched. Resuming such a run with another value is refused, before any checkpoint loads into
+    the other network; without checkpoints, or with the same value, it passes."""
+    from jaxreg.training.workdir import check_resume, load_config, save_config
+
+    old = ml_collections.ConfigDict({"model": {"name": "diffusereg", **TINY_NET}, "loss": {}})
+    save_config(old, tmp_path / "old")
+    config = load_config(tmp_path / "old")
+    assert config.model.image_tokens == "output"
+    assert models.build_from_config(config).module.net.image_tokens == "output"
+    assert models.build({"name": "diffusereg", **TINY_NET}, {}).module.net.image_tokens == "input"  # new runs
+    new = ml_collections.ConfigDict({"model": {"name": "diffusereg", "image_tokens": "input", **TINY_NET}, "loss": {}})
+    save_config(new, tmp_path / "new")
+    assert load_config(tmp_path / "new").model.image_tokens == "input"
+    save_config(ml_collections.ConfigDict({"model": {"name": "voxelmorph"}}), tmp_path / "vm")
+    assert "image_tokens" not in load_config(tmp_path / "vm").model
+
+    check_resume(new, tmp_path / "old")  # no checkpoints yet: a fresh start
+    (tmp_path / "old" / "checkpoints" / "500").mkdir(parents=True)
+    with pytest.raises(ValueError, match="image_tokens='output'.*--config.model.image_tokens=output"):
+        check_resume(new, tmp_path / "old")
+    resumed = ml_collections.ConfigDict(new.to_dict())
+    resumed.model.image_tokens = "output"
+    check_resume(resumed, tmp_path / "old")
+    check_resume(new, tmp_path / "nowhere")
+
+
 def test_field_statistics_match_numpy():
     from jaxreg.training.teacher import field_statistics
 

@@ -27,7 +27,7 @@ from jaxreg.training.checkpoints import Checkpoints
 from jaxreg.training.optimizer import make_optimizer, make_schedule
 from jaxreg.training.state import TrainState, create_state, make_train_step
 from jaxreg.training.validation import pair_metrics, summarize
-from jaxreg.training.workdir import save_config
+from jaxreg.training.workdir import check_resume, save_config
 from jaxreg.training.writers import MetricWriter, summary_line
 
 __all__ = ["init_state", "make_predict", "train_and_evaluate", "validate"]
@@ -108,6 +108,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
         from jaxreg.training.teacher import prepare_diffusion
 
         config, teacher = prepare_diffusion(config, workdir, is_main=is_main)
+    check_resume(config, workdir)  # before config.json is overwritten
     if is_main:
         save_config(config, workdir)
     mesh = sharding.make_mesh()

@@ -16,11 +16,19 @@ import ml_collections
 
 from jaxreg.io import atomic_path
 
-__all__ = ["CONFIG_FILE", "INFERENCE_SECTIONS", "apply_overrides", "load_config", "save_config"]
+__all__ = ["CONFIG_FILE", "INFERENCE_SECTIONS", "SAVED_DEFAULTS", "apply_overrides", "check_resume", "load_config",
+           "save_config"]
 
 CONFIG_FILE = "config.json"
 #: Config sections read only at inference, where an override may add a field.
 INFERENCE_SECTIONS = ("eval", "diffusion.sampler")
+#: Fields whose default changed after runs were saved without them: ``(model.name, section,
+#: field)`` → the value that reproduces those runs. :func:`load_config` fills them into a
+#: saved config that lacks them (the parameter trees are the same either way, so a checkpoint
+#: would otherwise restore silently into the other network).
+SAVED_DEFAULTS = {
+    ("diffusereg", "model", "image_tokens"): "output",  # before the option: image tokens leaving each image block
+}
 
 
 def save_config(config: ml_collections.ConfigDict, workdir) -> Path:
@@ -45,7 +53,42 @@ def load_config(workdir) -> ml_collections.ConfigDict:
     path = workdir / CONFIG_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found: {str(workdir)!r} is not a jaxreg training workdir.")
-    return ml_collections.ConfigDict(json.loads(path.read_text()))
+    return _with_saved_defaults(ml_collections.ConfigDict(json.loads(path.read_text())))
+
+
+def _with_saved_defaults(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """``config`` with the :data:`SAVED_DEFAULTS` of its model filled where it lacks them."""
+    name = (config.get("model") or {}).get("name")
+    for (model, section, field), value in SAVED_DEFAULTS.items():
+        if model == name and section in config and field not in config[section]:
+            config[section][field] = value
+    return config
+
+
+def check_resume(config: ml_collections.ConfigDict, workdir) -> None:
+    """Refuses to resume the checkpoints in ``workdir`` with a :data:`SAVED_DEFAULTS` field changed.
+
+    Call it before the new config overwrites ``W/config.json``: such a field changes the
+    network but not its parameters, so a checkpoint would load into another network without
+    an error. A workdir without checkpoints (``W/checkpoints/<step>``) passes.
+
+    Raises:
+      ValueError: ``config`` sets such a field to another value than the saved run has.
+    """
+    workdir = Path(workdir)
+    steps = workdir / "checkpoints"
+    if not (workdir / CONFIG_FILE).is_file() or not steps.is_dir() or not any(p.name.isdigit() for p in steps.iterdir()):
+        return
+    saved = load_config(workdir)
+    name = (config.get("model") or {}).get("name")
+    for (model, section, field), _ in SAVED_DEFAULTS.items():
+        if model != name or section not in saved or field not in saved[section]:
+            continue
+        new = (config.get(section) or {}).get(field)
+        if new != saved[section][field]:
+            raise ValueError(f"{workdir} holds a run trained with {section}.{field}={saved[section][field]!r} and the "
+                             f"config sets {new!r}; resume with --config.{section}.{field}={saved[section][field]} "
+                             "or train in a new --workdir.")
 
 
 def _parse_value(text: str):
