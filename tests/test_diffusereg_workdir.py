@@ -85,6 +85,20 @@ def test_train_with_a_bad_teacher_is_a_one_line_error(runs, tmp_path):
 
 
 @pytest.mark.slow
+def test_resuming_with_another_image_token_wiring_is_a_one_line_error(runs):
+    """The run trained with the default model.image_tokens=input; resuming its checkpoints with "output"
+    would load the same parameters into another network: refused before config.json is rewritten."""
+    teacher, student = runs
+    saved = (student / "config.json").read_text()
+    assert json.loads(saved)["model"]["image_tokens"] == "input"
+    out = _run("train.py", f"--config={TINY_DR}", f"--workdir={student}", f"--config.diffusion.teacher_workdir={teacher}",
+               "--config.model.image_tokens=output")
+    assert out.returncode != 0 and "--config.model.image_tokens=input" in out.stderr and "Traceback" not in out.stderr, \
+        out.stderr[-2000:]
+    assert (student / "config.json").read_text() == saved
+
+
+@pytest.mark.slow
 def test_register_front_door_samples_with_a_diffusereg_workdir(runs):
     import jax
 
