@@ -12,8 +12,9 @@ Every reader has ``pairs(split)`` → ``(fixed, moving)`` keys, ``load_image(key
 image record and ``load_pair(fixed, moving)`` → a pair record (``jaxreg.data.pairs``).
 
 Pipeline: ``sources.open_source(config.data, split)`` → a random-access pair source
-(folder, synthetic or ``tfds_builders.TfdsPairs``); ``pipeline.batches`` /
-``pipeline.from_config`` → shuffled, transformed (``transforms``), batched numpy.
+(``random_access.FolderPairs``/``SyntheticPairs`` or ``tfds_builders.TfdsPairs``);
+``pipeline.batches`` / ``pipeline.from_config`` → shuffled, transformed (``transforms``),
+batched numpy.
 ``preprocess`` holds the affine-preserving resampling and cropping the readers use.
 ``tfds_builders`` is imported on demand (it imports ``tensorflow_datasets``).
 """

@@ -32,7 +32,8 @@ from typing import ClassVar
 import numpy as np
 import tensorflow_datasets as tfds
 
-from jaxreg.data import acdc, learn2reg, pairs, sources
+from jaxreg.data import acdc, learn2reg, pairs
+from jaxreg.data.random_access import FolderPairs, SyntheticPairs
 
 __all__ = ["BUILDERS", "Acdc", "JaxregSynthetic", "Learn2regNlst", "Learn2regOasis", "TfdsPairs", "prepare"]
 
@@ -187,7 +188,7 @@ class Learn2regNlst(_PairRecords):
     DESCRIPTION = "Learn2Reg NLST pair records (fixed _0000, moving _0001)."
 
     def _pair_source(self, dl_manager, split):
-        return sources.FolderPairs(learn2reg.open_task(_manual(dl_manager)), split)
+        return FolderPairs(learn2reg.open_task(_manual(dl_manager)), split)
 
 
 class Acdc(_PairRecords):
@@ -199,7 +200,7 @@ class Acdc(_PairRecords):
     DESCRIPTION = "ACDC ED/ES pairs resampled to 1.5x1.5x3.15 mm, cropped to 32x128x128, intensities in [-1, 1]."
 
     def _pair_source(self, dl_manager, split):
-        return sources.FolderPairs(acdc.open_acdc(_manual(dl_manager)), split)
+        return FolderPairs(acdc.open_acdc(_manual(dl_manager)), split)
 
 
 @dataclasses.dataclass(eq=False)
@@ -230,8 +231,8 @@ class JaxregSynthetic(_PairRecords):
         num = config.num_pairs[learn2reg.SPLITS.index(split)]
         if num == 0:
             return ()
-        return sources.SyntheticPairs(num, seed=config.seed, split=split, shape=tuple(config.shape),
-                                      anatomy=config.anatomy)
+        return SyntheticPairs(num, seed=config.seed, split=split, shape=tuple(config.shape),
+                              anatomy=config.anatomy)
 
 
 BUILDERS = {"learn2reg_oasis": Learn2regOasis, "learn2reg_nlst": Learn2regNlst, "acdc": Acdc,
