@@ -25,7 +25,7 @@ from jaxreg.data.sources import open_source
 from jaxreg.training import sharding
 from jaxreg.training.checkpoints import Checkpoints
 from jaxreg.training.optimizer import make_optimizer, make_schedule
-from jaxreg.training.state import TrainState, create_state, make_train_step
+from jaxreg.training.state import TrainState, init_state, make_train_step  # init_state: re-exported
 from jaxreg.training.validation import pair_metrics, summarize
 from jaxreg.training.workdir import check_resume, save_config
 from jaxreg.training.writers import MetricWriter, summary_line
@@ -64,24 +64,6 @@ def validate(predict, params, data: Mapping, *, split: str = "val", limit: int |
     if not rows:
         raise ValueError(f"the {split!r} split of data.source={data.get('source')!r} has no pairs to validate on.")
     return summarize(rows)
-
-
-def init_state(method: models.Method, optimizer, config, sample: Mapping, mesh) -> TrainState:
-    """A fresh train state, replicated over ``mesh`` (``training.seed``; ``sample`` shapes the parameters).
-
-    Built by one jitted function whose output is placed by ``out_shardings``: every process
-    computes the same state from the same seed, also for devices it cannot address, so this
-    works unchanged in a multi-process job.
-    """
-    ema = float(config.training.get("ema_decay", 0.0)) > 0
-
-    def build(key, batch):
-        init_key, state_key = jax.random.split(key)
-        return create_state(method.init(init_key, batch), optimizer, state_key, ema=ema)
-
-    batch = {k: np.asarray(sample[k])[None] for k in ("fixed", "moving")}
-    key = jax.random.key(int(config.training.get("seed", 0)))
-    return jax.jit(build, out_shardings=sharding.replicated(mesh))(key, batch)
 
 
 def _host_mean(history: list[dict]) -> dict[str, float]:

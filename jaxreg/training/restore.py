@@ -1,11 +1,13 @@
 """Loading a trained run: its config, method and the parameters of one checkpoint.
 
 ``load_run(W)`` is what evaluation, the convergence study and DiffuseReg's teacher use;
-``resolve_step`` turns ``"latest"``, ``"best"`` or a number into a saved step.
+``resolve_step`` turns ``"latest"``, ``"best"`` or a number into a saved step;
+``load_teacher`` loads a run that DiffuseReg learns from (a teacher is a trained run).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import NamedTuple
 
@@ -15,12 +17,15 @@ from jaxreg import models
 from jaxreg.data.sources import open_source
 from jaxreg.training import sharding
 from jaxreg.training.checkpoints import Checkpoints
-from jaxreg.training.loop import init_state
 from jaxreg.training.optimizer import make_optimizer
+from jaxreg.training.state import init_state
 from jaxreg.training.workdir import apply_overrides, load_config
 from jaxreg.training.writers import read_metrics
 
-__all__ = ["Run", "load_run", "resolve_step", "teacher_for", "wants_ema"]
+__all__ = ["TEACHER_MODELS", "Run", "load_run", "load_teacher", "resolve_step", "teacher_for", "wants_ema"]
+
+#: Models that can teach: one-shot or iterative registration networks (not another diffusion model).
+TEACHER_MODELS = ("voxelmorph", "deqreg", "unroll")
 
 
 def resolve_step(workdir, checkpoints: Checkpoints, step, *, best_metric: str | None, best_mode: str = "max") -> int:
@@ -61,9 +66,6 @@ def teacher_for(config):
     sampler = (config.get("diffusion") or {}).get("sampler") or {}
     if sampler.get("start") != "teacher":
         return None
-    # Imported here: the teacher module builds on this one.
-    from jaxreg.training.teacher import load_teacher
-
     return load_teacher(config.diffusion.get("teacher_workdir"), step=config.diffusion.get("teacher_step", "latest"))[1]
 
 
@@ -104,3 +106,26 @@ def load_run(workdir, *, step=None, split: str = "test", overrides=()) -> Run:
         state = checkpoints.restore(template, step=chosen)
     ema = wants_ema(config) and state.ema_params is not None
     return Run(config, method, state.ema_params if ema else state.params, chosen, ema)
+
+
+def load_teacher(workdir, *, step="latest") -> tuple[Run, Callable]:
+    """The teacher run and its ``teacher(fixed, moving) -> ddf`` on ``(B, *S)`` images.
+
+    Raises:
+      FileNotFoundError: ``workdir`` is not a trained run (no folder, config or checkpoint).
+      ValueError: ``workdir`` holds a model that cannot teach (e.g. another DiffuseReg).
+    """
+    if not workdir:
+        raise ValueError("`diffusion.teacher_workdir` is empty: DiffuseReg learns the fields of a trained teacher; "
+                         "train one first, e.g. python train.py --config configs/voxelmorph_demo.py:cardiac "
+                         "--workdir runs/vxm_cardiac_demo")
+    path = Path(workdir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"`diffusion.teacher_workdir` {str(workdir)!r} does not exist; train the teacher first.")
+    name = load_config(path).model.get("name")
+    if name not in TEACHER_MODELS:
+        raise ValueError(f"`diffusion.teacher_workdir` {str(workdir)!r} holds a {name!r} model; a teacher must be one "
+                         f"of {TEACHER_MODELS}.")
+    run = load_run(path, step=step, split="train")
+    params = run.params
+    return run, lambda fixed, moving: run.method.predict(params, fixed, moving)

@@ -1,4 +1,4 @@
-"""The train state and the one train step shared by every method.
+"""The train state, its replicated initialisation and the one train step shared by every method.
 
 A method supplies ``loss_fn(params, batch, key) -> (loss, metrics)`` (a batch of numpy or
 sharded arrays, the mean loss over it); :func:`make_train_step` turns it into the jitted
@@ -7,16 +7,19 @@ sharded arrays, the mean loss over it); :func:`make_train_step` turns it into th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 import flax.struct
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
+from jaxreg import models
+from jaxreg.training import sharding
 from jaxreg.training.optimizer import nonfinite_count
 
-__all__ = ["TrainState", "create_state", "make_train_step"]
+__all__ = ["TrainState", "create_state", "init_state", "make_train_step"]
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -41,6 +44,24 @@ def create_state(params, optimizer: optax.GradientTransformation, key: jax.Array
     """A fresh state at step 0."""
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optimizer.init(params), key=key,
                       ema_params=jax.tree.map(jnp.copy, params) if ema else None)
+
+
+def init_state(method: models.Method, optimizer, config, sample: Mapping, mesh) -> TrainState:
+    """A fresh train state, replicated over ``mesh`` (``training.seed``; ``sample`` shapes the parameters).
+
+    Built by one jitted function whose output is placed by ``out_shardings``: every process
+    computes the same state from the same seed, also for devices it cannot address, so this
+    works unchanged in a multi-process job.
+    """
+    ema = float(config.training.get("ema_decay", 0.0)) > 0
+
+    def build(key, batch):
+        init_key, state_key = jax.random.split(key)
+        return create_state(method.init(init_key, batch), optimizer, state_key, ema=ema)
+
+    batch = {k: np.asarray(sample[k])[None] for k in ("fixed", "moving")}
+    key = jax.random.key(int(config.training.get("seed", 0)))
+    return jax.jit(build, out_shardings=sharding.replicated(mesh))(key, batch)
 
 
 def make_train_step(

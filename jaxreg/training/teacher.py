@@ -6,6 +6,8 @@ computed on the training set. :func:`prepare_diffusion` loads the teacher named 
 ``diffusion.teacher_workdir``, computes the statistics once and stores them in
 ``W/diffusion_stats.json`` (a resumed run reads them back, so its targets never change) and
 in the run's config (``diffusion.mean``/``std``), so inference needs only the workdir.
+``load_teacher`` and ``TEACHER_MODELS`` live in ``jaxreg.training.restore`` and are
+re-exported here.
 """
 
 from __future__ import annotations
@@ -21,38 +23,11 @@ from tqdm.auto import tqdm
 
 from jaxreg.data import pipeline
 from jaxreg.io import atomic_path
-from jaxreg.training.restore import Run, load_run
+from jaxreg.training.restore import TEACHER_MODELS, load_teacher  # re-exported: a teacher is a trained run
 
 __all__ = ["STATS_FILE", "TEACHER_MODELS", "field_statistics", "load_teacher", "prepare_diffusion"]
 
 STATS_FILE = "diffusion_stats.json"
-#: Models that can teach: one-shot or iterative registration networks (not another diffusion model).
-TEACHER_MODELS = ("voxelmorph", "deqreg", "unroll")
-
-
-def load_teacher(workdir, *, step="latest") -> tuple[Run, Callable]:
-    """The teacher run and its ``teacher(fixed, moving) -> ddf`` on ``(B, *S)`` images.
-
-    Raises:
-      FileNotFoundError: ``workdir`` is not a trained run (no folder, config or checkpoint).
-      ValueError: ``workdir`` holds a model that cannot teach (e.g. another DiffuseReg).
-    """
-    if not workdir:
-        raise ValueError("`diffusion.teacher_workdir` is empty: DiffuseReg learns the fields of a trained teacher; "
-                         "train one first, e.g. python train.py --config configs/voxelmorph_demo.py:cardiac "
-                         "--workdir runs/vxm_cardiac_demo")
-    path = Path(workdir)
-    if not path.is_dir():
-        raise FileNotFoundError(f"`diffusion.teacher_workdir` {str(workdir)!r} does not exist; train the teacher first.")
-    from jaxreg.training.workdir import load_config
-
-    name = load_config(path).model.get("name")
-    if name not in TEACHER_MODELS:
-        raise ValueError(f"`diffusion.teacher_workdir` {str(workdir)!r} holds a {name!r} model; a teacher must be one "
-                         f"of {TEACHER_MODELS}.")
-    run = load_run(path, step=step, split="train")
-    params = run.params
-    return run, lambda fixed, moving: run.method.predict(params, fixed, moving)
 
 
 def field_statistics(teacher: Callable, data, *, limit: int = 0, progress: bool = True) -> dict:
