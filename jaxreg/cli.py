@@ -22,7 +22,9 @@ exist or be empty:
   and :func:`jaxreg.transform.load_transform`;
 * ``itk/`` (3-D): ``warp.nii.gz``, ``affine.mat``, ``affine.txt`` (and ``inverse_warp.nii.gz``)
   for ANTs, ITK and 3D Slicer (:func:`jaxreg.transform.export_itk`);
-* ``overview.png``: slices of fixed, moving, warped, differences, grid and Jacobian map;
+* ``overview.png``: fixed, moving, warped, differences, grid and Jacobian map (colours: 1st-99th
+  percentile, centred on 1), three orthogonal centre slices for 3-D, drawn with the voxel spacing,
+  label contours (``--fixed-labels``: also dashed over the warped image);
 * ``info.json``: method, options, steps, time, spacing, folding %, Dice before/after
   (with ``--fixed-labels``), the affine matrix, the files.
 
@@ -367,7 +369,7 @@ def register_files(args: argparse.Namespace) -> dict:
         show = (lambda a: a.mean(-1) if a.ndim > ndim else a)  # noqa: E731  (channels: their mean)
         figures.pair_figure(staging / "overview.png", show(fixed.array), show(moving_array), show(warped), ddf,
                             fixed_labels=fixed_labels, moving_labels=moving_labels,
-                            warped_labels=warped_labels,
+                            warped_labels=warped_labels, spacing=tuple(spacing),
                             title=f"{info['method']}: {info['time_s']:.1f} s, folding {folding:.3f} %")
         (staging / "info.json").write_text(json.dumps(info, indent=2, default=str))
         if out.exists():

@@ -21,6 +21,7 @@ from scipy import ndimage
 import jaxreg
 from jaxreg import cli
 from jaxreg import transform as tx
+from jaxreg.evaluation import figures
 
 ROOT = Path(__file__).resolve().parents[1]
 FAST = ["--no-progress", "--option", "levels=(1,)", "--option", "steps=(30,)"]  # one compile for all 16³ runs
@@ -116,10 +117,33 @@ def registered(tmp_path_factory):
     paths = {name: _save(tmp / f"{name}.nii.gz", array) for name, array in
              (("f", fixed), ("m", moving), ("fl", labels), ("ml", moving_labels))}
     out = tmp / "out"
-    code = cli.main(["register", "--fixed", paths["f"], "--moving", paths["m"], "--moving-labels", paths["ml"],
-                     "--fixed-labels", paths["fl"], "--out", str(out), *FAST])
+    real = figures.pair_figure
+
+    def spy(*args, **kwargs):  # keeps what overview.png was drawn from
+        OVERVIEW.update(args=args, kwargs=kwargs, fig=real(*args, **kwargs))
+        return OVERVIEW["fig"]
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(figures, "pair_figure", spy)
+        code = cli.main(["register", "--fixed", paths["f"], "--moving", paths["m"], "--moving-labels", paths["ml"],
+                         "--fixed-labels", paths["fl"], "--out", str(out), *FAST])
     assert code == 0
     return tmp, out, paths, (fixed, moving, labels, moving_labels)
+
+
+OVERVIEW = {}  # filled by the `registered` fixture
+
+
+def test_register_overview_uses_spacing_fixed_labels_and_three_slices(registered):
+    tmp, out, paths, (fixed, moving, labels, moving_labels) = registered
+    assert OVERVIEW["kwargs"]["spacing"] == (1.5, 1.5, 2.0)  # the header's voxel size (AFFINE)
+    np.testing.assert_array_equal(OVERVIEW["kwargs"]["fixed_labels"], labels)
+    axes = np.array([ax for ax in OVERVIEW["fig"].axes if ax.images], dtype=object).reshape(-1, 7)
+    assert axes.shape == (3, 7)  # slices across axes 0, 1, 2
+    for row, ratio in zip(axes, (1.5 / 2.0, 1.5 / 2.0, 1.5 / 1.5)):  # (rows, cols) axes (1, 2), (0, 2), (0, 1)
+        assert all(ax.get_aspect() == pytest.approx(ratio) for ax in row)
+        assert row[0].collections and row[2].collections  # fixed-label contours: fixed and warped panels
+    assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_register_writes_every_output_consistently(registered):

@@ -13,6 +13,7 @@ import sys
 
 import numpy as np
 import pytest
+from matplotlib.contour import ContourSet
 from matplotlib.figure import Figure
 from matplotlib.image import imread
 
@@ -162,12 +163,129 @@ def test_pair_figure_bad_options(tmp_path):
     with pytest.raises(ValueError, match="`index`"):
         figures.pair_figure(tmp_path / "x.png", img2, img2, img2, np.zeros((6, 6, 2)), index=2)
     with pytest.raises(ValueError, match=r"`index`.*\[0, 6\).*6"):
-        figures.pair_figure(tmp_path / "x.png", img3, img3, img3, np.zeros((6, 6, 6, 3)), index=6)
+        figures.pair_figure(tmp_path / "x.png", img3, img3, img3, np.zeros((6, 6, 6, 3)), axis=0, index=6)
+    with pytest.raises(ValueError, match="`index` needs `axis`"):
+        figures.pair_figure(tmp_path / "x.png", img3, img3, img3, np.zeros((6, 6, 6, 3)), index=2)
+    with pytest.raises(ValueError, match="`axis` must be None for 2-D"):
+        figures.pair_figure(tmp_path / "x.png", img2, img2, img2, np.zeros((6, 6, 2)), axis=0)
+    for bad in ((1.0,), (1.0, 0.0), (1.0, float("nan")), "ab", (1.0, 1.0, 1.0)):
+        with pytest.raises(ValueError, match=r"`spacing` must be 2 positive numbers"):
+            figures.pair_figure(tmp_path / "x.png", img2, img2, img2, np.zeros((6, 6, 2)), spacing=bad)
     with pytest.raises(ValueError, match="`axis`"):
         figures.pair_figure(tmp_path / "x.png", img3, img3, img3, np.zeros((6, 6, 6, 3)), axis=3)
     with pytest.raises(ValueError, match="`grid_step`"):
         figures.pair_figure(tmp_path / "x.png", img2, img2, img2, np.zeros((6, 6, 2)), grid_step=0)
     assert not (tmp_path / "x.png").exists()
+
+
+# ---------------------------------------------------------------- pair_figure's decisions
+def np_jacobian_det(ddf):
+    """det(I + ∇u) with np.gradient (central inside, one-sided at the border), for 2-D or 3-D."""
+    nd = ddf.shape[-1]
+    grads = np.stack([np.stack(np.gradient(ddf[..., c], axis=tuple(range(nd))), -1) for c in range(nd)], -2)
+    return np.linalg.det(grads + np.eye(nd))
+
+
+def panels(fig):
+    """The image panels of a pair figure (colour bars left out), as (rows, 7)."""
+    axes = [ax for ax in fig.axes if ax.images]
+    assert len(axes) % 7 == 0
+    return np.array(axes, dtype=object).reshape(-1, 7)
+
+
+def smooth_field(rng, shape, scale):
+    nd = len(shape)
+    coarse = rng.normal(scale=scale, size=tuple(max(s // 4, 2) for s in shape) + (nd,))
+    idx = np.meshgrid(*[np.linspace(0, c - 1, s).round().astype(int) for s, c in zip(shape, coarse.shape)],
+                      indexing="ij")
+    return coarse[tuple(idx)]
+
+
+@pytest.mark.parametrize("shape", [(20, 24), (12, 14, 10)])
+def test_pair_figure_jacobian_limits_are_centred_percentiles(tmp_path, rng, shape):
+    fixed, moving, warped, _, _ = pair(rng, shape)
+    ddf = smooth_field(rng, shape, 0.4)
+    ddf[(3,) * len(shape)] += 6.0  # one wild voxel: the max must not set the colour range
+    det = np_jacobian_det(ddf)
+    p1, p99 = np.percentile(det, [1, 99])
+    half = max(1 - p1, p99 - 1)
+    assert det.max() > 1 + 1.5 * half or det.min() < 1 - 1.5 * half  # the outlier lies outside the range
+    fig = figures.pair_figure(tmp_path / "j.png", fixed, moving, warped, ddf)
+    jac_panels = panels(fig)[:, 6]
+    for ax in jac_panels:
+        norm = ax.images[0].norm
+        np.testing.assert_allclose([norm.vmin, norm.vmax], [1 - half, 1 + half], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(figures.jacobian_limits(det), (1 - half, 1 + half), rtol=1e-12)
+    labels = [ax.get_ylabel() for ax in fig.axes if not ax.images and "Jacobian" in ax.get_ylabel()]
+    assert len(labels) == 1  # one labelled colour bar for the Jacobian
+
+
+def test_jacobian_limits_closed_forms():
+    assert figures.jacobian_limits(np.ones(10)) == pytest.approx((0.99, 1.01))  # never degenerate
+    det = np.r_[np.full(98, 1.2), 1.5, 50.0]  # 99th percentile well below the max
+    lo, hi = figures.jacobian_limits(det)
+    assert (lo + hi) / 2 == pytest.approx(1.0) and hi == pytest.approx(np.percentile(det, 99)) and hi < 50
+    with pytest.raises(ValueError, match="`percentiles`"):
+        figures.jacobian_limits(det, percentiles=(99, 1))
+
+
+@pytest.mark.parametrize("shape,spacing", [((16, 20), (1.0, 2.5)), ((8, 10, 12), (3.15, 1.5, 0.75))])
+def test_pair_figure_aspect_follows_spacing(tmp_path, rng, shape, spacing):
+    fixed, moving, warped, ddf, _ = pair(rng, shape)
+    fig = figures.pair_figure(tmp_path / "a.png", fixed, moving, warped, ddf, spacing=spacing)
+    grid = panels(fig)
+    pairs = [(0, 1)] if len(shape) == 2 else [(1, 2), (0, 2), (0, 1)]  # (rows, cols) axes of each row
+    assert grid.shape == (len(pairs), 7)
+    for row, (r, c) in zip(grid, pairs):
+        for ax in row:
+            assert ax.get_aspect() == pytest.approx(spacing[r] / spacing[c])
+    iso = panels(figures.pair_figure(tmp_path / "b.png", fixed, moving, warped, ddf))
+    assert all(ax.get_aspect() == pytest.approx(1.0) for ax in iso.ravel())
+
+
+def contour_sets(ax):
+    return [c for c in ax.collections if isinstance(c, ContourSet)]
+
+
+@pytest.mark.parametrize("shape", [(16, 16), (10, 12, 14)])
+def test_pair_figure_fixed_label_contours(tmp_path, rng, shape):
+    fixed, moving, warped, ddf, labels = pair(rng, shape)  # labels 1 and 3
+    plain = panels(figures.pair_figure(tmp_path / "p.png", fixed, moving, warped, ddf))
+    assert all(not contour_sets(ax) for ax in plain.ravel())
+    # The labels present in each drawn slice (2-D: the image; 3-D: the centre slices across axes 0, 1, 2).
+    slices = [labels] if len(shape) == 2 else [np.take(labels, s // 2, axis=a) for a, s in enumerate(shape)]
+    present = [len(set(np.unique(sl).tolist()) - {0}) for sl in slices]
+    assert min(present) >= 1 and (len(shape) == 3 or present == [2])
+    grid = panels(figures.pair_figure(tmp_path / "l.png", fixed, moving, warped, ddf, fixed_labels=labels))
+    assert len(grid) == len(slices)
+    for row, n in zip(grid, present):
+        assert len(contour_sets(row[0])) == n  # one per non-background label, over the fixed image
+        dashed = contour_sets(row[2])  # and over the warped image, dashed
+        assert len(dashed) == n and all(ls[1] is not None for c in dashed for ls in c.get_linestyle())
+        assert not contour_sets(row[1])
+    both = panels(figures.pair_figure(tmp_path / "b.png", fixed, moving, warped, ddf, fixed_labels=labels,
+                                      moving_labels=labels, warped_labels=labels))
+    for row, n in zip(both, present):  # fixed, moving: their own labels; warped: its own + the fixed ones
+        assert [len(contour_sets(ax)) for ax in row[:3]] == [n, n, 2 * n]
+
+
+def test_pair_figure_3d_three_orthogonal_centre_slices(tmp_path, rng):
+    shape = (10, 12, 14)
+    fixed, moving, warped, ddf, _ = pair(rng, shape)
+    fig = figures.pair_figure(tmp_path / "o.png", fixed, moving, warped, ddf)
+    grid = panels(fig)
+    assert grid.shape == (3, 7)
+    centre = [s // 2 for s in shape]
+    for a, row in enumerate(grid):
+        np.testing.assert_array_equal(row[0].images[0].get_array(), np.take(fixed, centre[a], axis=a))
+        np.testing.assert_array_equal(row[1].images[0].get_array(), np.take(moving, centre[a], axis=a))
+        np.testing.assert_allclose(row[6].images[0].get_array(), np.take(np_jacobian_det(ddf), centre[a], axis=a),
+                                   rtol=1e-5, atol=1e-5)
+    one = panels(figures.pair_figure(tmp_path / "s.png", fixed, moving, warped, ddf, axis=2, index=3))
+    assert one.shape == (1, 7)
+    np.testing.assert_array_equal(one[0, 0].images[0].get_array(), fixed[:, :, 3])
+    img = read_png(tmp_path / "o.png")
+    assert img.shape[0] > 2 * read_png(tmp_path / "s.png").shape[0]  # three rows drawn
 
 
 def test_missing_directory(tmp_path):

@@ -4,7 +4,7 @@
 determinant); ``dice_boxplot`` draws per-label Dice distributions. Both use
 ``matplotlib.figure.Figure`` directly (no pyplot, no backend switching) and write the PNG
 atomically with ``jaxreg.io.atomic_path``. ``deformed_grid_lines`` is the pure geometry
-behind the grid panel.
+behind the grid panel, ``jacobian_limits`` the colour range of the Jacobian panel.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 from matplotlib import cbook, colormaps
 from matplotlib.collections import LineCollection
-from matplotlib.colors import ListedColormap, TwoSlopeNorm
+from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
 from matplotlib.patches import Patch, Rectangle
 
@@ -23,9 +23,9 @@ from jaxreg._checks import check_ddf
 from jaxreg.io import atomic_path
 from jaxreg.metrics import jacobian_determinant
 
-__all__ = ["deformed_grid_lines", "dice_boxplot", "pair_figure"]
+__all__ = ["deformed_grid_lines", "dice_boxplot", "jacobian_limits", "pair_figure"]
 
-_DPI = 90
+_DPI = 100
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> None:
@@ -71,15 +71,38 @@ def _as_image(a, name: str, spatial: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _draw_labels(ax, labels: np.ndarray | None) -> None:
+def _draw_labels(ax, labels: np.ndarray | None, *, linestyles: str = "solid") -> None:
     if labels is None:
         return
-    cmap = colormaps["tab20"]
+    cmap = colormaps["tab10"]  # saturated: visible over grey images
     for value in np.unique(labels):
         mask = labels == value
         if value == 0 or mask.all():
             continue
-        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[cmap(int(value) % 20)], linewidths=0.7)
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[cmap(int(value) % 10)], linewidths=0.7,
+                   linestyles=linestyles)
+
+
+def jacobian_limits(jac, *, percentiles: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
+    """Colour limits for a Jacobian-determinant map: robust, and centred so that 1 is neutral.
+
+    With ``p_lo, p_hi`` the ``percentiles`` of ``jac`` (``np.percentile``, linear), the limits
+    are ``1 ∓ h`` with ``h = max(1 - p_lo, p_hi - 1, 0.01)``: a few extreme voxels do not
+    wash out the map, and ``J = 1`` (volume kept) sits in the middle of a diverging map.
+
+    Args:
+      jac: ``(*S)`` Jacobian determinants (finite).
+      percentiles: the lower and upper percentile, ``0 <= lo < hi <= 100``.
+
+    Returns:
+      ``(vmin, vmax)``, ``vmin < 1 < vmax``.
+    """
+    lo_q, hi_q = (float(q) for q in percentiles)
+    if not 0.0 <= lo_q < hi_q <= 100.0:
+        raise ValueError(f"`percentiles` must be (lo, hi) with 0 <= lo < hi <= 100; got {percentiles!r}.")
+    lo, hi = np.percentile(np.asarray(jac, dtype=np.float64), [lo_q, hi_q])
+    half = max(1.0 - float(lo), float(hi) - 1.0, 0.01)
+    return 1.0 - half, 1.0 + half
 
 
 def pair_figure(
@@ -93,19 +116,26 @@ def pair_figure(
     warped_labels=None,
     moving_labels=None,
     title: str | None = None,
-    axis: int = 0,
+    axis: int | None = None,
     index: int | None = None,
     grid_step: int = 4,
-) -> None:
-    """Writes a one-row PNG summarising one registered pair.
+    spacing: Sequence[float] | None = None,
+) -> Figure:
+    """Writes a PNG summarising one registered pair; one row of panels per slice.
 
     Panels: fixed, moving, warped, ``|fixed - moving|`` (before), ``|fixed - warped|``
-    (after; both differences share one colour scale), the deformed grid over the warped
-    image (the fixed grid mapped by ``x ↦ x + ddf(x)`` every ``grid_step`` voxels, in-plane
-    components only), and the Jacobian determinant of ``x ↦ x + ddf(x)`` (diverging
-    colours centred at 1; voxels with ``J <= 0`` (folding) in solid yellow; the title gives
-    the folding percentage of the whole field). Label maps, if given, are drawn as
-    contours (one colour per label value) over the matching panels.
+    (after; both differences share one colour scale and colour bar), the deformed grid over
+    the warped image (the fixed grid mapped by ``x ↦ x + ddf(x)`` every ``grid_step``
+    voxels, in-plane components only), and the Jacobian determinant of ``x ↦ x + ddf(x)``
+    (diverging colours centred at 1, limits from ``jacobian_limits`` of the whole field,
+    i.e. its 1st-99th percentiles; voxels with ``J <= 0`` (folding) in solid yellow; the
+    title gives the folding percentage of the whole field). Label maps, if given, are drawn
+    as contours (one colour per label value) over the matching panels; ``fixed_labels`` are
+    also drawn dashed over the warped panel, so that alignment shows directly.
+
+    2-D input gives one row. 3-D input gives three rows, the orthogonal slices through the
+    centre (across axis 0, 1 and 2), unless ``axis`` picks a single slice. Pixels are drawn
+    with the voxel ``spacing``'s aspect ratio, so anisotropic voxels keep their shape.
 
     Args:
       path: target ``.png`` file; its directory must exist. Replaced atomically.
@@ -115,14 +145,22 @@ def pair_figure(
       fixed_labels, warped_labels, moving_labels: optional ``(*S)`` or ``(*S, 1)``
         integer label maps (0 = background, not drawn).
       title: optional figure title.
-      axis: for 3-D, the array axis the slice is taken across (0, 1 or 2).
-      index: for 3-D, the slice index along ``axis`` (default: the middle). Must be None
-        for 2-D. The Jacobian is computed on the full volume, then sliced.
+      axis: for 3-D, draw one slice across this array axis (0, 1 or 2) instead of three;
+        must be None for 2-D.
+      index: for 3-D with ``axis``, the slice index along ``axis`` (default: the middle).
+        Must be None for 2-D and when ``axis`` is None. The Jacobian is computed on the
+        full volume, then sliced.
       grid_step: spacing of the drawn grid lines in voxels.
+      spacing: voxel size per array axis (``ndim`` positive numbers, e.g. mm); the
+        default is isotropic.
+
+    Returns:
+      The drawn ``matplotlib.figure.Figure`` (already written to ``path``): one row of
+      seven image axes per slice (``fig.axes`` also holds the two colour bars).
 
     Raises:
-      ValueError: on shapes that do not match, a bad ``ddf``, ``axis``, ``index`` or
-        ``grid_step``, or a non-finite ``ddf``.
+      ValueError: on shapes that do not match, a bad ``ddf``, ``axis``, ``index``,
+        ``grid_step`` or ``spacing``, or a non-finite ``ddf``.
     """
     ddf = np.asarray(ddf)
     ndim = check_ddf(ddf)
@@ -130,6 +168,14 @@ def pair_figure(
     if not np.all(np.isfinite(ddf)):
         raise ValueError("`ddf` must be finite; got NaN or inf values.")
     _check_int(grid_step, "grid_step", 1)
+    if spacing is None:
+        spacing = (1.0,) * ndim
+    try:
+        spacing = tuple(float(s) for s in spacing)
+    except (TypeError, ValueError):
+        raise ValueError(f"`spacing` must be {ndim} positive numbers (one per array axis); got {spacing!r}.") from None
+    if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"`spacing` must be {ndim} positive numbers (one per array axis); got {spacing!r}.")
     imgs = {n: _as_image(a, n, spatial) for n, a in (("fixed", fixed), ("moving", moving), ("warped", warped))}
     labs = {n: None if a is None else np.rint(_as_image(a, n, spatial)).astype(np.int64)
             for n, a in (("fixed_labels", fixed_labels), ("moving_labels", moving_labels),
@@ -137,64 +183,86 @@ def pair_figure(
     jac = np.asarray(jacobian_determinant(ddf), dtype=np.float64)
     folding = 100.0 * np.count_nonzero(jac <= 0) / jac.size
     if ndim == 2:
+        if axis is not None:
+            raise ValueError(f"`axis` must be None for 2-D inputs; got {axis!r}.")
         if index is not None:
             raise ValueError(f"`index` must be None for 2-D inputs; got {index!r}.")
-        rows_axis, cols_axis, where = 0, 1, ""
-
-        def cut(a):
-            return a
+        cuts = [(None, None)]
+    elif axis is None:
+        if index is not None:
+            raise ValueError(f"`index` needs `axis` (three centre slices are drawn when `axis` is None); got {index!r}.")
+        cuts = [(a, spatial[a] // 2) for a in range(3)]
     else:
         if isinstance(axis, bool) or axis not in (0, 1, 2):
-            raise ValueError(f"`axis` must be 0, 1 or 2 for 3-D inputs; got {axis!r}.")
+            raise ValueError(f"`axis` must be None, 0, 1 or 2 for 3-D inputs; got {axis!r}.")
         index = spatial[axis] // 2 if index is None else index
         _check_int(index, "index", 0, spatial[axis])
-        rows_axis, cols_axis = (a for a in range(3) if a != axis)
-        where = f" (axis {axis}, slice {index})"
+        cuts = [(axis, int(index))]
 
-        def cut(a):
-            return None if a is None else np.take(a, index, axis=axis)
+    def cut(a, ax_, i):
+        return a if a is None or ax_ is None else np.take(a, i, axis=ax_)
 
-    sl = {n: cut(a).astype(np.float64) for n, a in imgs.items()}
-    labs = {n: cut(a) for n, a in labs.items()}
-    u2 = cut(ddf)[..., [rows_axis, cols_axis]]
-    j2 = cut(jac)
-    h, w = j2.shape
+    rows = []  # one dict per slice
+    for ax_, i in cuts:
+        r_ax, c_ax = (0, 1) if ax_ is None else tuple(a for a in range(3) if a != ax_)
+        sl = {n: cut(a, ax_, i).astype(np.float64) for n, a in imgs.items()}
+        rows.append(dict(axis=ax_, index=i, rows_axis=r_ax, cols_axis=c_ax, img=sl,
+                         labs={n: cut(a, ax_, i) for n, a in labs.items()},
+                         u2=cut(ddf, ax_, i)[..., [r_ax, c_ax]], jac=cut(jac, ax_, i),
+                         aspect=spacing[r_ax] / spacing[c_ax]))
+    lo = min(float(v.min()) for r in rows for v in r["img"].values())
+    hi = max(float(v.max()) for r in rows for v in r["img"].values())
+    diffs = [(np.abs(r["img"]["fixed"] - r["img"]["moving"]), np.abs(r["img"]["fixed"] - r["img"]["warped"]))
+             for r in rows]
+    dmax = max(max(float(b.max()), float(a.max())) for b, a in diffs)
+    dmax = max(dmax, 1e-12)
+    jmin, jmax = jacobian_limits(jac)
+    jnorm = Normalize(vmin=jmin, vmax=jmax)
 
-    fig = Figure(figsize=(7 * 2.7, 3.4), layout="constrained")
-    axes = fig.subplots(1, 7)
-    lo = min(float(v.min()) for v in sl.values())
-    hi = max(float(v.max()) for v in sl.values())
-    for ax, n in zip(axes[:3], ("fixed", "moving", "warped")):
-        ax.imshow(sl[n], cmap="gray", vmin=lo, vmax=hi)
-        _draw_labels(ax, labs[f"{n}_labels"])
-        ax.set_title(n)
-    before, after = np.abs(sl["fixed"] - sl["moving"]), np.abs(sl["fixed"] - sl["warped"])
-    dmax = max(float(before.max()), float(after.max()), 1e-12)
-    for ax, d, name in ((axes[3], before, "|fixed − moving|"), (axes[4], after, "|fixed − warped|")):
-        im = ax.imshow(d, cmap="magma", vmin=0.0, vmax=dmax)
-        ax.set_title(f"{name}\nmean {d.mean():.3g}")
-    fig.colorbar(im, ax=axes[4], fraction=0.046, pad=0.02)
-    ax = axes[5]
-    ax.imshow(sl["warped"], cmap="gray", vmin=lo, vmax=hi)
-    segs = [line[:, ::-1] for line in deformed_grid_lines(u2, step=int(grid_step))]  # (x, y) = (col, row)
-    ax.add_collection(LineCollection(segs, colors="tab:cyan", linewidths=0.7))
-    ax.set_title(f"deformed grid (every {int(grid_step)} vx)")
-    ax = axes[6]
-    norm = TwoSlopeNorm(vcenter=1.0, vmin=min(float(jac.min()), 0.0), vmax=max(float(jac.max()), 2.0))
-    im = ax.imshow(j2, cmap="RdBu_r", norm=norm)
-    ax.imshow(np.ma.masked_where(j2 > 0, np.ones_like(j2)), cmap=ListedColormap(["yellow"]), vmin=0, vmax=1)
-    ax.set_title(f"Jacobian det. (yellow: J ≤ 0)\nfolding {folding:.2f}% of field")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
-    for ax in axes:
-        ax.set_xlim(-0.5, w - 0.5)
-        ax.set_ylim(h - 0.5, -0.5)
-        ax.set_xticks([])
-        ax.set_yticks([])
-    axes[0].set_xlabel(f"axis {cols_axis}")
-    axes[0].set_ylabel(f"axis {rows_axis}")
-    if title is not None or where:
-        fig.suptitle(f"{title or ''}{where}".strip())
+    # Row heights follow the displayed (aspect-corrected) height/width of each slice.
+    ratios = [float(np.clip(r["jac"].shape[0] * r["aspect"] / r["jac"].shape[1], 0.25, 4.0)) for r in rows]
+    panel = 2.6
+    fig = Figure(figsize=(7 * panel + 1.6, panel * sum(ratios) + 1.1 + 0.45 * len(rows)), layout="constrained")
+    axes = np.asarray(fig.subplots(len(rows), 7, squeeze=False, gridspec_kw={"height_ratios": ratios}))
+    for r, row, (before, after) in zip(rows, axes, diffs):
+        h, w = r["jac"].shape
+        show = dict(aspect=r["aspect"], interpolation="nearest")
+        for ax, n in zip(row[:3], ("fixed", "moving", "warped")):
+            ax.imshow(r["img"][n], cmap="gray", vmin=lo, vmax=hi, **show)
+            _draw_labels(ax, r["labs"][f"{n}_labels"])
+        _draw_labels(row[2], r["labs"]["fixed_labels"], linestyles="--")
+        row[0].set_title("fixed")
+        row[1].set_title("moving")
+        row[2].set_title("warped" + ("\n(dashed: fixed labels)" if r["labs"]["fixed_labels"] is not None else ""))
+        for ax, d, name in ((row[3], before, "|fixed − moving|"), (row[4], after, "|fixed − warped|")):
+            dim = ax.imshow(d, cmap="magma", vmin=0.0, vmax=dmax, **show)
+            ax.set_title(f"{name}\nmean {d.mean():.3g}")
+        ax = row[5]
+        ax.imshow(r["img"]["warped"], cmap="gray", vmin=lo, vmax=hi, **show)
+        segs = [line[:, ::-1] for line in deformed_grid_lines(r["u2"], step=int(grid_step))]  # (x, y) = (col, row)
+        ax.add_collection(LineCollection(segs, colors="tab:cyan", linewidths=0.7))
+        ax.set_title(f"deformed grid\n(every {int(grid_step)} vx)")
+        ax = row[6]
+        jim = ax.imshow(r["jac"], cmap="RdBu_r", norm=jnorm, **show)
+        ax.imshow(np.ma.masked_where(r["jac"] > 0, np.ones_like(r["jac"])), cmap=ListedColormap(["yellow"]),
+                  vmin=0, vmax=1, **show)
+        ax.set_title(f"Jacobian det. (yellow: J ≤ 0)\nfolding {folding:.2f}% of field")
+        for ax in row:
+            ax.set_xlim(-0.5, w - 0.5)
+            ax.set_ylim(h - 0.5, -0.5)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        where = "" if r["axis"] is None else f"slice {r['index']} of axis {r['axis']}\n"
+        row[0].set_ylabel(f"{where}axis {r['rows_axis']}")
+        row[0].set_xlabel(f"axis {r['cols_axis']}")
+    fig.colorbar(dim, ax=axes[:, 4], fraction=0.05, pad=0.02, label="|difference| (intensity)")
+    fig.colorbar(jim, ax=axes[:, 6], fraction=0.05, pad=0.02, extend="both",
+                 label="Jacobian determinant (1 = volume kept)\nrange: 1st–99th percentile, centred on 1")
+    spacing_note = "" if len(set(spacing)) == 1 else f", voxel {' × '.join(f'{s:g}' for s in spacing)}"
+    if title or spacing_note:
+        fig.suptitle(f"{title or ''}{spacing_note}".strip(", "))
     _save(fig, path)
+    return fig
 
 
 def _boxes(ax, data: list[np.ndarray], positions, width: float, color) -> None:
