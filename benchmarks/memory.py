@@ -9,7 +9,8 @@ is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_ana
 ``temp_size_in_bytes`` (meaningful on CPU, DESIGN.md §5). ``step_s`` is the wall time per step
 after a warm-up call (DEQReg runs all max_steps unless ``--tol``). Models: DEQReg (Anderson, phantom backward K = 5, τ = 0.8, S = 3 corrected
 states, γ = 0.5) at solver max_steps 4, 12, 48, 96, and the unrolled baselines (vanilla, RIIR-like,
-BPTT) at T = 2, 4, 6, 12; ``deqreg_s0`` is DEQReg without the corrected states (S = 0), ``deqreg_remat`` with each phantom
+BPTT) at T = 2, 4, 6, 12 (``--unroll-levels 3``: the multi-resolution form, ``_3levels``, T steps per
+level); ``deqreg_s0`` is DEQReg without the corrected states (S = 0), ``deqreg_remat`` with each phantom
 step rematerialised in the backward pass (``solver.phantom_remat``), ``deqreg_broyden`` the same with
 the Broyden solver (memory 5, as Anderson's); VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion,
 batch 1, one synthetic brain pair.
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import jax
@@ -31,6 +33,10 @@ import numpy as np
 from jaxreg import models
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.training import create_state, make_optimizer, make_train_step
+
+# The memory claims are about the networks as they run on a GPU: XLA's own convolution (the CPU
+# matmul path of jaxreg.models.conv keeps other buffers alive). Read when a step is traced.
+os.environ.setdefault("JAXREG_CONV", "xla")
 
 DEQ = {"method": "anderson", "history": 5, "backward": "phantom", "phantom_steps": 5,
        "phantom_damping": 0.8}
@@ -49,7 +55,8 @@ def config(name: str, steps: int, tol: float) -> tuple[dict, dict]:
     if name == "deqreg_broyden":  # as deqreg_remat, with the Broyden solver
         return {"name": "deqreg", **CORRECTION}, dict(DEQ, method="broyden", max_steps=steps, tol=tol,
                                                       phantom_remat=True)
-    return {"name": "unroll", "variant": name.removeprefix("unroll_"), "steps": steps}, {}
+    variant, _, levels = name.removeprefix("unroll_").partition("_")  # e.g. "unroll_riir_3levels"
+    return {"name": "unroll", "variant": variant, "steps": steps, "levels": int(levels.removesuffix("levels") or 1)}, {}
 
 
 def measure(name: str, steps: int, batch: dict, *, timed: bool, repeats: int, tol: float) -> dict:
@@ -129,6 +136,8 @@ def main() -> None:
     parser.add_argument("--deq-steps", default="4,12,48,96")
     parser.add_argument("--unroll-steps", default="2,4,6,12")
     parser.add_argument("--variants", default="vanilla,riir")
+    parser.add_argument("--unroll-levels", default="1",
+                        help="resolution levels of the unrolled baselines (steps are per level), e.g. 1,3")
     parser.add_argument("--skip-time", action="store_true", help="compile only: memory, no step times")
     parser.add_argument("--time", default="all", help="which runs to time, e.g. deqreg:48,unroll_riir:6")
     parser.add_argument("--repeats", type=int, default=2)
@@ -142,7 +151,8 @@ def main() -> None:
         return
 
     runs = [(name, int(s)) for name in args.deq.split(",") if name for s in args.deq_steps.split(",") if s]
-    runs += [(f"unroll_{v}", int(s)) for v in args.variants.split(",") if v for s in args.unroll_steps.split(",") if s]
+    runs += [(f"unroll_{v}" + (f"_{n}levels" if int(n) > 1 else ""), int(s)) for n in args.unroll_levels.split(",") if n
+             for v in args.variants.split(",") if v for s in args.unroll_steps.split(",") if s]
     timed = set() if args.skip_time else {f"{n}:{s}" for n, s in runs} if args.time == "all" else set(args.time.split(","))
     sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size]
     out = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
