@@ -69,9 +69,9 @@ def deqreg(workdir: str) -> dict:
     out = {}
     for method in SOLVERS:
         options = {"method": method, "max_steps": 96}
-        solve = jax.jit(lambda f, m, o=options: deq.solve(params, f, m, **o)[:2])
-        _, info = solve(pairs["fixed"], pairs["moving"])
-        result = _compare(lambda f, m, s=solve: s(f, m)[0], pairs)
+        solve = jax.jit(lambda p, f, m, o=options: deq.solve(p, f, m, **o)[:2])  # parameters as arguments
+        _, info = solve(params, pairs["fixed"], pairs["moving"])
+        result = _compare(lambda f, m, s=solve: s(params, f, m)[0], pairs)
         out[method] = dict(result, steps=np.asarray(info.steps).tolist())
     return out
 
@@ -91,8 +91,8 @@ def feed_forward(shape=(64, 64)) -> dict:
         if name == "voxelmorph":  # its flow layer is the one initialised near zero
             params = jax.tree_util.tree_map_with_path(
                 lambda path, v: v * 1e5 if "flow" in jax.tree_util.keystr(path) else v, params)
-        predict = jax.jit(lambda f, m, p=params, mt=method: mt.predict(p, f, m))
-        out[name] = _compare(predict, pairs)
+        predict = jax.jit(method.predict)  # parameters as arguments, not closed-over constants
+        out[name] = _compare(lambda f, m, p=params, pr=predict: pr(p, f, m), pairs)
     return out
 
 

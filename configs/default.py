@@ -113,8 +113,8 @@ def unroll_model(model: ml_collections.ConfigDict, arg: str | None, *, steps: in
     The defaults are the papers' baselines: 3 resolution levels × 3 steps.
     """
     variant, *numbers = (arg or "vanilla").split(",")
-    if len(numbers) > 2:
-        raise ValueError(f"the config argument must be 'variant[,steps[,levels]]'; got {arg!r}")
+    if len(numbers) > 2 or not all(n.strip().isdigit() for n in numbers):
+        raise ValueError(f"the config argument must be 'variant[,steps[,levels]]' with whole numbers; got {arg!r}")
     model.name = "unroll"
     model.variant = variant  # vanilla | riir | gradirn (jaxreg.deq.unroll)
     model.steps = int(numbers[0]) if numbers else steps  # steps per level, trained through (BPTT)
