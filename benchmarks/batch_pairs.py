@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg import models
+from jaxreg import methods
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.deq.solvers import SOLVERS
 
@@ -84,7 +84,7 @@ def feed_forward(shape=(64, 64)) -> dict:
     specs.update({f"unroll_{v}_3x3": {"name": "unroll", "variant": v, "steps": 3, "levels": 3}
                   for v in ("vanilla", "riir", "gradirn")})
     for name, spec in specs.items():
-        method = models.build(spec, loss)
+        method = methods.build(spec, loss)
         params = _loud(method.init(jax.random.key(1), pairs))
         if spec.get("variant") == "gradirn":
             params["step_size"] = jnp.asarray([0.1, 0.1, 0.1])
@@ -108,7 +108,7 @@ def diffusereg(workdir: str | None) -> dict:
         config = {"name": "diffusereg", "features": 8, "depths": (1, 1), "heads": (2, 2), "window": (2, 4, 4)}
         pairs = _synthetic((32, 32), anatomies=("cardiac",) * 3)
         others = _synthetic((32, 32), anatomies=("cardiac",) * 3, seed=11)
-        method = models.build({**config, "window": (4, 4)}, {}, diffusion={"num_steps": 200})
+        method = methods.build({**config, "window": (4, 4)}, {}, diffusion={"num_steps": 200})
         reg = method.module
         params = method.init(jax.random.key(1), pairs)
     swapped = {k: jnp.concatenate([pairs[k][:1], others[k][1:]]) for k in pairs}

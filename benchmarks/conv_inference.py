@@ -6,7 +6,7 @@ Each path runs in its own process (``JAXREG_CONV=xla`` / ``matmul``, see docs/pe
 With ``--workdir`` (a 3-D VoxelMorph or DEQReg run of ``train.py``): ``jaxreg.register(fixed,
 moving, model=W)`` on two random volumes of ``--shape``, the first call (compiling) and the
 best of ``--repeats`` later calls. Without: the VoxelMorph network's forward pass
-(``models.build({"name": "voxelmorph"}).predict``, jitted) at that shape, first call and
+(``methods.build({"name": "voxelmorph"}).predict``, jitted) at that shape, first call and
 best later call, and XLA's compiled temporary memory for it.
 """
 
@@ -35,9 +35,9 @@ def child(workdir: str | None, shape: tuple[int, ...], repeats: int) -> dict:
         run = lambda: jax.block_until_ready(jaxreg.register(fixed, moving, model=model).ddf)
         out["what"] = f"register(model={model.name})"
     else:
-        from jaxreg import models
+        from jaxreg import methods
 
-        method = models.build({"name": "voxelmorph"}, {})
+        method = methods.build({"name": "voxelmorph"}, {})
         f, m = jnp.asarray(fixed)[None], jnp.asarray(moving)[None]
         params = jax.jit(method.init)(jax.random.key(0), {"fixed": f, "moving": m})
         predict = jax.jit(method.predict)

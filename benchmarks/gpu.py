@@ -87,7 +87,7 @@ def train_step(name: str, scale: float, repeats: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxreg import models
+    from jaxreg import methods
     from jaxreg.training import create_state, make_optimizer, make_train_step
 
     config = _load_config(name)
@@ -96,11 +96,11 @@ def train_step(name: str, scale: float, repeats: int) -> dict:
     batch = {k: jax.numpy.asarray(rng.random((1, *shape)), jax.numpy.float32) for k in ("fixed", "moving")}
     teacher = None
     if config.model.name == "diffusereg":  # a VoxelMorph teacher with random weights
-        net = models.build({"name": "voxelmorph"}, {"similarity": "mse"})
+        net = methods.build({"name": "voxelmorph"}, {"similarity": "mse"})
         teacher_params = net.init(jax.random.key(2), batch)
         teacher = lambda f, m: net.predict(teacher_params, f, m)  # noqa: E731
         config.diffusion.mean, config.diffusion.std = [0.0] * 3, [1.0] * 3
-    method = models.build_from_config(config, teacher=teacher)
+    method = methods.build_from_config(config, teacher=teacher)
     optimizer = make_optimizer(config.optimizer)
     state = create_state(method.init(jax.random.key(0), batch), optimizer, jax.random.key(1))
     start = time.perf_counter()

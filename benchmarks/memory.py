@@ -30,7 +30,7 @@ import time
 import jax
 import numpy as np
 
-from jaxreg import models
+from jaxreg import methods
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.training import create_state, make_optimizer, make_train_step
 
@@ -61,7 +61,7 @@ def config(name: str, steps: int, tol: float) -> tuple[dict, dict]:
 
 def measure(name: str, steps: int, batch: dict, *, timed: bool, repeats: int, tol: float) -> dict:
     model, solver = config(name, steps, tol)
-    method = models.build(model, LOSS, solver)
+    method = methods.build(model, LOSS, solver)
     optimizer = make_optimizer({"learning_rate": 1e-4, "weight_decay": 1e-4})
     state = create_state(method.init(jax.random.key(0), batch), optimizer, jax.random.key(1))
     start = time.perf_counter()

@@ -26,7 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg import models
+from jaxreg import methods, models
 from jaxreg.training import create_state, make_optimizer, make_train_step
 
 WEIGHT = 0.01
@@ -44,7 +44,7 @@ def _best(fn, repeats: int) -> float:
 def jaxreg_step(size: int, batch_size: int, repeats: int, similarity: str, impl: str) -> dict:
     os.environ["JAXREG_CONV"] = impl  # read when the step is traced
     loss = {"similarity": similarity, "window": 9, "weight": WEIGHT}
-    module, _, loss_fn, _ = models.build({"name": "voxelmorph"}, loss)
+    module, _, loss_fn, _ = methods.build({"name": "voxelmorph"}, loss)
     rng = np.random.default_rng(0)
     batch = {k: jnp.asarray(rng.random((batch_size, size, size, size)), jnp.float32) for k in ("fixed", "moving")}
     params = module.init(jax.random.key(0), batch["fixed"][..., None], batch["moving"][..., None])

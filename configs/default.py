@@ -27,7 +27,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     data.prefetch = 4  # pairs buffered ahead of the train step
 
     config.model = model = ml_collections.ConfigDict()
-    model.name = "voxelmorph"  # a key of jaxreg.models.MODELS
+    model.name = "voxelmorph"  # a key of jaxreg.methods.METHODS
     model.encoder = (16, 32, 32, 32)  # U-Net encoder widths (VoxelMorph's)
     model.decoder = (32, 32, 32, 32, 32, 16, 16)  # U-Net decoder widths (VoxelMorph's)
     model.integration_steps = 0  # scaling-and-squaring steps (0: plain displacement)

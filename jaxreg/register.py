@@ -149,7 +149,7 @@ class Model(NamedTuple):
 
     Attributes:
       name: ``config.model.name`` (``"voxelmorph"``, ``"deqreg"``, ...).
-      method: the :class:`jaxreg.models.Method` (``predict(params, fixed, moving, **options)``
+      method: the :class:`jaxreg.methods.Method` (``predict(params, fixed, moving, **options)``
         on ``(B, *S)`` images returns ``(B, *S, ndim)`` fields).
       params: the trained parameters (EMA ones when the run kept them).
       config: the run's config.
@@ -158,7 +158,7 @@ class Model(NamedTuple):
     """
 
     name: str
-    method: Any  # jaxreg.models.Method
+    method: Any  # jaxreg.methods.Method
     params: Any
     config: Any
     workdir: Path
@@ -177,7 +177,7 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
       ValueError: the workdir holds an unknown model, or a bad ``step``.
     """
     # Imported here: training, checkpoints and models are not needed by the classical path.
-    from jaxreg import models
+    from jaxreg import methods
     from jaxreg.training.checkpoints import Checkpoints
     from jaxreg.training.restore import resolve_step, teacher_for, wants_ema
     from jaxreg.training.workdir import load_config
@@ -187,7 +187,7 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
         raise FileNotFoundError(f"model workdir {str(workdir)!r} does not exist (train one with "
                                 f"python train.py --config ... --workdir {workdir}).")
     config = load_config(workdir)
-    method = models.build_from_config(config, teacher=teacher_for(config))
+    method = methods.build_from_config(config, teacher=teacher_for(config))
     training = config.training
     with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
         chosen = resolve_step(workdir, checkpoints, step, best_metric=training.get("best_metric"),

@@ -16,7 +16,7 @@ import pytest
 from matplotlib.image import imread
 from scipy import ndimage
 
-from jaxreg import metrics, models
+from jaxreg import methods, metrics
 from jaxreg.data import pipeline
 from jaxreg.evaluation.convergence import convergence_study
 from jaxreg.training import train_and_evaluate
@@ -71,6 +71,8 @@ def test_json_has_every_step_count(study):
     deq, unroll = result["runs"]
     assert (deq["name"], deq["model"], deq["variant"], deq["trained_steps"]) == ("deq", "deqreg", "fixed_point", 4)
     assert (unroll["name"], unroll["model"], unroll["variant"], unroll["trained_steps"]) == ("unroll", "unroll", "vanilla", 2)
+    assert deq["label"] == "DEQReg (fixed-point iteration, trained with ≤ 4 steps)" and "levels" not in deq
+    assert unroll["label"] == "Unrolled vanilla, 2 steps" and unroll["levels"] == 1
     assert result["steps"] == list(STEPS)
     assert list(_curve(deq)) == [1, 3, 4, 8] and list(_curve(unroll)) == [1, 2, 3, 8]
     for run in result["runs"]:
@@ -84,7 +86,7 @@ def test_json_has_every_step_count(study):
 def test_unrolled_dice_matches_independent_computation(study):
     result, workdirs, _ = study
     config = load_config(workdirs["unroll"])
-    module, params = models.build(config.model, config.loss).module, _params(workdirs["unroll"])
+    module, params = methods.build(config.model, config.loss).module, _params(workdirs["unroll"])
     records = list(pipeline.records(config.data, "test", limit=LIMIT))
     curve = _curve(result["runs"][1])
     for n in (1, 8):
@@ -105,7 +107,7 @@ def test_unrolled_dice_matches_independent_computation(study):
 def test_deqreg_runs_exactly_n_solver_steps(study):
     result, workdirs, _ = study
     config = load_config(workdirs["deq"])
-    module, params = models.build(config.model, config.loss, config.solver).module, _params(workdirs["deq"])
+    module, params = methods.build(config.model, config.loss, config.solver).module, _params(workdirs["deq"])
     records = list(pipeline.records(config.data, "test", limit=LIMIT))
     curve = _curve(result["runs"][0])
     # n = 1 (< S = 2 captured states): one application of T from φ₀ = 0.
@@ -125,16 +127,86 @@ def test_figure_and_table(study):
     lines = (out / "convergence.md").read_text().splitlines()
     rows = [line for line in lines if line.startswith("| ") and not line.startswith("| Run")]
     assert len(rows) == 2
-    assert rows[0].startswith("| deq (deqreg fixed_point) | 4 |") and rows[1].startswith("| unroll (unroll vanilla) | 2 |")
+    deq, unroll = result["runs"]
+    assert rows[0].startswith(f"| DEQReg (fixed-point iteration, trained with ≤ 4 steps) | `{deq['workdir']}` | 4 |")
+    assert rows[1].startswith(f"| Unrolled vanilla, 2 steps | `{unroll['workdir']}` | 2 |")
     unroll = _curve(result["runs"][1])
     assert f"{100 * unroll[2]['dice']:.2f}" in rows[1] and "(8)" in rows[1]
 
 
-def test_cli(study, tmp_path, capsys):
-    _, workdirs, _ = study
+def _curve_run(model, variant, trained, levels=None, name="w"):
+    curve = [{"steps": n, "dice": 0.5 + 0.01 * n, "dice_std": 0.1, "folding": 0.0, "folding_std": 0.0, "num_pairs": 2}
+             for n in (1, 2, 4)]
+    return {"name": name, "workdir": f"runs/{name}", "model": model, "variant": variant, "trained_steps": trained,
+            **({"levels": levels} if levels else {}), "curve": curve}
+
+
+def test_run_labels_and_legend(tmp_path):
+    from jaxreg.evaluation.convergence import convergence_figure, convergence_table, run_label
+
+    runs = [_curve_run("deqreg", "anderson", 48, name="dqdemo2"), _curve_run("unroll", "vanilla", 3, 3, name="unroll3"),
+            _curve_run("unroll", "riir", 6, 1, name="r1"), _curve_run("unroll", "riir", 6, 1, name="r2")]
+    assert run_label(runs[0]) == "DEQReg (Anderson, trained with ≤ 48 steps)"
+    assert run_label(runs[1]) == "Unrolled vanilla, 3 levels × 3 steps"
+    assert run_label(runs[2]) == "Unrolled RIIR-like, 6 steps"
+    assert run_label({"model": "unroll", "variant": "gradirn", "trained_steps": 2}) == "Unrolled GraDIRN-like, 2 steps"
+    fig = convergence_figure(tmp_path / "c.png", runs, title="t")
+    assert (tmp_path / "c.png").is_file()
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["DEQReg (Anderson, trained with ≤ 48 steps)", "Unrolled vanilla, 3 levels × 3 steps",
+                     "Unrolled RIIR-like, 6 steps [r1]", "Unrolled RIIR-like, 6 steps [r2]",  # same label: workdir added
+                     "trained step count (★, dotted line)"]
+    assert not any(name in text for text in texts[:2] for name in ("dqdemo2", "unroll3"))
+    dice_axes = fig.axes[0]
+    assert sum(len(line.get_xdata()) == 3 for line in dice_axes.get_lines()) == len(runs)  # one curve per run
+    table = convergence_table(runs)
+    assert "| Unrolled vanilla, 3 levels × 3 steps | `runs/unroll3` | 3 per level |" in table
+
+
+def test_replot_from_saved_json(study, tmp_path):
+    from jaxreg.evaluation.convergence import convergence_replot
+
+    result, _, out = study
+    saved = json.loads((out / "convergence.json").read_text())
+    for run in saved["runs"]:  # as written before labels and levels were kept
+        run.pop("label"), run.pop("levels", None)
+    (tmp_path / "old.json").write_text(json.dumps(saved))
+    replotted = convergence_replot(tmp_path / "old.json", out_dir=tmp_path / "re")
+    assert [run["label"] for run in replotted["runs"]] == [run["label"] for run in result["runs"]]
+    assert replotted["runs"][1]["levels"] == 1  # read back from the workdir's config
+    assert (tmp_path / "re" / "convergence.md").read_text() == (out / "convergence.md").read_text()
+    assert imread(tmp_path / "re" / "convergence.png").shape[0] > 100
+    with pytest.raises(FileNotFoundError, match="no file"):
+        convergence_replot(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text('{"runs": []}')
+    with pytest.raises(ValueError, match="not a convergence study"):
+        convergence_replot(tmp_path / "bad.json")
+
+
+def _cli():
     spec = importlib.util.spec_from_file_location("convergence_cli", ROOT / "benchmarks" / "convergence.py")
     cli = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(cli)
+    return cli
+
+
+def test_cli_plot_only(study, tmp_path, capsys):
+    _, _, out = study
+    cli = _cli()
+    cli.main(["--plot-only", str(out / "convergence.json"), "--out", str(tmp_path)])
+    printed = json.loads(capsys.readouterr().out)
+    assert printed["runs"][0]["label"].startswith("DEQReg") and (tmp_path / "convergence.png").is_file()
+    for argv in (["--plot-only", str(out / "convergence.json"), "some_workdir"], ["--plot-only", str(tmp_path / "none.json")],
+                 []):
+        with pytest.raises(SystemExit) as error:
+            cli.main(argv)
+        assert error.value.code == 2
+
+
+def test_cli(study, tmp_path, capsys):
+    _, workdirs, _ = study
+    cli = _cli()
     cli.main([str(workdirs["unroll"]), "--steps", "1,2", "--limit", "1", "--out", str(tmp_path), "--no-progress"])
     printed = json.loads(capsys.readouterr().out)
     assert [c["steps"] for c in printed["runs"][0]["curve"]] == [1, 2] and printed["runs"][0]["curve"][0]["num_pairs"] == 1

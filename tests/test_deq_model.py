@@ -18,7 +18,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 
 from _two_devices import run_script
-from jaxreg import models, spatial
+from jaxreg import methods, spatial
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.deq.model import DEQReg
 from jaxreg.deq.solvers import SOLVERS
@@ -74,7 +74,7 @@ def train_steps(batch):
 
     def compile_one(name):
         model, solver = STEPS[name]
-        method = models.build(model, LOSS, solver)
+        method = methods.build(model, LOSS, solver)
         state = create_state(method.init(jax.random.key(1), batch), optimizer, jax.random.key(2))
         compiled = jax.jit(make_train_step(method.loss_fn, optimizer)).lower(state, batch).compile()
         return name, (compiled, state, compiled.memory_analysis().temp_size_in_bytes / 2**20)
@@ -143,12 +143,12 @@ def test_adam_steps_lower_the_loss(train_steps, batch):
 ])
 def test_bad_options_raise_naming_the_option(model, loss, solver, option):
     with pytest.raises(ValueError, match=option):
-        models.build(model, loss, solver)
+        methods.build(model, loss, solver)
 
 
 def test_unknown_solver_option_raises_naming_it():
     with pytest.raises(ValueError, match="max_step"):
-        models.build({"name": "deqreg"}, {}, {"max_step": 10})
+        methods.build({"name": "deqreg"}, {}, {"max_step": 10})
 
 
 @pytest.mark.parametrize("steps", [2, 3, 6, 12])
@@ -204,7 +204,7 @@ def test_trajectory_and_exact_step_predict_match_a_python_loop(batch):
 
 
 def test_unrolled_vanilla_predict_matches_a_python_loop(batch):
-    method = models.build({"name": "unroll", "variant": "vanilla", "steps": 2, **SMALL}, LOSS)
+    method = methods.build({"name": "unroll", "variant": "vanilla", "steps": 2, **SMALL}, LOSS)
     params = _scale_update_kernel(method.init(jax.random.key(1), batch), 1e4)
     fixed, moving = batch["fixed"][..., None], batch["moving"][..., None]
     z = jnp.zeros((1, 32, 32, 2))
@@ -258,8 +258,8 @@ def test_ift_and_phantom_gradients_match_autodiff_through_a_long_iteration(batch
 def test_jacobian_regulariser_is_added_to_the_loss_with_its_weight(batch):
     """loss(w) = loss(0) + w·jacobian, and the estimate is near ‖∂T/∂φ‖_F²/d ≈ 1 of the near-identity start."""
     solver = dict(DEQ, max_steps=3)
-    plain = models.build({"name": "deqreg", "correction_states": 0, **SMALL}, LOSS, solver)
-    regularised = models.build({"name": "deqreg", "correction_states": 0, "jacobian_weight": 2.0, **SMALL}, LOSS, solver)
+    plain = methods.build({"name": "deqreg", "correction_states": 0, **SMALL}, LOSS, solver)
+    regularised = methods.build({"name": "deqreg", "correction_states": 0, "jacobian_weight": 2.0, **SMALL}, LOSS, solver)
     params = plain.init(jax.random.key(0), batch)
     loss0, metrics0 = plain.loss_fn(params, batch, jax.random.key(1))
     loss2, metrics2 = regularised.loss_fn(params, batch, jax.random.key(1))
@@ -420,7 +420,7 @@ def test_ift_with_corrected_states_solves_the_forward_once(batch):
 @pytest.mark.parametrize("variant", ["vanilla", "riir", "gradirn"])
 def test_unrolled_batches_are_independent_pairs(three, variant):
     """Unrolled baselines: predict on B = 3 = three calls; the loss and its gradient = the means."""
-    method = models.build({"name": "unroll", "variant": variant, "steps": 2, **SMALL}, LOSS)
+    method = methods.build({"name": "unroll", "variant": variant, "steps": 2, **SMALL}, LOSS)
     params = method.init(jax.random.key(1), three)
     params = dict(params, net=_scale_update_kernel(params["net"], 1e4))
     if variant == "gradirn":

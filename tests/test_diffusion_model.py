@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from jaxreg import losses, models
+from jaxreg import losses, methods
 from jaxreg.diffusion import guidance, samplers
 from jaxreg.diffusion.model import DiffuseReg
 from jaxreg.diffusion.schedule import linear_schedule, predict_eps, predict_x0, q_sample
@@ -356,8 +356,8 @@ def test_saved_runs_without_image_tokens_keep_the_old_wiring(tmp_path):
     save_config(old, tmp_path / "old")
     config = load_config(tmp_path / "old")
     assert config.model.image_tokens == "output"
-    assert models.build_from_config(config).module.net.image_tokens == "output"
-    assert models.build({"name": "diffusereg", **TINY_NET}, {}).module.net.image_tokens == "input"  # new runs
+    assert methods.build_from_config(config).module.net.image_tokens == "output"
+    assert methods.build({"name": "diffusereg", **TINY_NET}, {}).module.net.image_tokens == "input"  # new runs
     new = ml_collections.ConfigDict({"model": {"name": "diffusereg", "image_tokens": "input", **TINY_NET}, "loss": {}})
     save_config(new, tmp_path / "new")
     assert load_config(tmp_path / "new").model.image_tokens == "input"
@@ -392,12 +392,12 @@ def test_field_statistics_match_numpy():
 
 
 def test_registry_builds_diffusereg_with_its_sections():
-    method = models.build({"name": "diffusereg", **TINY_NET}, {"ssim_weight": 0.5},
+    method = methods.build({"name": "diffusereg", **TINY_NET}, {"ssim_weight": 0.5},
                           diffusion={"num_steps": 50, "sampler": {"steps": 7, "guidance": {"bending": 0.0}}})
     assert method.module.schedule.num_steps == 50 and method.module.sampler["steps"] == 7
     assert method.module.ssim_weight == 0.5
     with pytest.raises(ValueError, match="denoiser field"):
-        models.build({"name": "diffusereg", "widths": 3}, {})
+        methods.build({"name": "diffusereg", "widths": 3}, {})
 
 
 def test_predict_eps_and_x0_round_trip_in_the_model_units():

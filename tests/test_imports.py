@@ -27,16 +27,6 @@ LEAVES = {
 #: Known circles: these edges, and only these, are left out of the circle check. Delete them
 #: when their issue item is done (test_known_circles_are_still_there says when).
 KNOWN_CIRCLES = {
-    # Issue 17, "House", first item: move the model registry out of jaxreg/models/__init__.py to
-    # its own module above jaxreg.deq and jaxreg.diffusion. The registry's builders import
-    # jaxreg.deq and jaxreg.diffusion lazily, and those import jaxreg.models.* back.
-    "model registry": {
-        ("jaxreg.models", "jaxreg.deq"),
-        ("jaxreg.models", "jaxreg.deq.model"),
-        ("jaxreg.models", "jaxreg.deq.unroll"),
-        ("jaxreg.models", "jaxreg.diffusion"),
-        ("jaxreg.models", "jaxreg.diffusion.model"),
-    },
     # Issue 17, "House", the item splitting optimize.py: optimize() imports optimize_affine
     # lazily for transform="rigid"/"affine", and optimize_affine imports optimize's checks and
     # FINAL_LR_FRACTION back (what both need belongs in a module below both).
@@ -141,9 +131,9 @@ def test_the_graph_sees_every_kind_of_import():
     # Relative, lazy (in a function), `from package import submodule`, and the package run.
     assert "jaxreg.data.random_access" in _imports("jaxreg.data.sources")
     assert "jaxreg.data.tfds_builders" in _imports("jaxreg.data.sources")  # lazy, in _tfds
-    assert {"jaxreg.training.sharding", "jaxreg.models"} <= _imports("jaxreg.training.state")
+    assert {"jaxreg.training.sharding", "jaxreg.methods"} <= _imports("jaxreg.training.state")
     assert {"jaxreg.models.unet", "jaxreg.models"} <= _imports("jaxreg.deq.model")
-    assert {"jaxreg.deq.model", "jaxreg.deq"} <= _imports("jaxreg.models")  # lazy, in the registry
+    assert {"jaxreg.deq.model", "jaxreg.deq", "jaxreg.models.unet"} <= _imports("jaxreg.methods")
     assert "jaxreg" not in _imports("jaxreg.data.sources")  # our own packages are running already
     tree = ast.parse("from . import pairs, synthetic\nfrom .. import io\nfrom ..spatial import warp\n"
                      "from .pipeline import batches\nfrom . import SOURCES_THAT_ARE_NOT_MODULES")

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxreg import models
+from jaxreg import methods
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.models.voxelmorph import VoxelMorph, registration_loss
 
@@ -51,9 +51,9 @@ def test_voxelmorph_input_errors():
     with pytest.raises(ValueError, match="same shape"):
         model.init(jax.random.key(0), jnp.zeros((1, 32, 32, 1)), jnp.zeros((1, 32, 32, 2)))
     with pytest.raises(ValueError, match="model.name"):
-        models.build({"name": "transmorph"}, {})
+        methods.build({"name": "transmorph"}, {})
     with pytest.raises(ValueError, match="similarity"):
-        models.build({"name": "voxelmorph"}, {"similarity": "ncc"})
+        methods.build({"name": "voxelmorph"}, {"similarity": "ncc"})
 
 
 def test_registration_loss_closed_form():
@@ -77,7 +77,7 @@ def test_voxelmorph_learns_to_register_a_pair():
     from scipy import ndimage
 
     pair = {k: np.asarray(v) for k, v in synthetic_pair(jax.random.key(2), (32, 32), anatomy="cardiac").items()}
-    module, _, loss_fn, _ = models.build({"name": "voxelmorph"}, {"similarity": "mse", "weight": 0.01})
+    module, _, loss_fn, _ = methods.build({"name": "voxelmorph"}, {"similarity": "mse", "weight": 0.01})
     batch = {"fixed": jnp.asarray(pair["fixed"])[None], "moving": jnp.asarray(pair["moving"])[None]}
     params = module.init(jax.random.key(0), batch["fixed"][..., None], batch["moving"][..., None])
     opt = optax.adam(3e-3)

@@ -69,10 +69,10 @@ _SHARDED = textwrap.dedent("""
     import json
     import jax, jax.numpy as jnp, numpy as np
     from _two_devices import one_and_two_devices
-    from jaxreg import models
+    from jaxreg import methods
     from jaxreg.training import make_optimizer, make_train_step
 
-    module, _, loss_fn, _ = models.build({"name": "voxelmorph"}, {"similarity": "lncc", "window": 5, "weight": 0.1})
+    module, _, loss_fn, _ = methods.build({"name": "voxelmorph"}, {"similarity": "lncc", "window": 5, "weight": 0.1})
     rng = np.random.default_rng(0)
     batch = {"fixed": jnp.asarray(rng.normal(size=(4, 32, 32)), jnp.float32),
              "moving": jnp.asarray(rng.normal(size=(4, 32, 32)), jnp.float32)}

@@ -12,7 +12,7 @@ import pytest
 from jax.flatten_util import ravel_pytree
 from scipy import ndimage
 
-from jaxreg import losses, models, spatial
+from jaxreg import losses, methods, spatial
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.models.voxelmorph import registration_loss
 
@@ -89,7 +89,7 @@ def _reference(method, params, fixed, moving, *, variant, levels, steps, hidden=
 
 
 def _build(variant, levels, steps=2):
-    return models.build({"name": "unroll", "variant": variant, "steps": steps, "levels": levels, **SMALL}, LOSS)
+    return methods.build({"name": "unroll", "variant": variant, "steps": steps, "levels": levels, **SMALL}, LOSS)
 
 
 def _params(method, pairs, variant, levels):

@@ -5,15 +5,18 @@ equilibrium model, keeps improving with more solver steps. ``convergence_study``
 trained runs (any mix of ``deqreg`` and ``unroll`` workdirs) on a split for every
 inference step count and writes into ``out_dir``:
 
-* ``convergence.json``: per run its name (the workdir's basename), model, variant (the
-  unrolled variant, or DEQReg's solver), trained step count, checkpoint and, per step
-  count, mean ± std Dice, folding %, SDlogJ (and TRE where the pairs have keypoints);
+* ``convergence.json``: per run its name (the workdir's basename), workdir, a readable
+  ``label`` (:func:`run_label`, e.g. "DEQReg (Anderson, trained with ≤ 48 steps)"), model,
+  variant (the unrolled variant, or DEQReg's solver), trained step count (per level),
+  resolution levels (unrolled runs), checkpoint and, per step count, mean ± std Dice,
+  folding %, SDlogJ (and TRE where the pairs have keypoints);
 * ``convergence.png``: Dice and folding % against inference steps (log₂ axis), one line
-  per run, each run's trained step count marked in its colour;
-* ``convergence.md``: a Table 2-like summary, one row per run.
+  per run, legend by label, each run's trained step count marked in its colour;
+* ``convergence.md``: a Table 2-like summary, one row per run (label and workdir).
 
 Every run is also scored at its own trained step count, so that row of the table is
-always filled.
+always filled. :func:`convergence_replot` redraws the PNG and the table from a saved
+``convergence.json`` without scoring anything.
 """
 
 from __future__ import annotations
@@ -38,13 +41,16 @@ from jaxreg.training import sharding
 from jaxreg.training.validation import pair_metrics, summarize
 from jaxreg.training.workdir import load_config
 
-__all__ = ["STEPS", "convergence_figure", "convergence_study", "convergence_table", "trained_steps"]
+__all__ = ["STEPS", "convergence_figure", "convergence_replot", "convergence_study", "convergence_table", "run_label",
+           "trained_steps"]
 
 #: Inference step counts of the paper's Fig. 3.
 STEPS = (1, 2, 4, 8, 16, 32, 48, 64, 96)
 #: Metrics kept per step count (those the pairs allow).
 _KEYS = ("dice", "dice_std", "folding", "folding_std", "sdlogj", "sdlogj_std", "tre", "tre_std")
 _ITERATIVE = ("deqreg", "unroll")
+_SOLVER_NAMES = {"anderson": "Anderson", "broyden": "Broyden", "fixed_point": "fixed-point iteration"}
+_VARIANT_NAMES = {"vanilla": "vanilla", "riir": "RIIR-like", "gradirn": "GraDIRN-like"}
 
 
 def trained_steps(config) -> tuple[str, str, int]:
@@ -60,6 +66,28 @@ def trained_steps(config) -> tuple[str, str, int]:
     if name == "unroll":
         return name, str(config.model.get("variant", "vanilla")), int(config.model.get("steps", 6))
     raise ValueError(f"the convergence study needs an iterative model {_ITERATIVE}; this run's model is {name!r}.")
+
+
+def run_label(run: dict) -> str:
+    """A readable name for a run of ``convergence.json`` from its model, variant, trained steps and levels.
+
+    E.g. ``"DEQReg (Anderson, trained with ≤ 48 steps)"`` (the solver stops earlier at its
+    tolerance), ``"Unrolled vanilla, 3 levels × 3 steps"``, ``"Unrolled RIIR-like, 6 steps"``.
+    """
+    model, variant, steps = run.get("model"), str(run.get("variant", "")), run.get("trained_steps")
+    if model == "deqreg":
+        return f"DEQReg ({_SOLVER_NAMES.get(variant, variant)}, trained with ≤ {steps} steps)"
+    if model == "unroll":
+        levels = int(run.get("levels") or 1)
+        shape = f"{levels} levels × {steps} steps" if levels > 1 else f"{steps} steps"
+        return f"Unrolled {_VARIANT_NAMES.get(variant, variant)}, {shape}"
+    return str(run.get("name", model))
+
+
+def _labels(runs: Sequence[dict]) -> list[str]:
+    """:func:`run_label` of each run, with its workdir name appended where two runs share a label."""
+    labels = [run_label(run) for run in runs]
+    return [f"{label} [{run.get('name', '?')}]" if labels.count(label) > 1 else label for label, run in zip(labels, runs)]
 
 
 def _step_counts(steps: Sequence[int]) -> tuple[int, ...]:
@@ -121,48 +149,111 @@ def _fmt(entry: dict, key: str, scale: float, decimals: int) -> str:
 
 def convergence_table(runs: Sequence[dict]) -> str:
     """The Table 2-like Markdown table of ``convergence.json``'s ``runs`` (Dice in %)."""
-    header = ("| Run | Trained steps | Dice at trained steps (%) ↑ | Best Dice (%) (at steps) | Dice at max steps (%) "
-              "| \\|J\\|≤0 at max steps (%) ↓ |")
-    lines = [header, "|---" * 6 + "|"]
-    for run in runs:
+    header = ("| Run | Workdir | Trained steps | Dice at trained steps (%) ↑ | Best Dice (%) (at steps) "
+              "| Dice at max steps (%) | \\|J\\|≤0 at max steps (%) ↓ |")
+    lines = [header, "|---" * 7 + "|"]
+    for run, label in zip(runs, _labels(runs)):
         curve, last = run["curve"], run["curve"][-1]
         scored = [c for c in curve if c.get("dice") is not None and math.isfinite(c["dice"])]
         best = max(scored, key=lambda c: c["dice"]) if scored else {}
         best_text = f"{_fmt(best, 'dice', 100, 2)} ({best['steps']})" if best else "–"
-        lines.append(f"| {run['name']} ({run['model']} {run['variant']}) | {run['trained_steps']} "
+        per_level = " per level" if int(run.get("levels") or 1) > 1 else ""
+        lines.append(f"| {label} | `{run.get('workdir', run['name'])}` | {run['trained_steps']}{per_level} "
                      f"| {_fmt(_at(curve, run['trained_steps']), 'dice', 100, 2)} | {best_text} "
                      f"| {_fmt(last, 'dice', 100, 2)} ({last['steps']}) | {_fmt(last, 'folding', 1, 3)} |")
     return "\n".join(lines)
 
 
-def convergence_figure(path, runs: Sequence[dict], *, title: str | None = None) -> None:
-    """Writes the two-panel PNG (Dice, folding % vs inference steps), atomically."""
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
+def convergence_figure(path, runs: Sequence[dict], *, title: str | None = None) -> Figure:
+    """Writes the two-panel PNG (Dice, folding % vs inference steps), atomically.
+
+    One line per run in ``convergence.json``'s ``runs``, named in the legend (below the
+    panels) by :func:`run_label`; ★ and a dotted line mark each run's trained step count.
+
+    Returns:
+      The figure (already written), for inspection.
+    """
+    fig = Figure(figsize=(10, 4.4), layout="constrained")
     axes = fig.subplots(1, 2)
     cmap = colormaps["tab10"]
     ticks = sorted({c["steps"] for run in runs for c in run["curve"]})
-    for i, run in enumerate(runs):
+    for i, (run, label) in enumerate(zip(runs, _labels(runs))):
         color, x = cmap(i % 10), [c["steps"] for c in run["curve"]]
         for ax, key in zip(axes, ("dice", "folding")):
             y = [_value(c, key) for c in run["curve"]]
-            ax.plot(x, y, "o-", color=color, markersize=4, label=f"{run['name']} ({run['variant']}, T = {run['trained_steps']})")
+            ax.plot(x, y, "o-", color=color, markersize=4, label=label)
             ax.axvline(run["trained_steps"], color=color, linestyle=":", linewidth=1.2)
             ax.plot([run["trained_steps"]], [_value(_at(run["curve"], run["trained_steps"]), key)],
                     marker="*", color=color, markersize=13, markeredgecolor="black", linestyle="none")
-    for ax, label in zip(axes, ("Dice ↑", "|J| ≤ 0 (%) ↓")):
+    for ax, label in zip(axes, ("mean Dice ↑", "|J| ≤ 0 (% of voxels) ↓")):
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
         ax.set_xticklabels([str(t) for t in ticks])
-        ax.set_xlabel("inference steps (★ / dotted: trained steps)")
+        ax.set_xlabel("inference steps (per level for multi-level runs)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
     axes[1].set_ylim(bottom=0.0)
-    axes[0].legend(fontsize=8, loc="best")
+    axes[0].plot([], [], marker="*", color="grey", markersize=11, markeredgecolor="black", linestyle=":",
+                 label="trained step count (★, dotted line)")  # a legend entry only
+    fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs) + 1, 3), fontsize=9)
     if title:
         fig.suptitle(title)
     with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, format="png", dpi=90)
+        fig.savefig(tmp, format="png", dpi=120)
+    return fig
+
+
+def _write_outputs(out_dir: Path, result: dict) -> None:
+    runs = result["runs"]
+    for run, label in zip(runs, _labels(runs)):
+        run["label"] = label
+    write_json(out_dir / "convergence.json", result)
+    num_pairs = runs[0]["curve"][0]["num_pairs"]
+    convergence_figure(out_dir / "convergence.png", runs, title=f"Convergence on {result['split']} ({num_pairs} pairs)")
+    with atomic_path(out_dir / "convergence.md") as tmp:
+        Path(tmp).write_text(f"# Convergence ({result['split']})\n\n{convergence_table(runs)}\n")
+
+
+def convergence_replot(json_path: str | os.PathLike, *, out_dir: str | os.PathLike | None = None) -> dict:
+    """Redraws ``convergence.png`` and ``convergence.md`` from a saved ``convergence.json``; scores nothing.
+
+    Runs saved before labels were kept get theirs now (an unrolled run's resolution levels
+    are read from its workdir's ``config.json`` when that is still there); the JSON is
+    rewritten with them.
+
+    Args:
+      json_path: a ``convergence.json`` written by :func:`convergence_study`.
+      out_dir: where the three files go (default: the JSON's folder).
+
+    Returns:
+      The JSON's content, labels added.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: the file is not a convergence study's JSON.
+    """
+    import json  # noqa: PLC0415 (only the replot reads JSON)
+
+    json_path = Path(json_path)
+    if not json_path.is_file():
+        raise FileNotFoundError(f"convergence JSON: no file {str(json_path)!r}.")
+    try:
+        result = json.loads(json_path.read_text())
+        runs = result["runs"]
+        if not runs or not all(run["curve"] and "trained_steps" in run for run in runs):
+            raise KeyError("runs")
+    except (ValueError, KeyError, TypeError) as error:
+        raise ValueError(f"convergence JSON: {str(json_path)!r} is not a convergence study's output ({error}).") from None
+    for run in runs:
+        workdir = Path(run.get("workdir", ""))
+        if run.get("model") == "unroll" and "levels" not in run and (workdir / "config.json").is_file():
+            run["levels"] = int(load_config(workdir).model.get("levels", 1))
+    out_dir = Path(out_dir) if out_dir is not None else json_path.parent
+    out_dir.mkdir(parents=True, exist_ok=True)
+    result["out_dir"] = str(out_dir)
+    _write_outputs(out_dir, result)
+    return result
 
 
 def convergence_study(workdirs: Sequence[str | os.PathLike], *, out_dir: str | os.PathLike, steps: Sequence[int] = STEPS,
@@ -196,14 +287,12 @@ def convergence_study(workdirs: Sequence[str | os.PathLike], *, out_dir: str | o
         model, variant, trained = trained_steps(config)
         run_counts = tuple(sorted(set(counts) | {trained}))
         curve = _score(config, method, params, run_counts, split=split, limit=limit, desc=name, progress=progress)
+        levels = {"levels": int(config.model.get("levels", 1))} if model == "unroll" else {}
         runs.append({"name": name, "workdir": str(workdir), "model": model, "variant": variant, "trained_steps": trained,
-                     "checkpoint": chosen, "curve": curve})
+                     **levels, "checkpoint": chosen, "curve": curve})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     result = {"out_dir": str(out_dir), "split": split, "limit": limit or None, "steps": list(counts),
               "backend": jax.default_backend(), "runs": runs}
-    write_json(out_dir / "convergence.json", result)
-    convergence_figure(out_dir / "convergence.png", runs, title=f"Convergence on {split} ({runs[0]['curve'][0]['num_pairs']} pairs)")
-    with atomic_path(out_dir / "convergence.md") as tmp:
-        Path(tmp).write_text(f"# Convergence ({split})\n\n{convergence_table(runs)}\n")
+    _write_outputs(out_dir, result)
     return result

@@ -19,7 +19,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreg import models
+from jaxreg import methods
 from jaxreg.data import pipeline
 from jaxreg.data.sources import open_source
 from jaxreg.training import sharding
@@ -46,7 +46,7 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
         raise ValueError(f"`training.num_steps` must be >= 1; got {training.num_steps}.")
 
 
-def make_predict(method: models.Method, mesh) -> callable:
+def make_predict(method: methods.Method, mesh) -> callable:
     """Jitted ``predict(params, fixed, moving) -> ddf`` on ``(B, *S)`` images, replicated output."""
     out = sharding.replicated(mesh)
     return jax.jit(method.predict, out_shardings=out)
@@ -94,7 +94,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
     if is_main:
         save_config(config, workdir)
     mesh = sharding.make_mesh()
-    method = models.build_from_config(config, teacher=teacher)
+    method = methods.build_from_config(config, teacher=teacher)
     data = config.data
     row_start, row_stop, global_batch = sharding.host_rows(int(data.get("batch_size", 1)), mesh)
     train_source = open_source(data, "train")

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import ml_collections
 
-from jaxreg import models
+from jaxreg import methods
 from jaxreg.data.sources import open_source
 from jaxreg.training import sharding
 from jaxreg.training.checkpoints import Checkpoints
@@ -78,7 +78,7 @@ class Run(NamedTuple):
     """A trained run loaded for inference."""
 
     config: ml_collections.ConfigDict
-    method: models.Method
+    method: methods.Method
     params: dict  # the EMA parameters when the run kept them and ``eval.use_ema``
     step: int  # the checkpoint's step
     ema: bool  # whether ``params`` are the EMA parameters
@@ -96,7 +96,7 @@ def load_run(workdir, *, step=None, split: str = "test", overrides=()) -> Run:
     """
     workdir = Path(workdir)
     config = apply_overrides(load_config(workdir), overrides)
-    method = models.build_from_config(config, teacher=teacher_for(config))
+    method = methods.build_from_config(config, teacher=teacher_for(config))
     mesh = sharding.make_mesh()
     template = init_state(method, make_optimizer(config.optimizer), config, open_source(config.data, split)[0], mesh)
     training = config.training

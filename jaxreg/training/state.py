@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxreg import models
+from jaxreg import methods
 from jaxreg.training import sharding
 from jaxreg.training.optimizer import nonfinite_count
 
@@ -46,7 +46,7 @@ def create_state(params, optimizer: optax.GradientTransformation, key: jax.Array
                       ema_params=jax.tree.map(jnp.copy, params) if ema else None)
 
 
-def init_state(method: models.Method, optimizer, config, sample: Mapping, mesh) -> TrainState:
+def init_state(method: methods.Method, optimizer, config, sample: Mapping, mesh) -> TrainState:
     """A fresh train state, replicated over ``mesh`` (``training.seed``; ``sample`` shapes the parameters).
 
     Built by one jitted function whose output is placed by ``out_shardings``: every process
