@@ -224,6 +224,36 @@ def test_uncertainty_figure_3d(tmp_path, rng, slice_index):
     assert sorted(os.listdir(tmp_path)) == ["u3.png"]
 
 
+def test_uncertainty_figure_names_its_contours(tmp_path, rng):
+    shape = (16, 20)
+    img, std = rng.random(shape), rng.random(shape + (2,))
+    labels = blobs(shape)
+    labels[0, -1] = 3  # a third label, named by a string key as in config.eval.label_names
+    fig = dfig.uncertainty_figure(tmp_path / "u.png", img, img, std, labels=labels, label_names={1: "LV", "3": "RV"})
+    (legend,) = fig.legends
+    assert legend.get_title().get_text() == "contours: the fixed image's labels"
+    assert [t.get_text() for t in legend.get_texts()] == ["LV", "label 2", "RV"]
+    tab10 = colormaps["tab10"]
+    assert [tuple(h.get_color()) for h in legend.legend_handles] == [tab10(1), tab10(2), tab10(3)]  # as the contours
+    from matplotlib.contour import ContourSet
+
+    fixed_ax, _, unc_ax = fig.axes[:3]
+    for ax in (fixed_ax, unc_ax):  # one contour set per label, in the legend's colours
+        colors = [tuple(np.ravel(c.get_edgecolor())) for c in ax.collections if isinstance(c, ContourSet)]
+        assert colors == [tab10(1), tab10(2), tab10(3)]
+    # Without labels: no contours, no legend.
+    assert not dfig.uncertainty_figure(tmp_path / "v.png", img, img, std).legends
+
+
+def test_observed_calls_are_dense_at_high_t():
+    from jaxreg.evaluation.diffusion import observed_calls
+
+    assert sorted(observed_calls(50, 6)) == [1, 2, 5, 10, 23, 50]
+    assert sorted(observed_calls(2000, 6)) == [1, 5, 21, 96, 437, 2000]
+    assert sorted(observed_calls(3, 6)) == [1, 2, 3] and observed_calls(1, 6) == {1}
+    assert observed_calls(20, 1) == {20}
+
+
 def near(img, rgb, tol=0.06):
     return np.all(np.abs(img[..., :3] - np.asarray(rgb[:3])) < tol, axis=-1)
 

@@ -89,6 +89,23 @@ def test_metrics_log_and_tensorboard(trained):
     assert saved["training"]["num_steps"] == 6 and saved["model"]["encoder"] == [4, 8]
 
 
+def test_eval_pair_figures_get_the_voxel_spacing_3d(trained, tmp_path, monkeypatch):
+    """The 3-D pair figures are drawn with each record's spacing (three orthogonal rows, true aspect)."""
+    from jaxreg.data import pipeline
+    from jaxreg.evaluation import evaluate, figures
+
+    full, _, _ = trained
+    calls = []
+    monkeypatch.setattr(figures, "pair_figure", lambda path, *args, **kwargs: calls.append((path, args, kwargs)))
+    evaluate.evaluate_workdir(full, progress=False, overrides=[f"eval.name={tmp_path.name}", "eval.save_disp=False"])
+    config = evaluate.load_config(full)
+    records = list(pipeline.records(config.data, "test", limit=2))
+    assert len(calls) == 2 and all(np.ndim(args[0]) == 3 for _, args, _ in calls)  # 16³ volumes
+    for (_, _, kwargs), record in zip(calls, records):
+        assert "spacing" in kwargs and np.allclose(kwargs["spacing"], np.ravel(record["spacing"]))
+        assert kwargs.get("axis") is None  # all three orthogonal slices
+
+
 def test_eval_writes_files_and_its_dice_matches_scipy(trained):
     full, _, _ = trained
     out = _run("eval.py", f"--workdir={full}", "--step=best")

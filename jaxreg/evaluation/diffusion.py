@@ -2,11 +2,13 @@
 
 For the first pair of the evaluated split, with the run's sampler options:
 
-* ``figures/sampling.png``: the sampler observed at ``eval.observe_frames`` points — the
-  noisy field φ_t, the predicted x̂₀ over the warped image, the remaining difference
-  (DiffuseReg's Fig. 3);
+* ``figures/sampling.png``: the sampler observed at ``eval.observe_frames`` points, spaced
+  geometrically in model calls (1, 2, 5, 10, 23, 50 of DDIM-50: dense at high t, where x̂₀
+  changes most) — the noisy field φ_t, the predicted x̂₀ over the warped image, the
+  remaining difference (DiffuseReg's Fig. 3);
 * ``figures/uncertainty.png``: an ensemble of ``eval.uncertainty_samples`` samples — the
-  mean-warped image and the per-voxel standard deviation of the field (voxels).
+  mean-warped image and the per-voxel standard deviation of the field (voxels), with the
+  fixed labels as contours named in a legend (``eval.label_names``).
 """
 
 from __future__ import annotations
@@ -51,10 +53,9 @@ def diffusion_figures_for(out_dir, model, params, record: Mapping, config, *, la
     options = dict(model.sampler)
     fixed, moving = np.asarray(record["fixed"], np.float32)[None], np.asarray(record["moving"], np.float32)[None]
     total = len(model_timesteps(model, options))
-    frames_wanted = max(1, int(ev.get("observe_frames", 6) or 6))
-    every = max(1, -(-total // frames_wanted))
+    keep = observed_calls(total, max(1, int(ev.get("observe_frames", 6) or 6)))
     frames = [(obs.t, np.asarray(obs.ddf_t[0]), np.asarray(obs.ddf0[0]), np.asarray(obs.warped[0]))
-              for obs in model.observe(params, fixed, moving, every=every, **{**options, "ensemble": 1})]
+              for obs in model.observe(params, fixed, moving, every=1, **{**options, "ensemble": 1}) if obs.index in keep]
     diffusion_figures.sampling_figure(out_dir / "sampling.png", fixed[0], moving[0], frames,
                                       title=f"DiffuseReg sampling ({sampler_summary(options)})")
     out = {"sampler": dict(options), "sampler_summary": sampler_summary(options)}
@@ -65,12 +66,24 @@ def diffusion_figures_for(out_dir, model, params, record: Mapping, config, *, la
         std = np.asarray(result.std[0])
         warped = np.asarray(spatial.warp(record["moving"], mean))
         diffusion_figures.uncertainty_figure(out_dir / "uncertainty.png", record["fixed"], warped, std,
-                                             labels=record.get("fixed_labels"),
+                                             labels=record.get("fixed_labels"), label_names=ev.get("label_names"),
                                              title=f"uncertainty: {n} samples ({sampler_summary(options)})")
         magnitude = np.linalg.norm(std, axis=-1)
         out["uncertainty"] = {"samples": n, "mean_std_voxels": float(magnitude.mean()),
                               "max_std_voxels": float(magnitude.max())}
     return out
+
+
+def observed_calls(total: int, frames: int) -> set[int]:
+    """The model calls (1-based, the last always included) after which ``sampling.png`` shows the sampler.
+
+    Spaced geometrically from the first call to the last (``total = 50, frames = 6``: 1, 2,
+    5, 10, 23, 50), so the high-t steps, where x̂₀ changes most, are seen densely; at most
+    ``frames`` calls (fewer when ``total`` is small).
+    """
+    if frames <= 1:
+        return {total}
+    return {int(k) for k in np.rint(np.geomspace(1, total, num=min(frames, total)))} | {total}
 
 
 def model_timesteps(model, options: Mapping) -> np.ndarray:

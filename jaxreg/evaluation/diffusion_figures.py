@@ -223,9 +223,10 @@ def uncertainty_figure(
     std,
     *,
     labels=None,
+    label_names=None,
     title: str | None = None,
     slice_index: int | None = None,
-) -> None:
+) -> Figure:
     """Writes a one-row PNG of the uncertainty of an ensemble of sampled registrations.
 
     Panels: the fixed image, the warped image (the moving image warped by the ensemble's
@@ -234,7 +235,9 @@ def uncertainty_figure(
     out-of-plane one), in voxels, with a colourbar (0 = all samples agree; lower is more
     certain). Its title gives the mean and maximum over the whole field. Fixed label maps,
     if given, are drawn as contours (one colour per label value) over the fixed image and
-    the uncertainty map.
+    the uncertainty map, and a legend below the panels names each contour's colour (the
+    fixed image's label, by ``label_names`` where given), so that the spread can be read
+    against the anatomy.
 
     Args:
       path: target ``.png`` file; its directory must exist. Replaced atomically.
@@ -243,9 +246,15 @@ def uncertainty_figure(
         displacement fields, in voxels, finite and ``>= 0``.
       labels: optional ``(*S)`` or ``(*S, 1)`` integer label map of the fixed image
         (0 = background, not drawn).
+      label_names: optional mapping label value → name for the legend (keys ints or
+        strings, as in ``config.eval.label_names``); unnamed labels are shown as
+        ``label k``.
       title: optional figure title (3-D adds the slice shown).
       slice_index: for 3-D, the slice shown across array axis 0 (default: the middle).
         Must be None for 2-D.
+
+    Returns:
+      The figure (already written), for inspection.
 
     Raises:
       ValueError: on a bad, non-finite or negative ``std``, an image or label map whose
@@ -277,6 +286,23 @@ def uncertainty_figure(
     axes[2].set_title(f"uncertainty ‖std‖\nmean {unc.mean():.3g}, max {unc.max():.3g} vx")
     fig.colorbar(im, ax=axes[2], fraction=0.046, pad=0.02, label="‖std‖ (voxels)")
     _frame_axes(axes, h, w)
+    if lab2 is not None:
+        _label_legend(fig, lab2, label_names)
     if title is not None or where:
         fig.suptitle(f"{title or ''}{where}".strip())
     _save(fig, path)
+    return fig
+
+
+def _label_legend(fig: Figure, labels: np.ndarray, names) -> None:
+    """A legend below the panels naming the colour of each contour drawn by ``_draw_labels``."""
+    from matplotlib import colormaps
+    from matplotlib.lines import Line2D
+
+    names = {str(k): str(v) for k, v in (names or {}).items()}
+    cmap = colormaps["tab10"]  # as _draw_labels
+    handles = [Line2D([], [], color=cmap(int(v) % 10), linewidth=1.5, label=names.get(str(int(v)), f"label {int(v)}"))
+               for v in np.unique(labels) if v != 0 and not (labels == v).all()]
+    if handles:
+        fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), fontsize=8, frameon=False,
+                   title="contours: the fixed image's labels", title_fontsize=8)
