@@ -109,13 +109,13 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
                "time_s": times[-1]}
         rows.append(row)
         if is_main and index < num_figures:
-            spacing = record.get("spacing")  # the voxel aspect of each slice (3-D: three orthogonal rows)
             warped = np.asarray(spatial.warp(record["moving"], ddf))
             has_labels = "fixed_labels" in record and "moving_labels" in record
+            spacing = record.get("spacing")  # the voxel aspect of each slice (3-D: three orthogonal rows)
             figures.pair_figure(
-                spacing=None if spacing is None or np.size(spacing) != ddf.shape[-1] else np.ravel(spacing),
                 out_dir / "figures" / f"{index:02d}_{_pair_name(ids, index)}.png", record["fixed"], record["moving"], warped,
                 ddf, fixed_labels=record.get("fixed_labels"), moving_labels=record.get("moving_labels"),
+                spacing=None if spacing is None or np.size(spacing) != ddf.shape[-1] else np.ravel(spacing),
                 warped_labels=np.asarray(spatial.warp(record["moving_labels"], ddf, order=0)) if has_labels else None,
                 title=f"{ids}: dice {row.get('dice', float('nan')):.3f} (before {row.get('dice_before', float('nan')):.3f})"
                 if has_labels else ids)
