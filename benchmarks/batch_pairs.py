@@ -61,7 +61,7 @@ def _compare(predict, pairs) -> dict:
 
 
 def deqreg(workdir: str) -> dict:
-    from jaxreg.training.restore import load_run
+    from jaxreg.runs.restore import load_run
 
     run = load_run(workdir)
     deq, params = run.method.module, run.params
@@ -98,7 +98,7 @@ def feed_forward(shape=(64, 64)) -> dict:
 
 def diffusereg(workdir: str | None) -> dict:
     if workdir:
-        from jaxreg.training.restore import load_run
+        from jaxreg.runs.restore import load_run
 
         run = load_run(workdir)
         reg, params = run.method.module, run.params

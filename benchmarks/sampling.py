@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from jaxreg import losses
 from jaxreg.data import pipeline
 from jaxreg.evaluation.evaluate import load_run
-from jaxreg.training.validation import pair_metrics, summarize
+from jaxreg.scoring import pair_metrics, summarize
 
 
 def _setting(name: str, **options) -> tuple[str, dict]:
@@ -58,7 +58,7 @@ def score(model, params, records, options, *, labels) -> dict:
 
 
 def benchmark_run(args) -> dict:
-    run = load_run(args.workdir, split=args.split)
+    run = load_run(args.workdir)
     model, params = run.method.module, run.params
     labels = (run.config.get("eval") or {}).get("labels")
     records = list(pipeline.records(run.config.data, args.split, limit=args.pairs))

@@ -42,11 +42,14 @@ MODULES = (
     ("jaxreg.diffusion", "DiffuseReg: schedules, samplers, guidance"),
     ("jaxreg.diffusion.model", "DiffuseReg: training objective, sampling, observation, ensembles"),
     ("jaxreg.diffusion.guidance", "energies of x̂₀ that steer sampling"),
-    ("jaxreg.training", "training state, loop, checkpoints, sharding"),
+    ("jaxreg.training", "training state, the shared train step, the loop"),
+    ("jaxreg.runs", "a train.py workdir on disk: config, checkpoints, metrics log, loading a trained run"),
     ("jaxreg.evaluation", "evaluating a workdir, figures, reports"),
     ("jaxreg.evaluation.l2r", "the Learn2Reg challenge metrics as the official evaluation computes them"),
     ("jaxreg.evaluation.figures", "figures of a registration and of an evaluation"),
-    ("jaxreg.training.restore", "loading a trained run (config, parameters, model) from a workdir"),
+    ("jaxreg.runs.restore", "loading a trained run (config, parameters, model) from a workdir"),
+    ("jaxreg.scoring", "the metrics of a registered pair, shared by validation and evaluation"),
+    ("jaxreg.sharding", "the data-parallel mesh, multi-process start-up, replicated and sharded arrays"),
     ("jaxreg.data", "dataset readers, synthetic pairs, the input pipeline"),
 )
 

@@ -10,7 +10,7 @@ metrics live in their modules because both define ``dice`` with opposite directi
 (``jaxreg.losses.dice`` is lower-is-better, ``jaxreg.metrics.dice`` higher-is-better).
 """
 
-from jaxreg import evaluation, io, losses, metrics, optimize, optimize_affine, spatial, transform
+from jaxreg import io, losses, metrics, optimize, optimize_affine, spatial, transform
 from jaxreg.register import Model, Registration, load_model, register, register_stages
 from jaxreg.spatial import (
     affine_ddf,
@@ -24,6 +24,20 @@ from jaxreg.spatial import (
 from jaxreg.transform import apply
 
 __version__ = "0.1.0"
+
+#: Loaded on first use: evaluation brings orbax (checkpoints) and matplotlib (figures), which
+#: registering a pair does not need.
+_LAZY_MODULES = ("evaluation",)
+
+
+def __getattr__(name: str):
+    if name in _LAZY_MODULES:
+        import importlib
+
+        module = importlib.import_module(f"jaxreg.{name}")
+        globals()[name] = module
+        return module
+    raise AttributeError(f"module 'jaxreg' has no attribute {name!r}")
 
 __all__ = [
     "Model",

@@ -43,7 +43,6 @@ timings against ANTs are in ``docs/register.md`` (``benchmarks/register.py``).
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Sequence
 from typing import NamedTuple
 
@@ -54,17 +53,15 @@ import optax
 
 from jaxreg import _objective as obj
 from jaxreg import losses, spatial
+from jaxreg import optimize_affine
+from jaxreg._objective import FINAL_LR_FRACTION, check_options, check_pair
 from jaxreg._objective import MIN_LEVEL_SIDE  # noqa: F401  (re-exported)
 
 __all__ = ["OptimizeResult", "auto_levels", "check_pair", "optimize", "pyramid"]
 
-TRANSFORMS = ("svf", "ddf", "rigid", "affine")
-SIMILARITIES = ("lncc", "mse", "mi")
-REGULARIZERS = ("diffusion", "bending")
 STEPS_PER_LEVEL = 100  # default Adam steps at each level
 LEARNING_RATE = 0.05  # default Adam step of the deformable transforms (voxels of the level)
 SMOOTHING_PASSES = 1  # 3-voxel box filters applied to the parameters in the forward pass
-FINAL_LR_FRACTION = 0.1  # cosine decay of the learning rate within each level, down to this
 # Levels with at most this many voxels differentiate exactly through scaling and squaring;
 # larger ones use the first-order gradient (see the module docstring for the trade-off).
 EXACT_GRADIENT_MAX_VOXELS = 2**16
@@ -124,7 +121,8 @@ def _smooth(p, relative):
             n = p.shape[axis]
             q = jnp.concatenate([jax.lax.slice_in_dim(p, 0, 1, axis=axis), p,
                                  jax.lax.slice_in_dim(p, n - 1, n, axis=axis)], axis=axis)
-            box = obj.box_sum(q, [3 if a == axis else 1 for a in range(p.ndim)])
+            dims = tuple(3 if a == axis else 1 for a in range(p.ndim))
+            box = jax.lax.reduce_window(q, 0.0, jax.lax.add, dims, (1,) * p.ndim, "VALID")
             if relative is None or relative[axis] == 1.0:
                 p = box * (1.0 / 3.0)
             else:  # w·(left + centre + right) + (1 − 3w)·centre
@@ -211,32 +209,6 @@ def _level_integration_steps(steps: int, factors: Sequence[int], spacing: Sequen
     return max(int(steps) - int(math.floor(math.log2(ratio) + 1e-9)), min(int(steps), 4))
 
 
-# ----------------------------------------------------------------------------- checks
-def _check_choice(value, choices, name: str) -> None:
-    if value not in choices:
-        raise ValueError(f"`{name}` must be one of {choices}; got {value!r}.")
-
-
-def _check_options(*, transform, similarity, regularizer, window, bins, weight, learning_rate,
-                   integration_steps, callback) -> None:
-    _check_choice(transform, TRANSFORMS, "transform")
-    _check_choice(similarity, SIMILARITIES, "similarity")
-    _check_choice(regularizer, REGULARIZERS, "regularizer")
-    if not isinstance(window, numbers.Integral) or window < 1 or window % 2 == 0:
-        raise ValueError(f"`window` must be a positive odd integer; got {window!r}.")
-    if not isinstance(bins, numbers.Integral) or bins < 2:
-        raise ValueError(f"`bins` must be an integer >= 2; got {bins!r}.")
-    if not isinstance(weight, numbers.Real) or not np.isfinite(weight) or weight < 0:
-        raise ValueError(f"`weight` must be a finite number >= 0; got {weight!r}.")
-    if learning_rate is not None and (not isinstance(learning_rate, numbers.Real) or not np.isfinite(learning_rate)
-                                      or learning_rate <= 0):
-        raise ValueError(f"`learning_rate` must be a finite number > 0; got {learning_rate!r}.")
-    if not isinstance(integration_steps, numbers.Integral) or integration_steps < 0:
-        raise ValueError(f"`integration_steps` must be an integer >= 0; got {integration_steps!r}.")
-    if callback is not None and not callable(callback):
-        raise ValueError(f"`callback` must be callable(level, step, loss) or None; got {callback!r}.")
-
-
 # ----------------------------------------------------------------------------- public
 def auto_levels(shape: Sequence[int], spacing: Sequence[float] | None = None) -> tuple[int, ...]:
     """The default pyramid for an image of spatial ``shape``: factors ``(2**K, ..., 2[, 1])``.
@@ -253,27 +225,6 @@ def auto_levels(shape: Sequence[int], spacing: Sequence[float] | None = None) ->
     """
     return obj.auto_levels(shape, None if spacing is None else obj.check_spacing(spacing, len(tuple(shape))),
                            finest_max_voxels=FULL_RESOLUTION_MAX_VOXELS)
-
-
-def check_pair(fixed, moving) -> tuple[jax.Array, jax.Array]:
-    """Checks an image pair and returns it as float32 ``(*S, C)`` arrays (a channel axis added).
-
-    Rank 2 is a 2-D image, rank 3 a 3-D one, rank 4 a 3-D one with channels.
-
-    Raises:
-      ValueError: another rank or dtype, NaN or Inf, a constant image, ranks or shapes
-        that differ; the message names the argument.
-    """
-    fixed, moving = obj.as_image(fixed, "fixed"), obj.as_image(moving, "moving")
-    if fixed.ndim != moving.ndim:
-        raise ValueError(f"`fixed` and `moving` must have the same spatial rank (both 2-D or both 3-D); got shapes "
-                         f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added).")
-    if fixed.shape != moving.shape:
-        raise ValueError(
-            f"`fixed` and `moving` must have the same shape (resample first); got "
-            f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added)."
-        )
-    return fixed, moving
 
 
 def pyramid(shape: Sequence[int], levels: Sequence[int] | None = None,
@@ -364,12 +315,10 @@ def optimize(
     Raises:
       ValueError: for bad inputs or options; the message names the argument.
     """
-    _check_options(transform=transform, similarity=similarity, regularizer=regularizer, window=window,
+    check_options(transform=transform, similarity=similarity, regularizer=regularizer, window=window,
                    bins=bins, weight=weight, learning_rate=learning_rate,
                    integration_steps=integration_steps, callback=callback)
     if transform in ("rigid", "affine"):
-        from jaxreg import optimize_affine  # imports this module
-
         result = optimize_affine.optimize_affine(
             fixed, moving, fixed_mask=fixed_mask, spacing=spacing, transform=transform, similarity=similarity,
             window=window, bins=bins, levels=levels, learning_rate=learning_rate, init=init,
@@ -381,9 +330,9 @@ def optimize(
         return OptimizeResult(ddf, None, result.losses, result.steps, result.levels, result.matrix)
     batch = bool(batch)
     if batch:
-        fixed, moving = obj.prepare_pairs(fixed, moving, check_pair)
+        fixed, moving = obj.prepare_pairs(fixed, moving)
     else:
-        fixed, moving = obj.prepare_pair(fixed, moving, check_pair)
+        fixed, moving = obj.prepare_pair(fixed, moving)
     shape = fixed.shape[1:-1] if batch else fixed.shape[:-1]
     spacing = obj.check_spacing(spacing, len(shape))
     default = auto_levels(shape, spacing) if levels is None else None

@@ -46,7 +46,7 @@ import optax
 
 from jaxreg import _objective as obj
 from jaxreg import spatial
-from jaxreg.optimize import FINAL_LR_FRACTION, _check_options, check_pair
+from jaxreg._objective import FINAL_LR_FRACTION, check_options
 
 __all__ = ["AffineResult", "affine_levels", "optimize_affine"]
 
@@ -237,10 +237,10 @@ def optimize_affine(
         raise ValueError(f"`transform` must be one of {AFFINE_TRANSFORMS}; got {transform!r}.")
     if init not in INITS:
         raise ValueError(f"`init` must be one of {INITS}; got {init!r}.")
-    _check_options(transform=transform, similarity=similarity, regularizer="diffusion", window=window, bins=bins,
+    check_options(transform=transform, similarity=similarity, regularizer="diffusion", window=window, bins=bins,
                    weight=0.0, learning_rate=learning_rate, integration_steps=0, callback=callback)
     batch = bool(batch)
-    fixed, moving = (obj.prepare_pairs if batch else obj.prepare_pair)(fixed, moving, check_pair)
+    fixed, moving = (obj.prepare_pairs if batch else obj.prepare_pair)(fixed, moving)
     lead = fixed.shape[:1] if batch else ()  # (B,) or ()
     shape = fixed.shape[len(lead):-1]
     ndim = len(shape)

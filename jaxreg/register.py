@@ -176,25 +176,11 @@ def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Mod
       FileNotFoundError: no such workdir, no config or no (such) checkpoint there.
       ValueError: the workdir holds an unknown model, or a bad ``step``.
     """
-    # Imported here: training, checkpoints and models are not needed by the classical path.
-    from jaxreg import methods
-    from jaxreg.training.checkpoints import Checkpoints
-    from jaxreg.training.restore import resolve_step, teacher_for, wants_ema
-    from jaxreg.training.workdir import load_config
+    # Imported here: checkpoints and networks are not needed by the classical path.
+    from jaxreg.runs.restore import load_run
 
-    workdir = Path(workdir)
-    if not workdir.is_dir():
-        raise FileNotFoundError(f"model workdir {str(workdir)!r} does not exist (train one with "
-                                f"python train.py --config ... --workdir {workdir}).")
-    config = load_config(workdir)
-    method = methods.build_from_config(config, teacher=teacher_for(config))
-    training = config.training
-    with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
-        chosen = resolve_step(workdir, checkpoints, step, best_metric=training.get("best_metric"),
-                              best_mode=training.get("best_mode", "max"))
-        state = checkpoints.restore_raw(step=chosen)
-    params = state["ema_params"] if wants_ema(config) and state.get("ema_params") is not None else state["params"]
-    return Model(str(config.model.name), method, params, config, workdir, chosen)
+    run = load_run(workdir, step=step)
+    return Model(str(run.config.model.name), run.method, run.params, run.config, Path(workdir), run.step)
 
 
 def _model_inputs(model: Model, image: jax.Array, shape: tuple[int, ...]) -> jax.Array:
@@ -424,7 +410,7 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     given = fixed, moving
     batch = bool(batch)
     if batch:  # (B, *S, C) float32, every pair checked
-        fixed, moving = _objective.check_stacks(fixed, moving, optimize_lib.check_pair)
+        fixed, moving = _objective.check_stacks(fixed, moving)
     else:
         fixed, moving = optimize_lib.check_pair(fixed, moving)  # (*S, C) float32
     lead = fixed.shape[:1] if batch else ()  # (B,) or ()

@@ -20,7 +20,7 @@ from jaxreg import methods, metrics
 from jaxreg.data import pipeline
 from jaxreg.evaluation.convergence import convergence_study
 from jaxreg.training import train_and_evaluate
-from jaxreg.training.workdir import load_config, save_config
+from jaxreg.runs.workdir import load_config, save_config
 
 ROOT = Path(__file__).resolve().parents[1]
 STEPS = (1, 3, 8)  # plus each run's trained steps: 4 (DEQReg) and 2 (unrolled)

@@ -331,7 +331,7 @@ def test_no_teacher_is_a_clear_error():
 
 def test_teacher_workdir_errors(tmp_path):
     from jaxreg.training.teacher import load_teacher
-    from jaxreg.training.workdir import save_config
+    from jaxreg.runs.workdir import save_config
 
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_teacher(tmp_path / "nowhere")
@@ -350,7 +350,7 @@ def test_saved_runs_without_image_tokens_keep_the_old_wiring(tmp_path):
     (the wiring it was trained with) and builds that denoiser; a saved value is kept; other models are
     untouched. Resuming such a run with another value is refused, before any checkpoint loads into
     the other network; without checkpoints, or with the same value, it passes."""
-    from jaxreg.training.workdir import check_resume, load_config, save_config
+    from jaxreg.runs.workdir import check_resume, load_config, save_config
 
     old = ml_collections.ConfigDict({"model": {"name": "diffusereg", **TINY_NET}, "loss": {}})
     save_config(old, tmp_path / "old")

@@ -17,8 +17,8 @@ def test_every_public_name_is_documented():
     api = (ROOT / "docs" / "api.md").read_text()
     assert "(no docstring)" not in api
     assert "ForwardRef(" not in api  # annotations as written in the source
-    for module in ("jaxreg.data", "jaxreg.evaluation.l2r", "jaxreg.evaluation.figures", "jaxreg.training.restore"):
+    for module in ("jaxreg.data", "jaxreg.evaluation.l2r", "jaxreg.evaluation.figures", "jaxreg.runs.restore"):
         assert f"## `{module}`:" in api, module
     for name in ("jaxreg.register.register", "jaxreg.register.load_model", "jaxreg.optimize.optimize",
-                 "jaxreg.training.restore.load_run", "jaxreg.evaluation.l2r.dice", "jaxreg.data.synthetic.synthetic_pair"):
+                 "jaxreg.runs.restore.load_run", "jaxreg.evaluation.l2r.dice", "jaxreg.data.synthetic.synthetic_pair"):
         assert f"### `{name}(" in api, name

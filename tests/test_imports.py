@@ -1,4 +1,4 @@
-"""The import graph of jaxreg runs one way (DESIGN.md §3): no circles, and the leaves stay leaves.
+"""The import graph of jaxreg runs one way (DESIGN.md §3): down the layers, no circles, and the leaves stay leaves.
 
 The graph is read from the source with ``ast`` (nothing is imported): every ``import`` and
 ``from ... import`` of every module, at module level and inside functions (a lazy import is
@@ -24,17 +24,24 @@ LEAVES = {
     "jaxreg.metrics": {"jaxreg._checks", "jaxreg.spatial"},
 }
 
-#: Known circles: these edges, and only these, are left out of the circle check. Delete them
-#: when their issue item is done (test_known_circles_are_still_there says when).
-KNOWN_CIRCLES = {
-    # Issue 17, "House", the item splitting optimize.py: optimize() imports optimize_affine
-    # lazily for transform="rigid"/"affine", and optimize_affine imports optimize's checks and
-    # FINAL_LR_FRACTION back (what both need belongs in a module below both).
-    "optimize": {
-        ("jaxreg.optimize", "jaxreg.optimize_affine"),
-    },
-}
-KNOWN_EDGES = frozenset().union(*KNOWN_CIRCLES.values())
+#: The layers, top to bottom: a module may import only from layers below its own (the leaves
+#: also from each other, as ``LEAVES`` allows). Scripts (train.py, eval.py) sit above them all.
+#: Training and evaluation share a layer, so neither imports the other: what both need lives
+#: below them (``runs``: the workdir on disk; ``sharding``: the mesh; ``scoring``: the metrics of
+#: a registered pair).
+LAYERS = (
+    ("front", {"jaxreg", "jaxreg.__main__", "jaxreg.cli", "jaxreg._cli"}),
+    ("register", {"jaxreg.register"}),
+    ("training and evaluation", {"jaxreg.training", "jaxreg.evaluation"}),
+    ("runs", {"jaxreg.runs"}),
+    ("methods", {"jaxreg.methods"}),
+    ("the papers' methods and the optimiser", {"jaxreg.deq", "jaxreg.diffusion", "jaxreg.optimize"}),
+    ("networks and the affine optimiser", {"jaxreg.models", "jaxreg.optimize_affine"}),
+    ("data and shared pieces", {"jaxreg.data", "jaxreg._objective", "jaxreg.scoring", "jaxreg.sharding",
+                                "jaxreg.transform"}),
+    ("leaves", {"jaxreg.spatial", "jaxreg.losses", "jaxreg.metrics", "jaxreg.io"}),
+    ("private helpers of the leaves", {"jaxreg._checks", "jaxreg._nifti_geometry"}),
+)
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:
@@ -131,7 +138,7 @@ def test_the_graph_sees_every_kind_of_import():
     # Relative, lazy (in a function), `from package import submodule`, and the package run.
     assert "jaxreg.data.random_access" in _imports("jaxreg.data.sources")
     assert "jaxreg.data.tfds_builders" in _imports("jaxreg.data.sources")  # lazy, in _tfds
-    assert {"jaxreg.training.sharding", "jaxreg.methods"} <= _imports("jaxreg.training.state")
+    assert {"jaxreg.sharding", "jaxreg.methods"} <= _imports("jaxreg.training.state")
     assert {"jaxreg.models.unet", "jaxreg.models"} <= _imports("jaxreg.deq.model")
     assert {"jaxreg.deq.model", "jaxreg.deq", "jaxreg.models.unet"} <= _imports("jaxreg.methods")
     assert "jaxreg" not in _imports("jaxreg.data.sources")  # our own packages are running already
@@ -143,19 +150,48 @@ def test_the_graph_sees_every_kind_of_import():
 
 
 def test_no_import_circles():
-    cycle = _find_cycle(_graph(ignore=KNOWN_EDGES))
+    cycle = _find_cycle(_graph())
     assert cycle is None, "import circle: " + " -> ".join(cycle)
 
 
-@pytest.mark.parametrize("known", sorted(KNOWN_CIRCLES))
-def test_known_circles_are_still_there(known):
-    """Each allow-listed edge exists, and without it the check finds its circle (so it still checks)."""
+def _layer(module: str) -> int:
+    """Index in ``LAYERS`` (0 = top) of the package or module that ``module`` belongs to."""
+    for index, (_, members) in enumerate(LAYERS):
+        if module in members or any(module.startswith(m + ".") for m in members if m != "jaxreg"):
+            return index
+    raise AssertionError(f"{module} is in no layer of LAYERS: add it where it belongs.")
+
+
+def _upward_or_sideways(graph: dict[str, set[str]]) -> list[str]:
+    """The imports that do not go down a layer (within one package, or between two leaves, anything goes)."""
+    bad = []
+    leaves = next(i for i, (name, _) in enumerate(LAYERS) if name == "leaves")
+    for importer, targets in sorted(graph.items()):
+        for target in sorted(targets):
+            a, b = _layer(importer), _layer(target)
+            same_package = importer.split(".")[:2] == target.split(".")[:2] and importer != "jaxreg"
+            if not same_package and a >= b and not a == b == leaves:
+                bad.append(f"{importer} ({LAYERS[a][0]}) imports {target} ({LAYERS[b][0]})")
+    return bad
+
+
+def test_every_module_has_a_layer():
+    for module in MODULES:
+        _layer(module)
+
+
+def test_imports_go_down_the_layers():
+    bad = _upward_or_sideways(_graph())
+    assert not bad, "imports against the layers (DESIGN.md §3):\n" + "\n".join(bad)
+
+
+def test_the_layer_check_catches_upward_and_sideways_imports():
     graph = _graph()
-    edges = KNOWN_CIRCLES[known]
-    missing = sorted(edge for edge in edges if edge[1] not in graph[edge[0]])
-    assert not missing, f"KNOWN_CIRCLES[{known!r}] lists imports that are gone: {missing}; remove them."
-    cycle = _find_cycle(_graph(ignore=KNOWN_EDGES - edges))
-    assert cycle is not None and set(zip(cycle, cycle[1:])) & edges, cycle
+    assert _upward_or_sideways({**graph, "jaxreg.models.unet": graph["jaxreg.models.unet"] | {"jaxreg.methods"}}) == [
+        "jaxreg.models.unet (networks and the affine optimiser) imports jaxreg.methods (methods)"]
+    sideways = {**graph, "jaxreg.evaluation.evaluate": graph["jaxreg.evaluation.evaluate"] | {"jaxreg.training.loop"}}
+    assert len(_upward_or_sideways(sideways)) == 1
+    assert _upward_or_sideways({"jaxreg.metrics": {"jaxreg.spatial"}, "jaxreg.deq.model": {"jaxreg.deq.solvers"}}) == []
 
 
 @pytest.mark.parametrize("leaf", sorted(LEAVES))

@@ -54,24 +54,30 @@ def smooth_random(rng, shape, sigma=1.0):
 
 
 # ============================================================================ references
-def ref_lncc(f, w, window=5, eps=1e-5):
-    """Brute-force VoxelMorph LNCC: loop over voxels, gather each zero-padded window."""
+def ref_lncc(f, w, window=5, eps=1e-5, mask=None):
+    """Brute-force VoxelMorph LNCC: loop over voxels, gather each zero-padded window.
+
+    ``window``: one side or one per axis; ``mask``: voxel weights of the mean (``None``: all 1).
+    """
     f = np.asarray(f, np.float64)
     w = np.asarray(w, np.float64)
-    r = window // 2
-    fp = np.pad(f, r)  # zero padding
-    wp = np.pad(w, r)
-    n = float(window**f.ndim)
-    ccs = []
+    windows = (window,) * f.ndim if np.isscalar(window) else tuple(window)
+    pad = [(k // 2, k // 2) for k in windows]
+    fp = np.pad(f, pad)  # zero padding
+    wp = np.pad(w, pad)
+    n = float(np.prod(windows))
+    weights = np.ones(f.shape) if mask is None else np.asarray(mask, np.float64)
+    total = weighted = 0.0
     for idx in itertools.product(*(range(s) for s in f.shape)):
-        sl = tuple(slice(i, i + window) for i in idx)
+        sl = tuple(slice(i, i + k) for i, k in zip(idx, windows))
         a, b = fp[sl], wp[sl]
         sa, sb = a.sum(), b.sum()
         cross = (a * b).sum() - sa * sb / n
         va = max((a * a).sum() - sa * sa / n, 0.0)
         vb = max((b * b).sum() - sb * sb / n, 0.0)
-        ccs.append(cross * cross / (va * vb + eps))
-    return 1.0 - float(np.mean(ccs))
+        weighted += weights[idx] * cross * cross / (va * vb + eps)
+        total += weights[idx]
+    return 1.0 - weighted / max(total, 1.0)
 
 
 def gaussian_kernel_np(window, sigma):
@@ -341,11 +347,40 @@ def test_lncc_high_intensity_offset_matches_reference(rng):
     np.testing.assert_allclose(float(J.lncc(f, w)), ref_lncc(f, w), atol=2e-3)
 
 
+@pytest.mark.parametrize("shape,window", [((12, 9), (5, 3)), ((8, 7, 6), (5, 3, 1)), ((7, 6, 5), (1, 3, 5))])
+def test_lncc_per_axis_window_matches_bruteforce(rng, shape, window):
+    f = smooth_random(rng, shape)
+    w = (0.5 * f + 0.5 * smooth_random(rng, shape)).astype(np.float32)
+    np.testing.assert_allclose(float(J.lncc(f, w, window=window)), ref_lncc(f, w, window), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(12, 11), (8, 7, 6)])
+def test_lncc_mask_is_the_weighted_mean_of_the_bruteforce_cc(rng, shape):
+    f = smooth_random(rng, shape)
+    w = (0.5 * f + 0.5 * smooth_random(rng, shape)).astype(np.float32)
+    binary = rng.random(shape) > 0.5
+    soft = rng.random(shape).astype(np.float32)
+    for mask in (binary, soft):
+        np.testing.assert_allclose(float(J.lncc(f, w, mask=mask)), ref_lncc(f, w, 5, mask=mask), rtol=1e-4, atol=1e-5)
+    # An all-ones mask is no mask; a mask over half the image is not the plain mean.
+    np.testing.assert_allclose(float(J.lncc(f, w, mask=np.ones(shape))), float(J.lncc(f, w)), atol=1e-6)
+    assert abs(ref_lncc(f, w, 5, mask=binary) - ref_lncc(f, w, 5)) > 1e-4
+    # The gradient flows through the masked loss.
+    g = jax.grad(lambda x: J.lncc(f, x, mask=binary))(jnp.asarray(w))
+    assert np.isfinite(np.asarray(g)).all() and np.abs(np.asarray(g)).max() > 0
+
+
 def test_lncc_bad_inputs():
     with pytest.raises(ValueError, match="fixed"):
         losses.lncc(np.zeros((8, 8)), np.zeros((8, 9)))
     with pytest.raises(ValueError, match="window"):
         losses.lncc(np.zeros((8, 8)), np.zeros((8, 8)), window=4)
+    with pytest.raises(ValueError, match="one per spatial axis"):
+        losses.lncc(np.zeros((8, 8)), np.zeros((8, 8)), window=(3, 3, 3))
+    with pytest.raises(ValueError, match="window"):
+        losses.lncc(np.zeros((8, 8)), np.zeros((8, 8)), window=(3, 2))
+    with pytest.raises(ValueError, match="mask"):
+        losses.lncc(np.zeros((8, 8)), np.zeros((8, 8)), mask=np.ones((8, 9)))
 
 
 # ============================================================================ ssim

@@ -3,7 +3,7 @@
 import ml_collections
 import pytest
 
-from jaxreg.training.workdir import apply_overrides
+from jaxreg.runs.workdir import apply_overrides
 
 
 def _config():

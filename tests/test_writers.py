@@ -1,4 +1,4 @@
-"""Tests of jaxreg.training.writers: metrics.jsonl, TensorBoard events, resume, summary line.
+"""Tests of jaxreg.runs.writers: metrics.jsonl, TensorBoard events, resume, summary line.
 
 The TensorBoard event file is read here independently of the writer: the TFRecord framing
 (``uint64 length | uint32 masked crc32c(length) | data | uint32 masked crc32c(data)``,
@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from tensorboardX.proto import event_pb2
 
-from jaxreg.training.writers import MetricWriter, read_metrics, summary_line
+from jaxreg.runs.writers import MetricWriter, read_metrics, summary_line
 
 # --- independent readers -------------------------------------------------------------
 

@@ -8,7 +8,7 @@ scipy release the GIL), ``num_threads`` pairs at a time, ``prefetch`` ahead of t
 A multi-process job sees one global stream: every process builds the same shuffled,
 augmented sequence of pairs (augmentation is seeded by a pair's position in that sequence,
 not by the process) and reads only its rows of every global batch (``rows``, from
-``jaxreg.training.sharding.host_rows``). The global batches are therefore the same however
+``jaxreg.sharding.host_rows``). The global batches are therefore the same however
 the devices are spread over processes: 2 processes × 1 device train exactly like
 1 process × 2 devices.
 """
@@ -107,7 +107,7 @@ def batches(
       num_threads: pairs read and transformed in parallel.
       prefetch: pairs buffered ahead of the consumer.
       rows: ``(start, stop)``: the rows of every global batch this process reads
-        (``jaxreg.training.sharding.host_rows``); ``None``: all of them (one process).
+        (``jaxreg.sharding.host_rows``); ``None``: all of them (one process).
 
     Returns:
       An iterable of ``dict`` batches of numpy arrays ``(stop - start, ...)``.

@@ -187,7 +187,7 @@ class DiffuseReg:
         """φ₀ of the frozen teacher for ``(B, *S)`` images (no gradient)."""
         if self.teacher is None:
             raise ValueError("this DiffuseReg has no teacher loaded: train with `diffusion.teacher_workdir` set, or load "
-                             "the run with its teacher (jaxreg.training.restore.load_run loads it when the sampler "
+                             "the run with its teacher (jaxreg.runs.restore.load_run loads it when the sampler "
                              "starts from it: --config.diffusion.sampler.start=teacher).")
         return jax.lax.stop_gradient(self.teacher(fixed, moving))
 

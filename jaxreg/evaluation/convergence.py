@@ -33,13 +33,13 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import FixedLocator, NullLocator
 from tqdm.auto import tqdm
 
+from jaxreg import sharding
 from jaxreg.data import pipeline
-from jaxreg.evaluation.evaluate import load_run
 from jaxreg.evaluation.report import write_json
 from jaxreg.io import atomic_path
-from jaxreg.training import sharding
-from jaxreg.training.validation import pair_metrics, summarize
-from jaxreg.training.workdir import load_config
+from jaxreg.runs.restore import load_run
+from jaxreg.runs.workdir import load_config
+from jaxreg.scoring import pair_metrics, summarize
 
 __all__ = ["STEPS", "convergence_figure", "convergence_replot", "convergence_study", "convergence_table", "run_label",
            "trained_steps"]
@@ -283,7 +283,7 @@ def convergence_study(workdirs: Sequence[str | os.PathLike], *, out_dir: str | o
             raise ValueError(f"{workdir}: {error}") from None
     runs = []
     for workdir, name in zip(workdirs, _run_names(workdirs)):
-        config, method, params, chosen, _ = load_run(workdir, step=step, split=split)
+        config, method, params, chosen, _ = load_run(workdir, step=step)
         model, variant, trained = trained_steps(config)
         run_counts = tuple(sorted(set(counts) | {trained}))
         curve = _score(config, method, params, run_counts, split=split, limit=limit, desc=name, progress=progress)

@@ -22,14 +22,12 @@ import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreg import io, spatial
+from jaxreg import io, sharding, spatial
 from jaxreg.data import pipeline
 from jaxreg.evaluation import figures, report
-from jaxreg.training import sharding
-from jaxreg.training.loop import make_predict
-from jaxreg.training.restore import Run, load_run, resolve_step, wants_ema
-from jaxreg.training.validation import pair_metrics, summarize
-from jaxreg.training.workdir import apply_overrides, load_config
+from jaxreg.runs.restore import Run, load_run, resolve_step, wants_ema
+from jaxreg.runs.workdir import apply_overrides, load_config
+from jaxreg.scoring import pair_metrics, summarize
 
 __all__ = ["Run", "evaluate_workdir", "load_run", "resolve_step", "wants_ema"]
 
@@ -80,11 +78,11 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
     ev = saved.get("eval") or {}
     split = split or ev.get("split", "test")
     out_dir = workdir / "eval" / (ev.get("name") or split)
-    config, method, params, chosen, use_ema = load_run(workdir, step=step or ev.get("step", "latest"), split=split,
-                                                       overrides=overrides)
-    data = config.data
     mesh = sharding.make_mesh()
-    predict = make_predict(method, mesh)
+    config, method, params, chosen, use_ema = load_run(workdir, step=step or ev.get("step", "latest"),
+                                                       overrides=overrides, mesh=mesh)
+    data = config.data
+    predict = sharding.make_predict(method, mesh)
     labels = ev.get("labels")
     num_figures = int(ev.get("num_figures", 4) or 0)
     save_disp = bool(ev.get("save_disp", False)) if save_disp is None else save_disp

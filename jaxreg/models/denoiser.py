@@ -100,7 +100,7 @@ class Denoiser(nn.Module):
         image tokens *entering* image block ``b`` of stage ``s`` (``"input"``: the official
         code, whose field blocks get the image block's windows before its attention) or
         *leaving* it (``"output"``: this library's wiring before the option existed; runs
-        saved without the field are restored with it, ``jaxreg.training.workdir``).
+        saved without the field are restored with it, ``jaxreg.runs.workdir``).
 
     Call with ``x_t`` ``(B, *S, ndim)``, ``t`` ``(B,)`` int steps, ``fixed`` and ``moving``
     ``(B, *S, 1)`` and optional ``condition`` ``(B,)`` in {0, 1}; returns ``ε̂`` like ``x_t``.

@@ -19,18 +19,17 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreg import methods
+from jaxreg import methods, sharding
 from jaxreg.data import pipeline
 from jaxreg.data.sources import open_source
-from jaxreg.training import sharding
-from jaxreg.training.checkpoints import Checkpoints
+from jaxreg.runs.checkpoints import Checkpoints
+from jaxreg.runs.workdir import check_resume, save_config
+from jaxreg.runs.writers import MetricWriter, summary_line
+from jaxreg.scoring import pair_metrics, summarize
 from jaxreg.training.optimizer import make_optimizer, make_schedule
 from jaxreg.training.state import TrainState, init_state, make_train_step  # init_state: re-exported
-from jaxreg.training.validation import pair_metrics, summarize
-from jaxreg.training.workdir import check_resume, save_config
-from jaxreg.training.writers import MetricWriter, summary_line
 
-__all__ = ["init_state", "make_predict", "train_and_evaluate", "validate"]
+__all__ = ["init_state", "train_and_evaluate", "validate"]
 
 
 #: Validation metrics in the one-line summary, in this order.
@@ -44,12 +43,6 @@ def _check_config(config: ml_collections.ConfigDict) -> None:
     training = config.training
     if int(training.num_steps) < 1:
         raise ValueError(f"`training.num_steps` must be >= 1; got {training.num_steps}.")
-
-
-def make_predict(method: methods.Method, mesh) -> callable:
-    """Jitted ``predict(params, fixed, moving) -> ddf`` on ``(B, *S)`` images, replicated output."""
-    out = sharding.replicated(mesh)
-    return jax.jit(method.predict, out_shardings=out)
 
 
 def validate(predict, params, data: Mapping, *, split: str = "val", limit: int | None = None,
@@ -117,7 +110,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
                                          ema_decay=float(training.get("ema_decay", 0.0) or 0.0)),
                          in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
                          out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)), donate_argnums=0)
-    predict = make_predict(method, mesh)
+    predict = sharding.make_predict(method, mesh)
     schedule = make_schedule(config.optimizer)
     batches = pipeline.batches(
         train_source, batch_size=global_batch, rows=(row_start, row_stop), seed=int(data.get("seed", 0)), keys=tuple(data.get("keys") or ("fixed", "moving")),

@@ -16,7 +16,7 @@ import numpy as np
 import optax
 
 from jaxreg import methods
-from jaxreg.training import sharding
+from jaxreg import sharding
 from jaxreg.training.optimizer import nonfinite_count
 
 __all__ = ["TrainState", "create_state", "init_state", "make_train_step"]

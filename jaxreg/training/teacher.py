@@ -6,7 +6,7 @@ computed on the training set. :func:`prepare_diffusion` loads the teacher named 
 ``diffusion.teacher_workdir``, computes the statistics once and stores them in
 ``W/diffusion_stats.json`` (a resumed run reads them back, so its targets never change) and
 in the run's config (``diffusion.mean``/``std``), so inference needs only the workdir.
-``load_teacher`` and ``TEACHER_MODELS`` live in ``jaxreg.training.restore`` and are
+``load_teacher`` and ``TEACHER_MODELS`` live in ``jaxreg.runs.restore`` and are
 re-exported here.
 """
 
@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from jaxreg.data import pipeline
 from jaxreg.io import atomic_path
-from jaxreg.training.restore import TEACHER_MODELS, load_teacher  # re-exported: a teacher is a trained run
+from jaxreg.runs.restore import TEACHER_MODELS, load_teacher  # re-exported: a teacher is a trained run
 
 __all__ = ["STATS_FILE", "TEACHER_MODELS", "field_statistics", "load_teacher", "prepare_diffusion"]
 

@@ -19,7 +19,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 __all__ = ["DATA_AXIS", "data_sharding", "host_rows", "initialize_distributed", "is_main_process",
-           "make_mesh", "replicate_host", "replicated", "shard_batch"]
+           "make_mesh", "make_predict", "replicate_host", "replicated", "shard_batch"]
 
 DATA_AXIS = "data"
 
@@ -142,7 +142,7 @@ def host_rows(per_device: int, mesh: Mesh) -> tuple[int, int, int]:
         raise ValueError("this process has no device in the mesh.")
     if positions != list(range(positions[0], positions[-1] + 1)):
         raise ValueError(f"this process's devices sit at mesh positions {positions}, not one block; "
-                         "build the mesh with jaxreg.training.sharding.make_mesh.")
+                         "build the mesh with jaxreg.sharding.make_mesh.")
     return positions[0] * per_device, (positions[-1] + 1) * per_device, mesh.size * per_device
 
 
@@ -154,6 +154,14 @@ def is_main_process() -> bool:
 def replicate_host(array, mesh: Mesh) -> jax.Array:
     """A host array every process holds in full → a replicated global array (multi-host safe)."""
     return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(array))
+
+
+def make_predict(method, mesh: Mesh):
+    """Jitted ``method.predict(params, fixed, moving) -> ddf`` on ``(B, *S)`` images, its output replicated.
+
+    ``method`` is a :class:`jaxreg.methods.Method` (anything with a ``predict``).
+    """
+    return jax.jit(method.predict, out_shardings=replicated(mesh))
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
+from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint.checkpoint_managers import preservation_policy
 
 __all__ = ["Checkpoints", "abstract_like"]
@@ -58,7 +59,9 @@ class Checkpoints:
             preservation_policy=preservation_policy.AnyPreservationPolicy(policies),
             cleanup_tmp_directories=True, enable_async_checkpointing=asynchronous)
         self.directory = Path(directory).absolute()
-        self.manager = ocp.CheckpointManager(self.directory, options=options)
+        # The handler named here lets item_metadata read a checkpoint's tree without a template.
+        self.manager = ocp.CheckpointManager(self.directory, options=options,
+                                             item_handlers=ocp.StandardCheckpointHandler())
 
     def latest_step(self) -> int | None:
         """The newest complete checkpoint, or ``None``."""
@@ -91,16 +94,22 @@ class Checkpoints:
         """
         return self.manager.restore(self._saved_step(step), args=ocp.args.StandardRestore(abstract_like(target)))
 
-    def restore_raw(self, *, step: int | None = None) -> dict:
-        """The state saved at ``step`` (default: the latest) as a plain dict of host arrays.
+    def restore_replicated(self, mesh, *, step: int | None = None) -> dict:
+        """The state saved at ``step`` (default: the latest) as a plain dict, every array replicated on ``mesh``.
 
-        No template needed (so no training data): enough for inference, whose parameters
-        are plain dicts; optimiser states come back as lists, so resume with :meth:`restore`.
+        No template needed (so no training data, no optimiser): the tree, shapes and dtypes
+        come from the checkpoint's own metadata. Enough for inference, whose parameters are
+        plain dicts; optimiser states come back as plain containers, so resume with
+        :meth:`restore`. Works whatever mesh or process count the run was trained on.
 
         Raises:
           FileNotFoundError: no such checkpoint.
         """
-        return self.manager.restore(self._saved_step(step), args=ocp.args.StandardRestore())
+        step = self._saved_step(step)
+        everywhere = NamedSharding(mesh, PartitionSpec())
+        target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere),
+                              self.manager.item_metadata(step).tree)
+        return self.manager.restore(step, args=ocp.args.StandardRestore(target))
 
     def _saved_step(self, step: int | None) -> int:
         steps = self.all_steps()

@@ -1,6 +1,8 @@
 """Loading a trained run: its config, method and the parameters of one checkpoint.
 
-``load_run(W)`` is what evaluation, the convergence study and DiffuseReg's teacher use;
+``load_run(W)`` is the one way to load a workdir's parameters: ``jaxreg.load_model``,
+evaluation, the convergence study and DiffuseReg's teacher all use it. It needs neither the
+training data nor the optimiser: the checkpoint's own metadata shapes the restore.
 ``resolve_step`` turns ``"latest"``, ``"best"`` or a number into a saved step;
 ``load_teacher`` loads a run that DiffuseReg learns from (a teacher is a trained run).
 """
@@ -13,14 +15,10 @@ from typing import NamedTuple
 
 import ml_collections
 
-from jaxreg import methods
-from jaxreg.data.sources import open_source
-from jaxreg.training import sharding
-from jaxreg.training.checkpoints import Checkpoints
-from jaxreg.training.optimizer import make_optimizer
-from jaxreg.training.state import init_state
-from jaxreg.training.workdir import apply_overrides, load_config
-from jaxreg.training.writers import read_metrics
+from jaxreg import methods, sharding
+from jaxreg.runs.checkpoints import Checkpoints
+from jaxreg.runs.workdir import apply_overrides, load_config
+from jaxreg.runs.writers import read_metrics
 
 __all__ = ["TEACHER_MODELS", "Run", "load_run", "load_teacher", "resolve_step", "teacher_for", "wants_ema"]
 
@@ -84,28 +82,39 @@ class Run(NamedTuple):
     ema: bool  # whether ``params`` are the EMA parameters
 
 
-def load_run(workdir, *, step=None, split: str = "test", overrides=()) -> Run:
+def load_run(workdir, *, step="latest", overrides=(), mesh=None) -> Run:
     """The config, method and trained parameters of the run in ``workdir``.
 
     Args:
       workdir: a folder written by ``train.py``.
-      step: checkpoint ``"latest"`` (default), ``"best"`` or a step number.
-      split: the split whose first pair shapes the parameter template.
+      step: checkpoint ``"latest"`` (default), ``"best"`` (by the run's
+        ``training.best_metric``) or a step number.
       overrides: ``"section.field=value"`` changes to the saved config for this use
         (e.g. ``"diffusion.sampler.steps=25"``; see ``workdir.apply_overrides``).
+      mesh: where the parameters are placed, replicated (default: all devices,
+        :func:`jaxreg.sharding.make_mesh`).
+
+    Returns:
+      A :class:`Run`; ``params`` are the EMA parameters when the run kept them and the
+      config's ``eval.use_ema`` (default true) asks for them.
+
+    Raises:
+      FileNotFoundError: no such workdir, no config or no (such) checkpoint there.
+      ValueError: the workdir holds an unknown model, or a bad ``step``.
     """
     workdir = Path(workdir)
+    if not workdir.is_dir():
+        raise FileNotFoundError(f"model workdir {str(workdir)!r} does not exist (train one with "
+                                f"python train.py --config ... --workdir {workdir}).")
     config = apply_overrides(load_config(workdir), overrides)
     method = methods.build_from_config(config, teacher=teacher_for(config))
-    mesh = sharding.make_mesh()
-    template = init_state(method, make_optimizer(config.optimizer), config, open_source(config.data, split)[0], mesh)
     training = config.training
     with Checkpoints(workdir / "checkpoints", every=1, asynchronous=False) as checkpoints:
         chosen = resolve_step(workdir, checkpoints, step or "latest", best_metric=training.get("best_metric"),
                               best_mode=training.get("best_mode", "max"))
-        state = checkpoints.restore(template, step=chosen)
-    ema = wants_ema(config) and state.ema_params is not None
-    return Run(config, method, state.ema_params if ema else state.params, chosen, ema)
+        state = checkpoints.restore_replicated(sharding.make_mesh() if mesh is None else mesh, step=chosen)
+    ema = wants_ema(config) and state.get("ema_params") is not None
+    return Run(config, method, state["ema_params"] if ema else state["params"], chosen, ema)
 
 
 def load_teacher(workdir, *, step="latest") -> tuple[Run, Callable]:
@@ -126,6 +135,6 @@ def load_teacher(workdir, *, step="latest") -> tuple[Run, Callable]:
     if name not in TEACHER_MODELS:
         raise ValueError(f"`diffusion.teacher_workdir` {str(workdir)!r} holds a {name!r} model; a teacher must be one "
                          f"of {TEACHER_MODELS}.")
-    run = load_run(path, step=step, split="train")
+    run = load_run(path, step=step)
     params = run.params
     return run, lambda fixed, moving: run.method.predict(params, fixed, moving)

@@ -1,0 +1,73 @@
+"""Time of ``import jaxreg`` in a fresh interpreter, and which heavy packages it loads.
+
+    python benchmarks/import_time.py                       # this tree, 5 fresh interpreters
+    python benchmarks/import_time.py --against /other/tree # side by side with another checkout
+
+Each sample is a new ``python -X importtime -c "import jaxreg"``; the number is the
+cumulative time of the ``jaxreg`` line (microseconds → seconds), which includes jax itself.
+``import jax`` alone is measured the same way in the same loop, so ``jaxreg_only_s`` (the
+median difference) is what jaxreg adds. With ``--against`` the two trees alternate sample by
+sample, so a busy machine slows both alike. Prints JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+HEAVY = ("orbax", "matplotlib", "flax", "optax", "nibabel", "ml_collections", "tensorflow_datasets", "scipy")
+
+
+def _cumulative_s(tree: Path | None, module: str) -> float:
+    """Cumulative import time of ``module`` (s) in a fresh interpreter with ``tree`` first on the path."""
+    env = dict(os.environ, PYTHONPATH=str(tree) if tree else os.environ.get("PYTHONPATH", ""))
+    out = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"], env=env,
+                         capture_output=True, text=True, check=True, cwd=tree or None).stderr
+    line = [row for row in out.splitlines() if row.rstrip().endswith(f"| {module}")][-1]
+    return int(line.split("|")[1]) / 1e6
+
+
+def _heavy_loaded(tree: Path) -> list[str]:
+    code = f"import sys, jaxreg; print(','.join(m for m in {HEAVY!r} if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, PYTHONPATH=str(tree)),
+                         capture_output=True, text=True, check=True, cwd=tree).stdout.strip()
+    return [m for m in out.split(",") if m]
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=5, help="fresh interpreters per tree")
+    parser.add_argument("--against", default="", help="another checkout of jaxreg to compare with")
+    args = parser.parse_args(argv)
+    if args.samples < 1:
+        parser.error("--samples must be >= 1")
+    trees = {"this": Path(__file__).resolve().parents[1]}
+    if args.against:
+        other = Path(args.against).resolve()
+        if not (other / "jaxreg" / "__init__.py").is_file():
+            parser.error(f"--against {args.against!r} is not a jaxreg checkout (no jaxreg/__init__.py there)")
+        trees["against"] = other
+    times = {name: [] for name in trees}
+    jax_only = []
+    for _ in range(args.samples):
+        jax_only.append(_cumulative_s(None, "jax"))
+        for name, tree in trees.items():
+            times[name].append(_cumulative_s(tree, "jaxreg"))
+    jax_s = statistics.median(jax_only)
+    result = {"samples": args.samples, "import_jax_s": round(jax_s, 3)}
+    for name, tree in trees.items():
+        median = statistics.median(times[name])
+        result[name] = {"tree": str(tree), "import_jaxreg_s": round(median, 3),
+                        "jaxreg_only_s": round(median - jax_s, 3), "heavy_modules_loaded": _heavy_loaded(tree)}
+    if "against" in result:
+        result["ratio_jaxreg_only"] = round(result["against"]["jaxreg_only_s"] / max(result["this"]["jaxreg_only_s"], 1e-9), 2)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
