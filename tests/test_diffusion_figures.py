@@ -245,11 +245,11 @@ def test_uncertainty_figure_names_its_contours(tmp_path, rng):
     assert not dfig.uncertainty_figure(tmp_path / "v.png", img, img, std).legends
 
 
-def test_observed_calls_are_dense_at_high_t():
+def test_observed_calls_start_at_the_first_and_are_dense_at_low_t():
     from jaxreg.evaluation.diffusion import observed_calls
 
-    assert sorted(observed_calls(50, 6)) == [1, 2, 5, 10, 23, 50]
-    assert sorted(observed_calls(2000, 6)) == [1, 5, 21, 96, 437, 2000]
+    assert sorted(observed_calls(50, 6)) == [1, 28, 41, 46, 49, 50]
+    assert sorted(observed_calls(2000, 6)) == [1, 1564, 1905, 1980, 1996, 2000]
     assert sorted(observed_calls(3, 6)) == [1, 2, 3] and observed_calls(1, 6) == {1}
     assert observed_calls(20, 1) == {20}
 

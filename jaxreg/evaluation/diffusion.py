@@ -2,10 +2,11 @@
 
 For the first pair of the evaluated split, with the run's sampler options:
 
-* ``figures/sampling.png``: the sampler observed at ``eval.observe_frames`` points, spaced
-  geometrically in model calls (1, 2, 5, 10, 23, 50 of DDIM-50: dense at high t, where x̂₀
-  changes most) — the noisy field φ_t, the predicted x̂₀ over the warped image, the
-  remaining difference (DiffuseReg's Fig. 3);
+* ``figures/sampling.png``: the sampler observed at ``eval.observe_frames`` points: the
+  first model call, then calls spaced geometrically towards the last (1, 28, 41, 46, 49, 50
+  of DDIM-50), where the noisy field φ_t turns from noise into the sample (x̂₀ is close
+  to its final value from the first call on) — the noisy field φ_t, the predicted x̂₀ over
+  the warped image, the remaining difference (DiffuseReg's Fig. 3);
 * ``figures/uncertainty.png``: an ensemble of ``eval.uncertainty_samples`` samples — the
   mean-warped image and the per-voxel standard deviation of the field (voxels), with the
   fixed labels as contours named in a legend (``eval.label_names``).
@@ -77,13 +78,15 @@ def diffusion_figures_for(out_dir, model, params, record: Mapping, config, *, la
 def observed_calls(total: int, frames: int) -> set[int]:
     """The model calls (1-based, the last always included) after which ``sampling.png`` shows the sampler.
 
-    Spaced geometrically from the first call to the last (``total = 50, frames = 6``: 1, 2,
-    5, 10, 23, 50), so the high-t steps, where x̂₀ changes most, are seen densely; at most
-    ``frames`` calls (fewer when ``total`` is small).
+    The first call, then calls spaced geometrically towards the last (``total = 50,
+    frames = 6``: 1, 28, 41, 46, 49, 50), i.e. dense at low t: there the noisy field φ_t
+    turns from noise into the sample, while x̂₀ (v-prediction, the demo) is close to its
+    final value from the first call on. At most ``frames`` calls (fewer when ``total`` is
+    small).
     """
     if frames <= 1:
         return {total}
-    return {int(k) for k in np.rint(np.geomspace(1, total, num=min(frames, total)))} | {total}
+    return {total + 1 - int(k) for k in np.rint(np.geomspace(1, total, num=min(frames, total)))}
 
 
 def model_timesteps(model, options: Mapping) -> np.ndarray:
