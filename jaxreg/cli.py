@@ -305,6 +305,7 @@ def register_files(args: argparse.Namespace) -> dict:
     bar = None
     callback = None
     if args.model is None and not args.no_progress:
+        from jaxreg._progress import restart_clock
         from jaxreg.register import register_stages
 
         total = sum(sum(steps) for _, _, steps in register_stages(fixed.shape, spacing=spacing, **options))
@@ -314,8 +315,11 @@ def register_files(args: argparse.Namespace) -> dict:
 
         def callback(level, step, loss):
             level, step = int(level), int(step)
+            first = not done
             bar.update(max(step - done.get(level, -1), 0))
             done[level] = step
+            if first:  # the first report comes after compiling: the ETA counts steps from here
+                restart_clock(bar)
             bar.set_postfix(level=level, loss=f"{float(loss):.4f}")
 
     try:

@@ -40,7 +40,7 @@ LAYERS = (
     ("data and shared pieces", {"jaxreg.data", "jaxreg._objective", "jaxreg.scoring", "jaxreg.sharding",
                                 "jaxreg.transform"}),
     ("leaves", {"jaxreg.spatial", "jaxreg.losses", "jaxreg.metrics", "jaxreg.io"}),
-    ("private helpers of the leaves", {"jaxreg._checks", "jaxreg._nifti_geometry"}),
+    ("private helpers", {"jaxreg._checks", "jaxreg._nifti_geometry", "jaxreg._progress"}),
 )
 
 

@@ -20,6 +20,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxreg import methods, sharding
+from jaxreg._progress import restart_clock
 from jaxreg.data import pipeline
 from jaxreg.data.sources import open_source
 from jaxreg.runs.checkpoints import Checkpoints
@@ -126,6 +127,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
             state, metrics = train_step(state, sharding.shard_batch(next(iterator), mesh))
             history.append(metrics)
             bar.update(1)
+            if step == start + 1:
+                restart_clock(bar)  # the first step compiled: the ETA counts steps from here
             if step % log_every == 0 or step == num_steps:
                 mean = _host_mean(history)
                 mean["steps_per_s"] = len(history) / (time.perf_counter() - tick)
