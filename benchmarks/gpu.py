@@ -26,7 +26,6 @@ On one modern GPU the whole run takes a few minutes. The paper numbers are print
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import math
 import os
@@ -36,31 +35,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CONFIGS = ("deqreg_nlst", "unroll_nlst", "voxelmorph_nlst", "deqreg_oasis", "unroll_oasis", "voxelmorph_oasis",
-           "diffusereg_acdc")
-SHAPES = {"nlst": (224, 192, 224), "oasis": (128, 128, 128), "acdc": (32, 128, 128)}
-# Training memory (MB) reported by the papers (DEQReg Table 1; DiffuseReg does not report it).
-PAPER_MB = {"deqreg_nlst": 3983, "deqreg_oasis": 6925}
-
-
-def _load_config(name: str):
-    sys.path.insert(0, str(ROOT))
-    if name not in CONFIGS:
-        raise ValueError(f"--configs: unknown config {name!r}; choose from {CONFIGS}.")
-    return importlib.import_module(f"configs.{name}").get_config()
-
-
-def _shape(name: str, config, scale: float) -> tuple[int, ...]:
-    """The paper size of ``name``, scaled and rounded to the network's multiple."""
-    from jaxreg.models import unet
-
-    base = SHAPES[name.rsplit("_", 1)[1]]
-    model = config.model
-    if model.name == "diffusereg":
-        factor = int(model.get("patch", 2)) * 2 ** len(model.get("depths") or (2, 2, 2, 2))
-    else:
-        factor = 2 ** len(model.get("encoder") or unet.ENCODER)
-    return tuple(max(factor, int(round(s * scale / factor)) * factor) for s in base)
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from paper_configs import CONFIGS, PAPER_MB, paper_shape  # noqa: E402
+from paper_configs import load as _load_config  # noqa: E402
 
 
 def _peak_mb() -> float | None:
@@ -91,7 +68,7 @@ def train_step(name: str, scale: float, repeats: int) -> dict:
     from jaxreg.training import create_state, make_optimizer, make_train_step
 
     config = _load_config(name)
-    shape = _shape(name, config, scale)
+    shape = paper_shape(name, config, scale)
     rng = np.random.default_rng(0)
     batch = {k: jax.numpy.asarray(rng.random((1, *shape)), jax.numpy.float32) for k in ("fixed", "moving")}
     teacher = None
@@ -131,7 +108,7 @@ def sampling(scale: float, ddim: int, ddpm_full: bool, repeats: int) -> dict:
     from jaxreg.diffusion.model import DiffuseReg
 
     config = _load_config("diffusereg_acdc")
-    shape = _shape("diffusereg_acdc", config, scale)
+    shape = paper_shape("diffusereg_acdc", config, scale)
     model = DiffuseReg()  # the paper's denoiser and schedule
     fixed = jnp.asarray(jax.random.uniform(jax.random.key(0), (1, *shape)))
     moving = jnp.asarray(jax.random.uniform(jax.random.key(1), (1, *shape)))

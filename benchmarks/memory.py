@@ -3,6 +3,7 @@
     python benchmarks/memory.py [--size 64] [--sizes 32,64] [--ndim 3] [--skip-time] [--repeats 2]
         [--time deqreg:48,unroll_riir:6]
     python benchmarks/memory.py --solvers [--size 64] [--batch 2]     # the solvers alone
+    python benchmarks/memory.py --paper [--configs deqreg_nlst,...]   # the paper configs at paper size
 
 One full training step (forward, backward, AdamW update: ``jit(make_train_step(loss_fn, optimizer))``)
 is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_analysis()``
@@ -14,6 +15,12 @@ level); ``deqreg_s0`` is DEQReg without the corrected states (S = 0), ``deqreg_r
 step rematerialised in the backward pass (``solver.phantom_remat``), ``deqreg_broyden`` the same with
 the Broyden solver (memory 5, as Anderson's); VoxelMorph U-Net widths, LNCC (window 5) + 0.1 · diffusion,
 batch 1, one synthetic brain pair.
+
+``--paper`` compiles (never runs) one train step of every paper config (``configs/<name>.py`` as
+shipped; ``unroll_*`` for each of ``--variants``, the papers' 3 levels × 3 steps) at its paper
+size (``benchmarks/paper_configs.py``: NLST 224×192×224, OASIS 128³, ACDC 32×128×128), batch 1,
+from abstract shapes (nothing is allocated), and reports XLA's temporaries and its total
+(temporaries + arguments + outputs) next to the training memory DEQReg's Table 1 reports.
 
 ``--solvers`` compiles :func:`jaxreg.deq.solvers.solve_pairs` alone (S = 3 intermediate states,
 ``T(z) = 0.5·tanh(z) + x`` per pair) for each method at max_steps 8, 48 and 96 on a batch of
@@ -30,9 +37,15 @@ import time
 import jax
 import numpy as np
 
+import sys
+from pathlib import Path
+
 from jaxreg import methods
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.training import create_state, make_optimizer, make_train_step
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from paper_configs import CONFIGS, PAPER_MB, load, paper_shape  # noqa: E402
 
 # The memory claims are about the networks as they run on a GPU: XLA's own convolution (the CPU
 # matmul path of jaxreg.models.conv keeps other buffers alive). Read when a step is traced.
@@ -127,6 +140,39 @@ def solver_memory(size: int, ndim: int, batch: int) -> dict:
     return {"shape": [batch] + [size] * ndim + [ndim], "states": 3, "temp_in_pair_fields": out}
 
 
+def paper_memory(names: list[str], variants: list[str]) -> list[dict]:
+    """Compiled memory of one train step of each paper config at its paper size (nothing allocated)."""
+    rows = []
+    for name in names:
+        for variant in (variants if name.startswith("unroll") else [None]):
+            config = load(name, variant)
+            shape = paper_shape(name, config)
+            batch = {k: jax.ShapeDtypeStruct((1, *shape), jax.numpy.float32) for k in ("fixed", "moving")}
+            teacher = None
+            if config.model.name == "diffusereg":  # a VoxelMorph teacher: its cost, random weights
+                net = methods.build({"name": "voxelmorph"}, {"similarity": "mse"})
+                teacher_params = net.init(jax.random.key(2), {k: np.zeros(v.shape, np.float32) for k, v in batch.items()})
+                teacher = lambda f, m: net.predict(teacher_params, f, m)  # noqa: E731
+                config.diffusion.mean, config.diffusion.std = [0.0] * 3, [1.0] * 3
+            method = methods.build_from_config(config, teacher=teacher)
+            optimizer = make_optimizer(config.optimizer)
+            state = jax.eval_shape(lambda b: create_state(method.init(jax.random.key(0), b), optimizer,
+                                                          jax.random.key(1)), batch)
+            start = time.perf_counter()
+            compiled = jax.jit(make_train_step(method.loss_fn, optimizer)).lower(state, batch).compile()
+            memory = compiled.memory_analysis()
+            total = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+            key = name if variant is None else f"{name}:{variant}"
+            model = config.model
+            rows.append({"config": key, "shape": list(shape), "temp_mb": round(memory.temp_size_in_bytes / 2**20),
+                         "total_mb": round(total / 2**20), "paper_mb": PAPER_MB.get(key),
+                         "compile_s": round(time.perf_counter() - start, 1),
+                         "steps": {"deqreg": (config.get("solver") or {}).get("max_steps"),
+                                   "unroll": f"{model.get('levels', 1)} levels x {model.get('steps')}"}.get(model.name)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=64, help="side of the cube (square with --ndim 2)")
@@ -135,7 +181,8 @@ def main() -> None:
     parser.add_argument("--deq", default="deqreg,deqreg_s0,deqreg_remat", help="DEQReg variants to measure")
     parser.add_argument("--deq-steps", default="4,12,48,96")
     parser.add_argument("--unroll-steps", default="2,4,6,12")
-    parser.add_argument("--variants", default="vanilla,riir")
+    parser.add_argument("--variants", default=None,
+                        help="unrolled variants (default vanilla,riir; with --paper vanilla,riir,gradirn)")
     parser.add_argument("--unroll-levels", default="1",
                         help="resolution levels of the unrolled baselines (steps are per level), e.g. 1,3")
     parser.add_argument("--skip-time", action="store_true", help="compile only: memory, no step times")
@@ -143,18 +190,34 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--solvers", action="store_true", help="the solvers alone (solve_pairs), nothing else")
     parser.add_argument("--batch", type=int, default=2, help="pairs per batch with --solvers")
+    parser.add_argument("--paper", action="store_true", help="the paper configs at paper size, compile only")
+    parser.add_argument("--configs", default=",".join(CONFIGS), help="with --paper: which configs/<name>.py")
     parser.add_argument("--tol", type=float, default=1e-12,
                         help="DEQReg solver tolerance; the default runs every max_step (paper: 1e-3, early stop)")
     args = parser.parse_args()
+    if args.paper:
+        names = [n for n in args.configs.split(",") if n]
+        unknown = sorted(set(names) - set(CONFIGS))
+        if unknown:
+            parser.error(f"unknown --configs {unknown}; choose from {CONFIGS}")
+        variants = [v for v in (args.variants or "vanilla,riir,gradirn").split(",") if v]
+        if set(variants) - {"vanilla", "riir", "gradirn"}:
+            parser.error(f"unknown --variants {sorted(set(variants) - {'vanilla', 'riir', 'gradirn'})}; "
+                         "choose from vanilla, riir, gradirn")
+        print(json.dumps({"backend": jax.default_backend(), "jax": jax.__version__, "batch": 1,
+                          "conv": os.environ["JAXREG_CONV"], "runs": paper_memory(names, variants)}, indent=2))
+        return
     if args.solvers:
         print(json.dumps(solver_memory(args.size, args.ndim, args.batch), indent=2))
         return
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size]
+    if any(size < 16 or size % 16 for size in sizes):  # the U-Net halves four times
+        parser.error(f"--size/--sizes must be multiples of 16 (the U-Net's four halvings); got {sizes}")
 
     runs = [(name, int(s)) for name in args.deq.split(",") if name for s in args.deq_steps.split(",") if s]
     runs += [(f"unroll_{v}" + (f"_{n}levels" if int(n) > 1 else ""), int(s)) for n in args.unroll_levels.split(",") if n
-             for v in args.variants.split(",") if v for s in args.unroll_steps.split(",") if s]
+             for v in (args.variants or "vanilla,riir").split(",") if v for s in args.unroll_steps.split(",") if s]
     timed = set() if args.skip_time else {f"{n}:{s}" for n, s in runs} if args.time == "all" else set(args.time.split(","))
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [args.size]
     out = {"backend": jax.default_backend(), "devices": [str(d) for d in jax.devices()], "jax": jax.__version__,
            "deqreg": dict(DEQ, tol=args.tol, **CORRECTION), "loss": LOSS, "optimizer": "adamw", "runs": []}
     for size in sizes:
