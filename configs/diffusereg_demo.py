@@ -11,9 +11,9 @@ Train its teacher first (VoxelMorph on the same data, ~1 minute), then DiffuseRe
 paper's schedule (T = 2000, β 1e-6 → 1e-2) and loss (λ₁ = 1, λ₂ = 0.1), a v-predicting
 denoiser trained on MSE(v̂, v) (the paper's predicts ε; see the comment below), condition dropout
 0.1 so classifier-free guidance is available, DDIM-50 for validation and evaluation.
-Measured on a 2-core CPU with ``model.image_tokens=output`` (the wiring before the option; the
-default ``input`` gave the same validation Dice at steps 500 and 1000): 19 minutes, test Dice 0.863
-(teacher 0.877, before 0.640); docs/diffusereg.md has the sampler benchmark.
+Measured on a 2-core CPU: 19 minutes of training (idle CPU; ``model.image_tokens=output``, the
+wiring before the option, takes the same); ``python eval.py --workdir runs/diffusereg_demo``:
+test Dice 0.872 (teacher 0.877, before 0.640); docs/diffusereg.md has the sampler benchmark.
 """
 
 from configs import default, voxelmorph_demo
