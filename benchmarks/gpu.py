@@ -36,7 +36,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from paper_configs import CONFIGS, PAPER_MB, paper_shape  # noqa: E402
+from paper_configs import CONFIGS, PAPER_MB, build_method, paper_shape  # noqa: E402
 from paper_configs import load as _load_config  # noqa: E402
 
 
@@ -64,20 +64,13 @@ def train_step(name: str, scale: float, repeats: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxreg import methods
     from jaxreg.training import create_state, make_optimizer, make_train_step
 
     config = _load_config(name)
     shape = paper_shape(name, config, scale)
     rng = np.random.default_rng(0)
     batch = {k: jax.numpy.asarray(rng.random((1, *shape)), jax.numpy.float32) for k in ("fixed", "moving")}
-    teacher = None
-    if config.model.name == "diffusereg":  # a VoxelMorph teacher with random weights
-        net = methods.build({"name": "voxelmorph"}, {"similarity": "mse"})
-        teacher_params = net.init(jax.random.key(2), batch)
-        teacher = lambda f, m: net.predict(teacher_params, f, m)  # noqa: E731
-        config.diffusion.mean, config.diffusion.std = [0.0] * 3, [1.0] * 3
-    method = methods.build_from_config(config, teacher=teacher)
+    method = build_method(config, shape)
     optimizer = make_optimizer(config.optimizer)
     state = create_state(method.init(jax.random.key(0), batch), optimizer, jax.random.key(1))
     start = time.perf_counter()

@@ -45,7 +45,7 @@ from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.training import create_state, make_optimizer, make_train_step
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from paper_configs import CONFIGS, PAPER_MB, load, paper_shape  # noqa: E402
+from paper_configs import CONFIGS, PAPER_MB, build_method, load, paper_shape  # noqa: E402
 
 # The memory claims are about the networks as they run on a GPU: XLA's own convolution (the CPU
 # matmul path of jaxreg.models.conv keeps other buffers alive). Read when a step is traced.
@@ -148,13 +148,7 @@ def paper_memory(names: list[str], variants: list[str]) -> list[dict]:
             config = load(name, variant)
             shape = paper_shape(name, config)
             batch = {k: jax.ShapeDtypeStruct((1, *shape), jax.numpy.float32) for k in ("fixed", "moving")}
-            teacher = None
-            if config.model.name == "diffusereg":  # a VoxelMorph teacher: its cost, random weights
-                net = methods.build({"name": "voxelmorph"}, {"similarity": "mse"})
-                teacher_params = net.init(jax.random.key(2), {k: np.zeros(v.shape, np.float32) for k, v in batch.items()})
-                teacher = lambda f, m: net.predict(teacher_params, f, m)  # noqa: E731
-                config.diffusion.mean, config.diffusion.std = [0.0] * 3, [1.0] * 3
-            method = methods.build_from_config(config, teacher=teacher)
+            method = build_method(config, shape)
             optimizer = make_optimizer(config.optimizer)
             state = jax.eval_shape(lambda b: create_state(method.init(jax.random.key(0), b), optimizer,
                                                           jax.random.key(1)), batch)

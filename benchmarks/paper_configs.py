@@ -45,3 +45,21 @@ def paper_shape(name: str, config, scale: float = 1.0) -> tuple[int, ...]:
     else:
         factor = 2 ** len(model.get("encoder") or unet.ENCODER)
     return tuple(max(factor, int(round(s * scale / factor)) * factor) for s in base)
+
+
+def build_method(config, shape: tuple[int, ...]):
+    """The config's :class:`jaxreg.methods.Method`; DiffuseReg gets a VoxelMorph teacher with random
+    weights (a trained one costs the same) and unit field statistics."""
+    import jax
+    import jax.numpy as jnp
+
+    from jaxreg import methods
+
+    teacher = None
+    if config.model.name == "diffusereg":
+        net = methods.build({"name": "voxelmorph"}, {"similarity": "mse"})
+        images = {k: jnp.zeros((1, *shape), jnp.float32) for k in ("fixed", "moving")}
+        teacher_params = net.init(jax.random.key(2), images)
+        teacher = lambda f, m: net.predict(teacher_params, f, m)  # noqa: E731
+        config.diffusion.mean, config.diffusion.std = [0.0] * 3, [1.0] * 3
+    return methods.build_from_config(config, teacher=teacher)

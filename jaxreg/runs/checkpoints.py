@@ -19,8 +19,9 @@ from pathlib import Path
 
 import jax
 import orbax.checkpoint as ocp
-from jax.sharding import NamedSharding, PartitionSpec
 from orbax.checkpoint.checkpoint_managers import preservation_policy
+
+from jaxreg import sharding
 
 __all__ = ["Checkpoints", "abstract_like"]
 
@@ -106,7 +107,7 @@ class Checkpoints:
           FileNotFoundError: no such checkpoint.
         """
         step = self._saved_step(step)
-        everywhere = NamedSharding(mesh, PartitionSpec())
+        everywhere = sharding.replicated(mesh)
         target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=everywhere),
                               self.manager.item_metadata(step).tree)
         return self.manager.restore(step, args=ocp.args.StandardRestore(target))
