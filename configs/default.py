@@ -31,6 +31,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     model.encoder = (16, 32, 32, 32)  # U-Net encoder widths (VoxelMorph's)
     model.decoder = (32, 32, 32, 32, 32, 16, 16)  # U-Net decoder widths (VoxelMorph's)
     model.integration_steps = 0  # scaling-and-squaring steps (0: plain displacement)
+    model.dtype = "float32"  # activations: float32 | bfloat16 (parameters, fields, losses stay float32)
 
     config.loss = loss = ml_collections.ConfigDict()
     loss.similarity = "lncc"  # lncc | mse | ssim
@@ -124,7 +125,7 @@ def unroll_model(model: ml_collections.ConfigDict, arg: str | None, *, steps: in
 
 def diffusereg_model(model: ml_collections.ConfigDict, loss: ml_collections.ConfigDict) -> None:
     """Turns ``model``/``loss`` into DiffuseReg's: the paper's Swin-UNETR denoiser and consistency loss."""
-    for field in ("encoder", "decoder", "integration_steps"):  # the U-Net fields do not apply
+    for field in ("encoder", "decoder", "integration_steps", "dtype"):  # the U-Net fields do not apply
         del model[field]
     model.name = "diffusereg"
     model.features = 120  # Swin token width of the first stage (doubles per stage)

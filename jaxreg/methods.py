@@ -45,7 +45,7 @@ class Method(NamedTuple):
 def _voxelmorph(model: Mapping, loss: Mapping, solver: Mapping, **_) -> Method:
     del solver
     module = VoxelMorph(encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
-                        integration_steps=int(model.get("integration_steps", 0)))
+                        integration_steps=int(model.get("integration_steps", 0)), dtype=_dtype(model))
     loss_fn = voxelmorph.make_loss_fn(module, similarity=loss.get("similarity", "lncc"), window=int(loss.get("window", 9)),
                                       weight=float(loss.get("weight", 0.01)))
 
@@ -58,6 +58,13 @@ def _voxelmorph(model: Mapping, loss: Mapping, solver: Mapping, **_) -> Method:
     return Method(module, init, loss_fn, predict)
 
 
+def _dtype(model: Mapping) -> str:
+    """``model.dtype`` checked (configs saved before the option lack it: float32)."""
+    name = model.get("dtype") or "float32"
+    unet.activation_dtype(name)
+    return str(name)
+
+
 def _loss_options(loss: Mapping, *, window: int) -> dict:
     return {"similarity": loss.get("similarity", "lncc"), "window": int(loss.get("window", window)),
             "weight": float(loss.get("weight", 0.1))}
@@ -67,7 +74,7 @@ def _deqreg(model: Mapping, loss: Mapping, solver: Mapping, **_) -> Method:
     solver = dict(solver or {})
     options = {k: solver.pop(k) for k in ("backward", "phantom_steps", "phantom_damping", "phantom_remat") if k in solver}
     deq = DEQReg(encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
-                 solver=solver, correction_states=int(model.get("correction_states", 3)),
+                 dtype=_dtype(model), solver=solver, correction_states=int(model.get("correction_states", 3)),
                  correction_weight=float(model.get("correction_weight", 0.5)),
                  sequential_states=bool(model.get("sequential_states", True)),
                  jacobian_weight=float(model.get("jacobian_weight", 0.0)), **options, **_loss_options(loss, window=5))
@@ -78,7 +85,7 @@ def _unroll(model: Mapping, loss: Mapping, solver: Mapping, **_) -> Method:
     net = Unrolled(variant=model.get("variant", "vanilla"), steps=int(model.get("steps", 6)),
                    levels=int(model.get("levels", 1)),
                    encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
-                   hidden=int(model.get("hidden", 8)), **_loss_options(loss, window=5))
+                   hidden=int(model.get("hidden", 8)), dtype=_dtype(model), **_loss_options(loss, window=5))
     return Method(net, net.init, net.loss_fn, net.predict)
 
 

@@ -26,7 +26,8 @@ from jaxreg import spatial
 from jaxreg.deq import implicit, solvers
 from jaxreg.deq.implicit import BACKWARDS
 from jaxreg.deq.solvers import state_steps
-from jaxreg.models.unet import DECODER, ENCODER, UNet
+from jaxreg.models.conv import Conv
+from jaxreg.models.unet import DECODER, ENCODER, UNet, activation_dtype
 from jaxreg.models.voxelmorph import SIMILARITIES, registration_loss
 
 __all__ = ["BACKWARDS", "SOLVER_OPTIONS", "DEQReg", "UpdateNet", "state_steps"]
@@ -43,6 +44,9 @@ class UpdateNet(nn.Module):
       extra: channels of additional inputs appended after ``φ`` (e.g. a similarity gradient,
         a hidden state); 0 for DEQReg.
       outputs: output channels beyond the ``ndim`` of the residual (e.g. a new hidden state).
+      dtype: activation dtype of the network (``"float32"`` or ``"bfloat16"``, see
+        :func:`jaxreg.models.unet.activation_dtype`); the parameters and the output are float32,
+        so the solver state, fields and losses stay float32.
 
     Call with ``fixed``, ``warped`` ``(B, *S, 1)``, ``ddf`` ``(B, *S, ndim)`` and optional
     ``extra`` ``(B, *S, extra)``; returns ``(B, *S, ndim + outputs)``, the residual first.
@@ -52,14 +56,17 @@ class UpdateNet(nn.Module):
     encoder: Sequence[int] = ENCODER
     decoder: Sequence[int] = DECODER
     outputs: int = 0
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, fixed, warped, ddf, extra=None):
         ndim = ddf.shape[-1]
+        dtype = activation_dtype(self.dtype)
         inputs = [fixed, warped, ddf] + ([] if extra is None else [extra])
-        features = UNet(self.encoder, self.decoder, name="unet")(jnp.concatenate(inputs, axis=-1))
+        features = UNet(self.encoder, self.decoder, dtype=dtype, name="unet")(jnp.concatenate(inputs, axis=-1))
         init = nn.initializers.normal(stddev=1e-5)
-        return nn.Conv(ndim + self.outputs, (3,) * ndim, padding="SAME", kernel_init=init, name="update")(features)
+        update = Conv(ndim + self.outputs, (3,) * ndim, padding="SAME", kernel_init=init, dtype=dtype, name="update")
+        return update(features).astype(ddf.dtype)
 
 
 def warp_batch(moving: jax.Array, ddf: jax.Array) -> jax.Array:
@@ -85,12 +92,15 @@ class DEQReg:
         one probe; Bai et al. 2021), which keeps T contractive so that more inference steps
         do not drift; 0 (the paper) turns it off.
       similarity, window, weight: the loss: LNCC (window 5 in the paper) + λ·diffusion.
+      dtype: activation dtype of the update network, ``"float32"`` or ``"bfloat16"`` (mixed
+        precision: parameters, solver state, fields and losses stay float32).
     """
 
-    def __init__(self, *, encoder=ENCODER, decoder=DECODER, solver: Mapping | None = None, backward: str = "phantom",
-                 phantom_steps: int = 5, phantom_damping: float = 0.8, correction_states: int = 3,
-                 correction_weight: float = 0.5, sequential_states: bool = True, phantom_remat: bool = False,
-                 jacobian_weight: float = 0.0, similarity: str = "lncc", window: int = 5, weight: float = 0.1):
+    def __init__(self, *, encoder=ENCODER, decoder=DECODER, dtype: str = "float32", solver: Mapping | None = None,
+                 backward: str = "phantom", phantom_steps: int = 5, phantom_damping: float = 0.8,
+                 correction_states: int = 3, correction_weight: float = 0.5, sequential_states: bool = True,
+                 phantom_remat: bool = False, jacobian_weight: float = 0.0, similarity: str = "lncc", window: int = 5,
+                 weight: float = 0.1):
         self.solver = dict(solver or {})
         unknown = set(self.solver) - set(SOLVER_OPTIONS)
         if unknown:
@@ -110,7 +120,8 @@ class DEQReg:
             raise ValueError(f"`model.correction_states` (S) must be in 0..solver.max_steps={self.solver['max_steps']}; "
                              f"got {correction_states}.")
         self.states = int(correction_states)
-        self.net = UpdateNet(tuple(encoder), tuple(decoder))
+        activation_dtype(dtype)  # a ValueError now, not at the first trace
+        self.net = UpdateNet(tuple(encoder), tuple(decoder), dtype=str(dtype))
         self.backward, self.phantom_steps, self.phantom_damping = backward, int(phantom_steps), float(phantom_damping)
         self.correction_weight, self.sequential_states = float(correction_weight), bool(sequential_states)
         self.phantom_remat, self.jacobian_weight = bool(phantom_remat), float(jacobian_weight)

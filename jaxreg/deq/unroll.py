@@ -38,7 +38,7 @@ import jax.numpy as jnp
 
 from jaxreg import losses, spatial
 from jaxreg.deq.model import UpdateNet, warp_batch
-from jaxreg.models.unet import DECODER, ENCODER
+from jaxreg.models.unet import DECODER, ENCODER, activation_dtype
 from jaxreg.models.voxelmorph import SIMILARITIES, registration_loss
 
 __all__ = ["VARIANTS", "Unrolled", "level_shapes", "step_weights"]
@@ -80,6 +80,7 @@ class Unrolled:
       levels: resolution levels L (1: single resolution; the papers' baselines use 3).
       encoder, decoder: U-Net widths of the update network.
       hidden: channels of RIIR's hidden state.
+      dtype: activation dtype of the update network, ``"float32"`` or ``"bfloat16"`` (as DEQReg's).
       similarity, window, weight: the loss (as DEQReg's).
 
     Parameters: ``{"net": p}`` for one level, ``{"net": {"level_0": p_0, ...}}`` (coarse
@@ -87,7 +88,7 @@ class Unrolled:
     """
 
     def __init__(self, *, variant: str = "vanilla", steps: int = 6, levels: int = 1, encoder=ENCODER,
-                 decoder=DECODER, hidden: int = 8, similarity: str = "lncc", window: int = 5, weight: float = 0.1):
+                 decoder=DECODER, hidden: int = 8, dtype: str = "float32", similarity: str = "lncc", window: int = 5, weight: float = 0.1):
         if variant not in VARIANTS:
             raise ValueError(f"`model.variant` must be one of {VARIANTS}; got {variant!r}.")
         if steps < 1:
@@ -98,7 +99,8 @@ class Unrolled:
             raise ValueError(f"`loss.similarity` must be one of {SIMILARITIES}; got {similarity!r}.")
         self.variant, self.steps, self.levels = variant, int(steps), int(levels)
         self.hidden = int(hidden) if variant == "riir" else 0
-        self.net = UpdateNet(tuple(encoder), tuple(decoder), outputs=2 * self.hidden)
+        activation_dtype(dtype)
+        self.net = UpdateNet(tuple(encoder), tuple(decoder), outputs=2 * self.hidden, dtype=str(dtype))
         self._multiple = 2 ** len(tuple(encoder))
         self.loss_options = {"similarity": similarity, "window": int(window), "weight": float(weight)}
         self._similarity = similarity, int(window)

@@ -364,10 +364,53 @@ def max_pool(x: jax.Array, window: Sequence[int]) -> jax.Array:
 # Flax modules: flax.linen.Conv / ConvTranspose with this module's functions.
 
 
+@jax.custom_vjp
+def _add_bias(y: jax.Array, bias: jax.Array) -> jax.Array:
+    return y + bias.astype(y.dtype)
+
+
+def _add_bias_fwd(y, bias):
+    return _add_bias(y, bias), jnp.zeros((0,), bias.dtype)
+
+
+def _add_bias_bwd(res, dy):
+    # A bfloat16 sum over a volume stops growing at 256 × the element size (8-bit mantissa):
+    # the bias gradient is accumulated in float32 instead.
+    return dy, jnp.sum(dy, axis=tuple(range(dy.ndim - 1)), dtype=jnp.float32).astype(res.dtype)
+
+
+_add_bias.defvjp(_add_bias_fwd, _add_bias_bwd)
+
+
 class Conv(nn.Conv):
-    """``flax.linen.Conv`` computed with :func:`conv_general_dilated` (same parameters and results)."""
+    """``flax.linen.Conv`` computed with :func:`conv_general_dilated` (same parameters and results).
+
+    With a 16-bit ``dtype`` (mixed precision: float32 parameters, bfloat16 activations) the
+    bias gradient is summed in float32; flax's own bias add would sum it in the activation
+    dtype, which saturates over a volume.
+    """
 
     conv_general_dilated: object = conv_general_dilated
+
+    @nn.compact
+    def __call__(self, inputs: jax.Array) -> jax.Array:
+        ksize = (self.kernel_size,) if isinstance(self.kernel_size, int) else tuple(self.kernel_size)
+        nd = len(ksize)
+        low = self.dtype is not None and jnp.dtype(self.dtype).itemsize < 4
+        plain = (low and self.use_bias and inputs.ndim == nd + 2 and self.mask is None
+                 and self.feature_group_count == 1 and getattr(self, "preferred_element_type", None) is None
+                 and self.input_dilation in (None, 1, (1,) * nd) and self.kernel_dilation in (None, 1, (1,) * nd)
+                 and (isinstance(self.padding, str) and self.padding in ("SAME", "VALID")))
+        if not plain:
+            return super().__call__(inputs)
+        strides = (1,) * nd if self.strides is None else (
+            (self.strides,) * nd if isinstance(self.strides, int) else tuple(self.strides))
+        kernel = self.param("kernel", self.kernel_init, ksize + (inputs.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        inputs, kernel = self.promote_dtype(inputs, kernel, dtype=self.dtype)
+        y = conv_general_dilated(inputs, kernel, strides, self.padding, dimension_numbers=_SPECS[nd],
+                                 precision=self.precision)
+        return _add_bias(y, bias)
 
 
 class ConvTranspose(nn.ConvTranspose):

@@ -5,11 +5,16 @@ per level a convolution, 2× nearest upsampling and concatenation with the encod
 that resolution; then the remaining decoder widths as full-resolution convolutions. With the
 default widths (encoder 16-32-32-32, decoder 32-32-32-32-32-16-16) this is VoxelMorph's
 ``vxm`` network; it is also DEQReg's update network.
+
+Mixed precision: ``dtype="bfloat16"`` computes the activations (and the convolutions) in
+bfloat16 while the parameters stay float32 (``flax`` ``dtype`` / ``param_dtype``); the
+callers keep their fields, solver state and losses in float32 (:func:`activation_dtype`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -17,10 +22,25 @@ import jax.numpy as jnp
 
 from jaxreg.models.conv import Conv, max_pool
 
-__all__ = ["DECODER", "ENCODER", "UNet"]
+__all__ = ["DECODER", "DTYPES", "ENCODER", "UNet", "activation_dtype"]
 
 ENCODER = (16, 32, 32, 32)
 DECODER = (32, 32, 32, 32, 32, 16, 16)
+#: Activation dtypes a config's ``model.dtype`` may name.
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def activation_dtype(name: str | None) -> Any:
+    """The jnp dtype of ``model.dtype`` (``None`` → float32).
+
+    Raises:
+      ValueError: ``name`` is not one of :data:`DTYPES`.
+    """
+    if name is None:
+        return jnp.float32
+    if str(name) not in DTYPES:
+        raise ValueError(f"`model.dtype` must be one of {tuple(DTYPES)}; got {name!r}.")
+    return DTYPES[str(name)]
 
 
 def _upsample(x: jax.Array, ndim: int) -> jax.Array:
@@ -38,6 +58,8 @@ class UNet(nn.Module):
       decoder: widths of the decoder convolutions; the first ``len(encoder)`` are
         upsampling levels, the rest run at full resolution. Needs
         ``len(decoder) >= len(encoder)``.
+      dtype: dtype of the activations and convolutions (``None``: the input's); the
+        parameters are float32 whatever it is.
 
     Input ``(B, *S, C)`` with every side divisible by ``2**len(encoder)``; output
     ``(B, *S, decoder[-1])`` features.
@@ -45,6 +67,7 @@ class UNet(nn.Module):
 
     encoder: Sequence[int] = ENCODER
     decoder: Sequence[int] = DECODER
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -57,9 +80,11 @@ class UNet(nn.Module):
         if any(s % factor for s in x.shape[1:-1]):
             raise ValueError(f"UNet spatial sides must be divisible by {factor} (2**levels); got {x.shape[1:-1]}.")
         kernel, window = (3,) * ndim, (2,) * ndim
+        if self.dtype is not None:
+            x = x.astype(self.dtype)  # so the skips and concatenations are stored in it too
 
         def conv(y, features, name):
-            return nn.leaky_relu(Conv(features, kernel, padding="SAME", name=name)(y), 0.2)
+            return nn.leaky_relu(Conv(features, kernel, padding="SAME", dtype=self.dtype, name=name)(y), 0.2)
 
         skips = []
         for level, features in enumerate(self.encoder):

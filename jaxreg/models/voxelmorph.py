@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from jaxreg import losses, spatial
 from jaxreg.models.conv import Conv
-from jaxreg.models.unet import DECODER, ENCODER, UNet
+from jaxreg.models.unet import DECODER, ENCODER, UNet, activation_dtype
 
 __all__ = ["SIMILARITIES", "VoxelMorph", "make_loss_fn", "registration_loss"]
 
@@ -30,6 +30,9 @@ class VoxelMorph(nn.Module):
       encoder, decoder: U-Net widths (VoxelMorph's defaults).
       integration_steps: 0 → the output is the displacement; n > 0 → a velocity
         integrated with ``n`` squaring steps.
+      dtype: activation dtype of the network (``"float32"`` or ``"bfloat16"``, see
+        :func:`jaxreg.models.unet.activation_dtype`); the parameters and the returned field
+        are float32.
 
     Call with ``fixed``, ``moving`` ``(B, *S, C)``; returns the ``ddf`` ``(B, *S, ndim)`` in
     voxels, pull convention (``warp(moving, ddf) ≈ fixed``).
@@ -38,15 +41,18 @@ class VoxelMorph(nn.Module):
     encoder: Sequence[int] = ENCODER
     decoder: Sequence[int] = DECODER
     integration_steps: int = 0
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, fixed: jax.Array, moving: jax.Array) -> jax.Array:
         if fixed.shape != moving.shape:
             raise ValueError(f"fixed and moving must have the same shape; got {fixed.shape} and {moving.shape}.")
         ndim = fixed.ndim - 2
-        features = UNet(self.encoder, self.decoder, name="unet")(jnp.concatenate([moving, fixed], axis=-1))
+        dtype = activation_dtype(self.dtype)
+        features = UNet(self.encoder, self.decoder, dtype=dtype, name="unet")(jnp.concatenate([moving, fixed], axis=-1))
         init = nn.initializers.normal(stddev=1e-5)
-        flow = Conv(ndim, (3,) * ndim, padding="SAME", kernel_init=init, name="flow")(features)
+        flow = Conv(ndim, (3,) * ndim, padding="SAME", kernel_init=init, dtype=dtype, name="flow")(features)
+        flow = flow.astype(jnp.float32)  # integration, warping and losses in float32
         if self.integration_steps:
             flow = jax.vmap(lambda v: spatial.integrate_velocity(v, steps=self.integration_steps))(flow)
         return flow
