@@ -2,12 +2,14 @@
 
     python benchmarks/gpu.py [--out gpu_benchmark] [--configs deqreg_nlst,...] [--scale 1.0]
                              [--repeats 3] [--ddim 50] [--ddpm-full] [--data ../shared/data]
+                             [--dtypes float32,bfloat16]
 
 Runs on whatever JAX's default backend is (a GPU when ``jax[cuda12]`` is installed) and
 writes ``OUT.json`` and ``OUT.md``. Three parts, each config in its own process (so the
 device's peak memory is that config's alone):
 
-* **Train steps** of every paper config (``configs/<name>.py``) at its paper size (NLST
+* **Train steps** of every paper config (``configs/<name>.py``; the DEQReg ones also with
+  bfloat16 activations, ``--dtypes``) at its paper size (NLST
   224×192×224, OASIS 128³, ACDC 32×128×128; ``--scale`` shrinks every side, rounded to the
   network's multiple, for a quick try on a CPU): compile seconds, the best of ``--repeats``
   step times after the compiling call, XLA's compiled memory (temporaries + arguments +
@@ -59,14 +61,17 @@ def _best(fn, repeats: int) -> float:
     return min(times)
 
 
-def train_step(name: str, scale: float, repeats: int) -> dict:
-    """Compile and step time and memory of one train step of config ``name``."""
+def train_step(key: str, scale: float, repeats: int) -> dict:
+    """Compile and step time and memory of one train step of config ``key`` (``name[:dtype]``)."""
     import jax
     import numpy as np
 
     from jaxreg.training import create_state, make_optimizer, make_train_step
 
+    name, _, dtype = key.partition(":")
     config = _load_config(name)
+    if dtype:
+        config.model.dtype = dtype
     shape = paper_shape(name, config, scale)
     rng = np.random.default_rng(0)
     batch = {k: jax.numpy.asarray(rng.random((1, *shape)), jax.numpy.float32) for k in ("fixed", "moving")}
@@ -87,7 +92,8 @@ def train_step(name: str, scale: float, repeats: int) -> dict:
 
     step_s = _best(step, repeats)
     mb = (memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes) / 2**20
-    return {"config": name, "shape": list(shape), "compile_s": round(compile_s, 1), "step_s": round(step_s, 3),
+    return {"config": name, "dtype": config.model.get("dtype", "float32"), "shape": list(shape),
+            "compile_s": round(compile_s, 1), "step_s": round(step_s, 3),
             "compiled_mb": round(mb), "temp_mb": round(memory.temp_size_in_bytes / 2**20),
             "device_peak_mb": None if _peak_mb() is None else round(_peak_mb()), "paper_mb": PAPER_MB.get(name),
             "loss": float(metrics["loss"])}
@@ -207,6 +213,8 @@ def main() -> None:
     parser.add_argument("--ddim", type=int, default=50)
     parser.add_argument("--ddpm-full", action="store_true", help="sample all 2000 DDPM steps (minutes)")
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="activation dtypes of the DEQReg train steps (model.dtype); the others run float32")
     parser.add_argument("--skip", default="", help="comma-separated parts to skip: train,sampling,register")
     parser.add_argument("--child", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -218,6 +226,9 @@ def main() -> None:
         parser.error(f"unknown --configs {unknown}; choose from {CONFIGS}")
     if not (0 < args.scale <= 1) or not math.isfinite(args.scale):
         parser.error(f"--scale must be in (0, 1]; got {args.scale}")
+    dtypes = [d for d in args.dtypes.split(",") if d]
+    if not dtypes or set(dtypes) - {"float32", "bfloat16"}:
+        parser.error(f"--dtypes must name float32 and/or bfloat16; got {args.dtypes!r}")
     skip = set(args.skip.split(",")) - {""}
     if skip - {"train", "sampling", "register"}:
         parser.error(f"unknown --skip {sorted(skip - {'train', 'sampling', 'register'})}")
@@ -225,9 +236,11 @@ def main() -> None:
     # report it.
     report = {"device": None, "jax": None, "scale": args.scale, "train_steps": {}, "sampling": {}, "register": {}}
     if "train" not in skip:
-        for name in names:
-            report["train_steps"][name] = _run_child(f"train:{name}", args)
-            print(json.dumps({name: report["train_steps"][name]}), file=sys.stderr, flush=True)
+        keys = [n if d == "float32" else f"{n}:{d}" for n in names
+                for d in (dtypes if n.startswith("deqreg") else ["float32"])]
+        for key in keys:
+            report["train_steps"][key] = _run_child(f"train:{key}", args)
+            print(json.dumps({key: report["train_steps"][key]}), file=sys.stderr, flush=True)
     if "sampling" not in skip:
         report["sampling"] = _run_child("sampling", args)
     if "register" not in skip:

@@ -3,7 +3,8 @@
     python benchmarks/memory.py [--size 64] [--sizes 32,64] [--ndim 3] [--skip-time] [--repeats 2]
         [--time deqreg:48,unroll_riir:6]
     python benchmarks/memory.py --solvers [--size 64] [--batch 2]     # the solvers alone
-    python benchmarks/memory.py --paper [--configs deqreg_nlst,...]   # the paper configs at paper size
+    python benchmarks/memory.py --paper [--configs deqreg_nlst,...] [--dtypes float32,bfloat16]
+                                                                     # the paper configs at paper size
 
 One full training step (forward, backward, AdamW update: ``jit(make_train_step(loss_fn, optimizer))``)
 is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_analysis()``
@@ -20,7 +21,10 @@ batch 1, one synthetic brain pair.
 shipped; ``unroll_*`` for each of ``--variants``, the papers' 3 levels × 3 steps) at its paper
 size (``benchmarks/paper_configs.py``: NLST 224×192×224, OASIS 128³, ACDC 32×128×128), batch 1,
 from abstract shapes (nothing is allocated), and reports XLA's temporaries and its total
-(temporaries + arguments + outputs) next to the training memory DEQReg's Table 1 reports.
+(temporaries + arguments + outputs) next to the training memory DEQReg's Table 1 reports, and
+the activations one U-Net pass saves for its backward (``jax.vjp`` residuals: what
+``--dtypes bfloat16`` halves on any backend; XLA:CPU itself runs bfloat16 convolutions in
+float32, so its compiled totals barely move).
 
 ``--solvers`` compiles :func:`jaxreg.deq.solvers.solve_pairs` alone (S = 3 intermediate states,
 ``T(z) = 0.5·tanh(z) + x`` per pair) for each method at max_steps 8, 48 and 96 on a batch of
@@ -32,6 +36,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import tempfile
 import time
 
 import jax
@@ -41,6 +47,7 @@ import sys
 from pathlib import Path
 
 from jaxreg import methods
+from jaxreg.models import unet
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.training import create_state, make_optimizer, make_train_step
 
@@ -140,30 +147,75 @@ def solver_memory(size: int, ndim: int, batch: int) -> dict:
     return {"shape": [batch] + [size] * ndim + [ndim], "states": 3, "temp_in_pair_fields": out}
 
 
-def paper_memory(names: list[str], variants: list[str]) -> list[dict]:
-    """Compiled memory of one train step of each paper config at its paper size (nothing allocated)."""
+def unet_pass_mb(config, shape: tuple[int, ...]) -> float | None:
+    """MB of activations one U-Net pass (DEQReg's update network: ``2 + ndim`` input channels)
+    saves for its backward at ``shape``, in the config's ``model.dtype``: the ``jax.vjp``
+    residuals, whatever backend or schedule XLA later picks (``None`` for DiffuseReg)."""
+    model = config.model
+    if "dtype" not in model:
+        return None
+    net = unet.UNet(tuple(model.encoder), tuple(model.decoder), dtype=unet.activation_dtype(model.dtype))
+    x = jax.ShapeDtypeStruct((1, *shape, 2 + len(shape)), jax.numpy.float32)
+    params = jax.eval_shape(net.init, jax.random.key(0), x)
+    residuals = jax.eval_shape(lambda p, v: jax.vjp(net.apply, p, v)[1], params, x)
+    return round(sum(leaf.size * leaf.dtype.itemsize for leaf in jax.tree.leaves(residuals)) / 2**20)
+
+
+def largest_temporaries(dump: Path, count: int) -> list[dict]:
+    """The ``count`` largest values in XLA's temporary allocation of the newest ``train_step``
+    module dumped to ``dump`` (its ``*buffer-assignment.txt``): HLO instruction, shape, MB."""
+    files = sorted(dump.glob("*train_step*buffer-assignment.txt"), key=lambda f: f.stat().st_mtime)
+    if not files:
+        return []
+    values, in_temp = [], False
+    for line in files[-1].read_text().splitlines():
+        if line.startswith("allocation "):
+            in_temp = "preallocated-temp" in line
+        elif in_temp and line.lstrip().startswith("value:"):
+            match = re.match(r"\s*value: <\d+ (\S+) @\d+> \(size=(\d+),offset=\d+\): (\S+)", line)
+            if match:
+                values.append({"hlo": match[1], "shape": match[3].split("{")[0], "mb": int(match[2]) / 2**20})
+    values.sort(key=lambda v: -v["mb"])
+    return [dict(v, mb=round(v["mb"], 1)) for v in values[:count]]
+
+
+def paper_memory(names: list[str], variants: list[str], dtypes: list[str], *, buffers: int = 0,
+                 dump: Path | None = None) -> list[dict]:
+    """Compiled memory of one train step of each paper config at its paper size (nothing allocated).
+
+    ``dtypes``: the ``model.dtype`` values to measure (activations; DiffuseReg only float32).
+    ``buffers``: also list that many of the largest temporaries (XLA must dump to ``dump``).
+    """
     rows = []
-    for name in names:
-        for variant in (variants if name.startswith("unroll") else [None]):
-            config = load(name, variant)
-            shape = paper_shape(name, config)
-            batch = {k: jax.ShapeDtypeStruct((1, *shape), jax.numpy.float32) for k in ("fixed", "moving")}
-            method = build_method(config, shape)
-            optimizer = make_optimizer(config.optimizer)
-            state = jax.eval_shape(lambda b: create_state(method.init(jax.random.key(0), b), optimizer,
-                                                          jax.random.key(1)), batch)
-            start = time.perf_counter()
-            compiled = jax.jit(make_train_step(method.loss_fn, optimizer)).lower(state, batch).compile()
-            memory = compiled.memory_analysis()
-            total = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
-            key = name if variant is None else f"{name}:{variant}"
-            model = config.model
-            rows.append({"config": key, "shape": list(shape), "temp_mb": round(memory.temp_size_in_bytes / 2**20),
-                         "total_mb": round(total / 2**20), "paper_mb": PAPER_MB.get(key),
-                         "compile_s": round(time.perf_counter() - start, 1),
-                         "steps": {"deqreg": (config.get("solver") or {}).get("max_steps"),
-                                   "unroll": f"{model.get('levels', 1)} levels x {model.get('steps')}"}.get(model.name)})
-            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    runs = [(n, v, d) for n in names for v in (variants if n.startswith("unroll") else [None]) for d in dtypes]
+    for name, variant, dtype in runs:
+        config = load(name, variant)
+        if "dtype" in config.model:
+            config.model.dtype = dtype
+        elif dtype != "float32":  # DiffuseReg's denoiser has no mixed-precision option
+            continue
+        shape = paper_shape(name, config)
+        batch = {k: jax.ShapeDtypeStruct((1, *shape), jax.numpy.float32) for k in ("fixed", "moving")}
+        method = build_method(config, shape)
+        optimizer = make_optimizer(config.optimizer)
+        state = jax.eval_shape(lambda b: create_state(method.init(jax.random.key(0), b), optimizer,
+                                                      jax.random.key(1)), batch)
+        start = time.perf_counter()
+        compiled = jax.jit(make_train_step(method.loss_fn, optimizer)).lower(state, batch).compile()
+        memory = compiled.memory_analysis()
+        total = memory.temp_size_in_bytes + memory.argument_size_in_bytes + memory.output_size_in_bytes
+        key = name if variant is None else f"{name}:{variant}"
+        model = config.model
+        rows.append({"config": key, "dtype": dtype, "shape": list(shape),
+                     "temp_mb": round(memory.temp_size_in_bytes / 2**20),
+                     "total_mb": round(total / 2**20), "paper_mb": PAPER_MB.get(key),
+                     "unet_pass_activations_mb": unet_pass_mb(config, shape),
+                     "compile_s": round(time.perf_counter() - start, 1),
+                     "steps": {"deqreg": (config.get("solver") or {}).get("max_steps"),
+                               "unroll": f"{model.get('levels', 1)} levels x {model.get('steps')}"}.get(model.name)})
+        if buffers and dump is not None:
+            rows[-1]["largest_temporaries"] = largest_temporaries(dump, buffers)
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
@@ -186,6 +238,11 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="pairs per batch with --solvers")
     parser.add_argument("--paper", action="store_true", help="the paper configs at paper size, compile only")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="with --paper: which configs/<name>.py")
+    parser.add_argument("--buffers", type=int, default=0,
+                        help="with --paper: list this many of the largest temporaries of each step (XLA's buffer "
+                             "assignment, dumped to a temporary folder)")
+    parser.add_argument("--dtypes", default="float32",
+                        help="with --paper: model.dtype values (activations), e.g. float32,bfloat16")
     parser.add_argument("--tol", type=float, default=1e-12,
                         help="DEQReg solver tolerance; the default runs every max_step (paper: 1e-3, early stop)")
     args = parser.parse_args()
@@ -198,8 +255,18 @@ def main() -> None:
         if set(variants) - {"vanilla", "riir", "gradirn"}:
             parser.error(f"unknown --variants {sorted(set(variants) - {'vanilla', 'riir', 'gradirn'})}; "
                          "choose from vanilla, riir, gradirn")
+        dtypes = [d for d in args.dtypes.split(",") if d]
+        if set(dtypes) - set(unet.DTYPES) or not dtypes:
+            parser.error(f"unknown --dtypes {sorted(set(dtypes) - set(unet.DTYPES))}; choose from {tuple(unet.DTYPES)}")
+        if args.buffers < 0:
+            parser.error(f"--buffers must be >= 0; got {args.buffers}")
+        with tempfile.TemporaryDirectory() as dump:
+            if args.buffers:  # read when the backend starts, which nothing above has done yet
+                os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump}"
+                                           " --xla_dump_hlo_module_re=.*train_step.*").strip()
+            runs = paper_memory(names, variants, dtypes, buffers=args.buffers, dump=Path(dump))
         print(json.dumps({"backend": jax.default_backend(), "jax": jax.__version__, "batch": 1,
-                          "conv": os.environ["JAXREG_CONV"], "runs": paper_memory(names, variants)}, indent=2))
+                          "conv": os.environ["JAXREG_CONV"], "runs": runs}, indent=2))
         return
     if args.solvers:
         print(json.dumps(solver_memory(args.size, args.ndim, args.batch), indent=2))

@@ -364,6 +364,8 @@ NOT_RUN: dict[tuple[str, str], str] = {
                        "1,2,4,8,16,32,48,64,96"): "needs the two trained demo runs; minutes",
     ("docs/deqreg.md", "python benchmarks/memory.py --size 64 --skip-time"):
         "compiles training steps of many models at 64³: minutes",
+    ("docs/deqreg.md", "python train.py --config configs/deqreg_demo.py --workdir runs/deqreg_demo_bf16 "
+                       "--config.model.dtype=bfloat16"): _TRAINS,
     # docs/diffusereg.md
     ("docs/diffusereg.md", "MSE(ε̂, ε) + λ₁·(1 − SSIM(I_m∘φ̂₀, I_f)) + λ₂·diffusion(φ̂₀),   λ₁ = 1, λ₂ = 0.1"):
         "a formula, not code",
