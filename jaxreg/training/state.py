@@ -19,7 +19,7 @@ from jaxreg import methods
 from jaxreg import sharding
 from jaxreg.training.optimizer import nonfinite_count
 
-__all__ = ["TrainState", "create_state", "init_state", "make_train_step"]
+__all__ = ["TrainState", "create_state", "init_compiler_options", "init_state", "make_train_step"]
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -61,7 +61,21 @@ def init_state(method: methods.Method, optimizer, config, sample: Mapping, mesh)
 
     batch = {k: np.asarray(sample[k])[None] for k in ("fixed", "moving")}
     key = jax.random.key(int(config.training.get("seed", 0)))
-    return jax.jit(build, out_shardings=sharding.replicated(mesh))(key, batch)
+    return jax.jit(build, out_shardings=sharding.replicated(mesh), compiler_options=init_compiler_options())(key, batch)
+
+
+def init_compiler_options() -> dict | None:
+    """XLA options for compiling a parameter initialisation (run once): on a CPU, LLVM's
+    first optimisation level instead of its default.
+
+    XLA:CPU spends most of an initialisation's compile time optimising the random
+    initialisers' code, at any volume size. Measured on a 2-core CPU, compile + run: DEQReg's
+    update network 14.3 → 2.0 s; DiffuseReg's paper denoiser 58 → 39 s. Level 0 compiles as
+    fast but its code runs 6× slower on the denoiser's 490 M parameters. The values can
+    differ from the default program's in the last bit (contracted multiply-adds) and are the
+    same on every run and every process.
+    """
+    return {"xla_backend_optimization_level": 1} if jax.default_backend() == "cpu" else None
 
 
 def make_train_step(
