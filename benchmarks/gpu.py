@@ -226,9 +226,11 @@ def main() -> None:
         parser.error(f"unknown --configs {unknown}; choose from {CONFIGS}")
     if not (0 < args.scale <= 1) or not math.isfinite(args.scale):
         parser.error(f"--scale must be in (0, 1]; got {args.scale}")
+    from jaxreg.models.unet import DTYPES  # imports jax; no device is touched here
+
     dtypes = [d for d in args.dtypes.split(",") if d]
-    if not dtypes or set(dtypes) - {"float32", "bfloat16"}:
-        parser.error(f"--dtypes must name float32 and/or bfloat16; got {args.dtypes!r}")
+    if not dtypes or set(dtypes) - set(DTYPES):
+        parser.error(f"--dtypes must name some of {tuple(DTYPES)}; got {args.dtypes!r}")
     skip = set(args.skip.split(",")) - {""}
     if skip - {"train", "sampling", "register"}:
         parser.error(f"unknown --skip {sorted(skip - {'train', 'sampling', 'register'})}")
