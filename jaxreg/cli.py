@@ -1,9 +1,10 @@
-"""The ``jaxreg`` command line: ``jaxreg register`` and ``jaxreg apply``.
+"""The ``jaxreg`` command line: ``jaxreg register``, ``jaxreg apply`` and ``jaxreg example``.
 
     jaxreg register --fixed F.nii.gz --moving M.nii.gz --out DIR [--model W]
         [--moving-labels L.nii.gz [--fixed-labels K.nii.gz]] [--fixed-mask K.nii.gz]
         [--spacing 1,1,2.5] [--option levels=(4,2,1) --option similarity=mi ...]
     jaxreg apply --transform DIR --image X.nii.gz [--labels] [--inverse] [--outside zero] --out Y.nii.gz
+    jaxreg example --out DIR [--seed N] [--shape X,Y,Z]
 
 ``register`` reads NIfTI files (headers checked before reading; geometry as ITK reads it),
 resamples the moving image (and labels) onto the fixed image's grid when the two do not
@@ -24,13 +25,18 @@ exist or be empty:
   for ANTs, ITK and 3D Slicer (:func:`jaxreg.transform.export_itk`);
 * ``overview.png``: fixed, moving, warped, differences, grid and Jacobian map (colours: 1st-99th
   percentile, centred on 1), three orthogonal centre slices for 3-D, drawn with the voxel spacing,
-  label contours (``--fixed-labels``: also dashed over the warped image);
+  the view across the thickest voxel axis first, label contours with a legend (``--fixed-labels``:
+  also dashed over the warped image);
 * ``info.json``: method, options, steps, time, spacing, folding %, Dice before/after
   (with ``--fixed-labels``), the affine matrix, the files.
 
 ``apply`` warps an image on the moving grid (a label map with ``--labels``) onto the fixed
 grid with a transform that ``register`` wrote (``--inverse``: a fixed-grid image onto the
 moving grid).
+
+``example`` writes a synthetic 3-D brain pair with label maps (:func:`jaxreg.data.write_example`:
+``fixed.nii.gz``, ``moving.nii.gz``, ``fixed_labels.nii.gz``, ``moving_labels.nii.gz``, 1 mm voxels)
+into ``DIR``, which must not exist or be empty, and prints the ``jaxreg register`` command to run on it.
 
 Everything is first written to a temporary file or folder beside the target and moved in
 only when complete, so a failure leaves nothing half-written. Errors print one
@@ -111,6 +117,13 @@ def _parser() -> argparse.ArgumentParser:
     app.add_argument("--outside", choices=("edge", "zero"), default="edge",
                      help="where the transform reads outside the image: its edge values (default, as `register` "
                           "writes warped.nii.gz) or zero (as ANTs and ITK)")
+    ex = commands.add_parser("example", help="write a synthetic 3-D brain pair with label maps to register",
+                             description=_plain(__doc__.split("\n\n")[5]))
+    ex.add_argument("--out", required=True, help="output folder: must not exist or be empty")
+    ex.add_argument("--seed", default="0", help="random seed, 0 to 4294967295 (default 0): the same seed and "
+                                                "shape give the same files")
+    ex.add_argument("--shape", default=None, metavar="X,Y,Z",
+                    help="image size in voxels (1 mm each), each side 16 to 256 (default 80,96,80)")
     return parser
 
 
@@ -419,12 +432,35 @@ def apply_file(args: argparse.Namespace) -> Path:
     return out
 
 
+def example_files(args: argparse.Namespace) -> dict[str, Path]:
+    """What ``jaxreg example`` does; returns the written files (:func:`jaxreg.data.write_example`)."""
+    _check_out(args.out)
+    from jaxreg.data import example
+    from jaxreg.register import enable_compilation_cache
+
+    seed = example.check_seed(args.seed, name="--seed")
+    shape = example.DEFAULT_SHAPE if args.shape is None else example.check_shape(args.shape, name="--shape")
+    enable_compilation_cache()  # a second `jaxreg example` (and `register`) loads the compiled generator
+    return example.write_example(args.out, seed=seed, shape=shape)
+
+
+def _register_command(files: dict[str, Path], out: str) -> str:
+    """The ``jaxreg register`` command line for the files of ``jaxreg example`` (shell-quoted)."""
+    from shlex import quote
+
+    return (f"jaxreg register --fixed {quote(str(files['fixed']))} --moving {quote(str(files['moving']))} "
+            f"--moving-labels {quote(str(files['moving_labels']))} --fixed-labels {quote(str(files['fixed_labels']))} "
+            f"--out {quote(str(Path(out) / 'registered'))}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``jaxreg`` command; returns the exit status."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "apply":
             written = apply_file(args)
+        elif args.command == "example":
+            written = example_files(args)
         else:
             info = register_files(args)
     except (ValueError, OSError, KeyError, TypeError) as err:
@@ -435,6 +471,11 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     if args.command == "apply":
         print(f"wrote {written}")
+        return 0
+    if args.command == "example":
+        print(f"wrote a synthetic brain pair with label maps to {args.out}: "
+              f"{', '.join(path.name for path in written.values())}")
+        print(f"register it with:\n  {_register_command(written, args.out)}")
         return 0
     print(f"registered in {info['time_s']:.1f} s (folding {info['folding_percent']:.3f} %): outputs in {args.out}")
     if "dice" in info:
