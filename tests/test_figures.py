@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 
+import matplotlib
 import numpy as np
 import pytest
 from matplotlib.contour import ContourSet
@@ -286,6 +287,54 @@ def test_pair_figure_3d_three_orthogonal_centre_slices(tmp_path, rng):
     np.testing.assert_array_equal(one[0, 0].images[0].get_array(), fixed[:, :, 3])
     img = read_png(tmp_path / "o.png")
     assert img.shape[0] > 2 * read_png(tmp_path / "s.png").shape[0]  # three rows drawn
+
+
+@pytest.mark.parametrize("shape,spacing", [((12, 10, 4), (1.4, 1.4, 10.0)),    # a thick-slice stack
+                                           ((4, 12, 10), (10.0, 1.4, 1.4)),    # the same, slices along axis 0
+                                           ((6, 8, 10), (3.0, 1.0, 2.0)),      # three different spacings
+                                           ((10, 12, 14), (1.0, 1.0, 1.0))])   # isotropic: axis order
+def test_pair_figure_orders_and_sizes_views_by_slice_thickness(tmp_path, rng, shape, spacing):
+    fixed, moving, warped, ddf, _ = pair(rng, shape)
+    fig = figures.pair_figure(tmp_path / "t.png", fixed, moving, warped, ddf, spacing=spacing)
+    grid = panels(fig)
+    sp = np.asarray(spacing)
+    # The finest plane first: views sorted by the pixel area of their plane, sp[r] * sp[c] = prod(sp) / sp[across].
+    across = [int(a) for a in np.argsort([np.prod(np.delete(sp, a)) for a in range(3)], kind="stable")]
+    assert across[0] == int(np.argmax(sp)) or np.ptp(sp) == 0
+    ratios = grid[0, 0].get_subplotspec().get_gridspec().get_height_ratios()
+    for row, a, ratio in zip(grid, across, ratios, strict=True):
+        first, second = np.delete(np.arange(3), a)
+        r, c = (second, first) if sp[second] > sp[first] else (first, second)  # the coarser axis down the rows
+        want = np.take(fixed, shape[a] // 2, axis=a)
+        want = want.T if r > c else want
+        np.testing.assert_array_equal(row[0].images[0].get_array(), want)
+        assert row[0].get_ylabel() == f"slice {shape[a] // 2} of axis {a}\naxis {r}"
+        assert row[0].get_aspect() == pytest.approx(sp[r] / sp[c])
+        assert ratio == pytest.approx(np.clip(shape[r] * sp[r] / (shape[c] * sp[c]), 0.25, 4.0))  # physical h / w
+    one = panels(figures.pair_figure(tmp_path / "o.png", fixed, moving, warped, ddf, spacing=spacing, axis=across[-1]))
+    np.testing.assert_array_equal(one[0, 0].images[0].get_array(), grid[-1, 0].images[0].get_array())  # same orientation
+
+
+def test_pair_figure_legend_names_the_contour_colours(tmp_path, rng):
+    shape = (10, 12, 14)
+    fixed, moving, warped, ddf, labels = pair(rng, shape)  # label 1 in the middle (3 in a corner off the slices)
+    labels[1:3, 1:3, 6:9] = 3  # on the slice across axis 2
+    labels[5:7, 5:7, 6:8] = 11  # the colour of label 1 again (tab10: value % 10)
+    plain = figures.pair_figure(tmp_path / "p.png", fixed, moving, warped, ddf)
+    assert not plain.legends  # no labels, no legend
+    fig = figures.pair_figure(tmp_path / "l.png", fixed, moving, warped, ddf, fixed_labels=labels)
+    present = set().union(*(np.unique(np.take(labels, s // 2, axis=a)).tolist() for a, s in enumerate(shape))) - {0}
+    assert present == {1, 3, 11}
+    (legend,) = fig.legends
+    texts = [t.get_text() for t in legend.get_texts()]
+    assert texts == ["labels 1, 11", "label 3", "dashed: fixed labels over warped"]
+    colours = [h.get_color() for h in legend.legend_handles[:2]]
+    tab10 = matplotlib.colormaps["tab10"]
+    assert colours == [tab10(1), tab10(3)]
+    drawn = {tuple(np.round(c.get_edgecolor()[0], 6)) for ax in panels(fig)[:, 0] for c in contour_sets(ax)}
+    assert drawn == {tuple(np.round(tab10(v), 6)) for v in (1, 3)}  # the colours the contours use
+    moving_only = figures.pair_figure(tmp_path / "m.png", fixed, moving, warped, ddf, moving_labels=labels)
+    assert [t.get_text() for t in moving_only.legends[0].get_texts()] == ["labels 1, 11", "label 3"]
 
 
 def test_missing_directory(tmp_path):

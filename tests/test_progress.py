@@ -1,4 +1,6 @@
-"""The progress bars' ETA counts steps, not the compiling first step (jaxreg._progress.restart_clock)."""
+"""The progress bars' ETA: it counts steps, not the compiling first step (jaxreg._progress.restart_clock),
+and bars over a generator of pairs know how many pairs come (their total).
+"""
 
 import io
 import time
@@ -31,3 +33,26 @@ def test_restart_keeps_the_count_and_drops_the_first_step_from_the_eta():
     assert 0.8 < eta < 2.5
     count, polluted = _eta_after(1.0, restart=False)
     assert count == 10 and polluted > eta + 0.5  # what the bar said without the restart
+
+
+def test_teacher_fields_bar_has_the_number_of_pairs_as_total(monkeypatch):
+    """The bar over a generator of records knows its length (and so shows an ETA)."""
+    import jax.numpy as jnp
+    import ml_collections
+
+    from jaxreg.training import teacher as teacher_module
+
+    bars = []
+
+    def recording_tqdm(iterable, **kwargs):
+        bar = tqdm(iterable, file=io.StringIO(), mininterval=0, **{k: v for k, v in kwargs.items() if k != "disable"})
+        bars.append(bar)
+        return bar
+
+    monkeypatch.setattr(teacher_module, "tqdm", recording_tqdm)
+    data = ml_collections.ConfigDict({"source": "synthetic", "seed": 0, "num_pairs": {"train": 3, "val": 1, "test": 1},
+                                      "options": {"shape": (16, 16), "anatomy": "cardiac"}})
+    zero = lambda f, m: jnp.zeros((*f.shape, 2))  # noqa: E731
+    for limit, pairs in ((0, 3), (2, 2), (10, 3)):  # 3 training pairs; a limit above that gives all 3
+        assert teacher_module.field_statistics(zero, data, limit=limit)["pairs"] == pairs
+        assert bars[-1].total == pairs and bars[-1].n == pairs

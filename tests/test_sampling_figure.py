@@ -1,8 +1,8 @@
 """The Dice-vs-time figure of ``benchmarks/sampling.py`` (docs/figures/diffusereg_speed.png).
 
 Built from a hand-made result dict (no model): every sampler kind gets its own colour and
-legend entry, the guided row is drawn, points are named, and the before/teacher lines are
-explained in the legend.
+legend entry, the guided row is drawn, points are named, the before/teacher lines are
+explained in the legend, and the y-axis does not magnify sub-point gaps.
 """
 
 import importlib.util
@@ -53,7 +53,7 @@ def test_legend_explains_colours_and_guided_row_is_drawn(sampling, tmp_path):
     for kind in ("ddpm", "ddim", "teacher_start", "guided"):
         assert texts.count(kinds[kind][0]) == 1  # one entry per kind, however many points
     assert "teacher, one network pass (87.1)" in texts
-    assert "before registration: 66.0 (below the axis)" in texts  # far below the samplers
+    assert "before registration (66.0)" in texts
     ax = fig.axes[0]
     points = _points(ax)
     assert len(points) == 5  # 4 sampler settings + the guided row
@@ -75,3 +75,26 @@ def test_before_line_on_the_axis_when_close_and_no_guidance(sampling, tmp_path):
     low, high = ax.get_ylim()
     assert low < 85.5 < high and len(_points(ax)) == 4
     assert any(list(line.get_ydata()) == [85.5, 85.5] for line in ax.get_lines())
+
+
+@pytest.mark.parametrize("before", [0.66, 0.855])
+def test_y_range_holds_every_point_and_line_and_spans_ten_points(sampling, tmp_path, before):
+    result = _result(before=before)
+    fig = sampling.speed_figure(tmp_path / "s.png", result)
+    low, high = fig.axes[0].get_ylim()
+    drawn = [100 * r["dice"] for r in result["samplers"].values()]
+    drawn += [100 * result["guidance"]["guided"]["dice"], 100 * result["dice_teacher"], 100 * before]
+    assert low < min(drawn) and max(drawn) < high  # before and teacher lines included
+    assert high - low >= 10.0 - 1e-9
+    # DDPM-2000 (85.9) vs DDIM-25 (86.1): a 0.2-point gap is at most 2 % of the axis height
+    assert 0.2 / (high - low) <= 0.02
+    if before == 0.66:  # a wide range (66.0 .. 87.2): margins of 8 %, not more
+        assert high - low == pytest.approx(1.16 * (87.2 - 66.0))
+
+
+def test_plot_only_redraws_from_a_saved_result(sampling, tmp_path):
+    import json
+
+    (tmp_path / "r.json").write_text(json.dumps(_result()))
+    sampling.main(["--plot-only", str(tmp_path / "r.json"), "--figure", str(tmp_path / "s.png")])
+    assert (tmp_path / "s.png").stat().st_size > 1000

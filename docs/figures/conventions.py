@@ -10,6 +10,8 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 import jaxreg  # noqa: E402
 
@@ -25,7 +27,7 @@ def main() -> None:
     ddf[..., 0], ddf[..., 1] = -10.0, -6.0
     warped = np.asarray(jaxreg.warp(moving, ddf))
 
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.2))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 4.6), layout="constrained")
     for ax, img, title in zip(axes, [moving, warped], ["moving", "warp(moving, ddf)"]):
         ax.imshow(img, cmap="gray", origin="upper")
         ax.set_title(title)
@@ -42,7 +44,11 @@ def main() -> None:
     ax.set_title("ddf on the fixed grid points into moving\nwarped(x) = moving(x + ddf(x))")
     ax.set_xlabel("axis 1 (j)")
     ax.set_ylabel("axis 0 (i)")
-    fig.tight_layout()
+    fig.legend(handles=[Patch(facecolor=(0.82, 0.33, 0.33), label="the square in moving"),
+                       Patch(facecolor="white", edgecolor="0.4", label="the square in warp(moving, ddf)"),
+                       Line2D([], [], color="tab:blue", marker=">", markersize=5,
+                              label="ddf(x) from fixed voxel x to where it reads moving")],
+               loc="outside lower center", ncols=3, fontsize=10, frameon=False)
     out = Path(__file__).with_name("pull_convention.png")
     fig.savefig(out, dpi=90)
     print(out)

@@ -25,7 +25,7 @@ import numpy as np
 from jaxreg.data import transforms
 from jaxreg.data.sources import open_source
 
-__all__ = ["DEFAULT_KEYS", "batches", "collate", "from_config", "make_transform", "records"]
+__all__ = ["DEFAULT_KEYS", "batches", "collate", "from_config", "make_transform", "num_records", "records"]
 
 #: What a training batch holds unless told otherwise (present keys only).
 DEFAULT_KEYS = ("fixed", "moving", "fixed_labels", "moving_labels", "fixed_mask", "moving_mask")
@@ -218,3 +218,13 @@ def records(data: Mapping, split: str, *, limit: int | None = None, num_threads:
         ds = ds.map(lambda pair: transform(pair, None))
     read = grain.ReadOptions(num_threads=max(1, num_threads), prefetch_buffer_size=max(1, num_threads))
     return ds.to_iter_dataset(read)
+
+
+def num_records(data: Mapping, split: str, *, limit: int | None = None) -> int:
+    """How many pairs :func:`records` yields for the same arguments, without reading any.
+
+    For progress bars with a total (and so an ETA): the source's length, at most ``limit``
+    (``None`` or 0: all).
+    """
+    count = len(open_source(data, split))
+    return min(count, int(limit)) if limit else count

@@ -10,8 +10,10 @@ inference step count and writes into ``out_dir``:
   variant (the unrolled variant, or DEQReg's solver), trained step count (per level),
   resolution levels (unrolled runs), checkpoint and, per step count, mean ± std Dice,
   folding %, SDlogJ (and TRE where the pairs have keypoints);
-* ``convergence.png``: Dice and folding % against inference steps (log₂ axis), one line
-  per run, legend by label, each run's trained step count marked in its colour;
+* ``convergence.png``: Dice (%) and folding % against inference steps (log₂ axis), one
+  line per run, legend by label, each run's trained step count marked in its colour; the
+  folding axis is logarithmic above 0.001 % (linear below, down to 0), so that 0.005 % and
+  40 % read on one axis;
 * ``convergence.md``: a Table 2-like summary, one row per run (label and workdir).
 
 Every run is also scored at its own trained step count, so that row of the table is
@@ -30,7 +32,7 @@ import jax
 import numpy as np
 from matplotlib import colormaps
 from matplotlib.figure import Figure
-from matplotlib.ticker import FixedLocator, NullLocator
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullLocator
 from tqdm.auto import tqdm
 
 from jaxreg import sharding
@@ -46,6 +48,8 @@ __all__ = ["STEPS", "convergence_figure", "convergence_replot", "convergence_stu
 
 #: Inference step counts of the paper's Fig. 3.
 STEPS = (1, 2, 4, 8, 16, 32, 48, 64, 96)
+#: Folding % below which the figure's folding axis is linear (logarithmic above; 0 at the bottom).
+FOLDING_LINEAR_BELOW = 1e-3
 #: Metrics kept per step count (those the pairs allow).
 _KEYS = ("dice", "dice_std", "folding", "folding_std", "sdlogj", "sdlogj_std", "tre", "tre_std")
 _ITERATIVE = ("deqreg", "unroll")
@@ -116,7 +120,9 @@ def _score(config, method, params, counts: Sequence[int], *, split: str, limit, 
     predict, mesh = _predict_fn(method.module), sharding.make_mesh()
     labels = (config.get("eval") or {}).get("labels")
     rows: dict[int, list] = {n: [] for n in counts}
-    for record in tqdm(pipeline.records(config.data, split, limit=limit), desc=desc, unit="pair", disable=not progress):
+    pairs = tqdm(pipeline.records(config.data, split, limit=limit), total=pipeline.num_records(config.data, split, limit=limit),
+                 desc=desc, unit="pair", disable=not progress)
+    for record in pairs:
         fixed, moving = (sharding.replicate_host(np.asarray(record[k])[None], mesh) for k in ("fixed", "moving"))
         for n in counts:
             ddf = np.asarray(predict(params, fixed, moving, steps=n))[0]
@@ -165,7 +171,10 @@ def convergence_table(runs: Sequence[dict]) -> str:
 
 
 def convergence_figure(path, runs: Sequence[dict], *, title: str | None = None) -> Figure:
-    """Writes the two-panel PNG (Dice, folding % vs inference steps), atomically.
+    """Writes the two-panel PNG (Dice %, folding % vs inference steps), atomically.
+
+    Folding is drawn on a symmetric-log axis, linear below ``FOLDING_LINEAR_BELOW`` (so 0
+    shows) and logarithmic above.
 
     One line per run in ``convergence.json``'s ``runs``, named in the legend (below the
     panels) by :func:`run_label`; ★ and a dotted line mark each run's trained step count.
@@ -179,13 +188,13 @@ def convergence_figure(path, runs: Sequence[dict], *, title: str | None = None) 
     ticks = sorted({c["steps"] for run in runs for c in run["curve"]})
     for i, (run, label) in enumerate(zip(runs, _labels(runs))):
         color, x = cmap(i % 10), [c["steps"] for c in run["curve"]]
-        for ax, key in zip(axes, ("dice", "folding")):
-            y = [_value(c, key) for c in run["curve"]]
+        for ax, key, scale in zip(axes, ("dice", "folding"), (100.0, 1.0)):  # Dice in %, as in the tables
+            y = [scale * _value(c, key) for c in run["curve"]]
             ax.plot(x, y, "o-", color=color, markersize=4, label=label)
             ax.axvline(run["trained_steps"], color=color, linestyle=":", linewidth=1.2)
-            ax.plot([run["trained_steps"]], [_value(_at(run["curve"], run["trained_steps"]), key)],
+            ax.plot([run["trained_steps"]], [scale * _value(_at(run["curve"], run["trained_steps"]), key)],
                     marker="*", color=color, markersize=13, markeredgecolor="black", linestyle="none")
-    for ax, label in zip(axes, ("mean Dice ↑", "|J| ≤ 0 (% of voxels) ↓")):
+    for ax, label in zip(axes, ("mean Dice (%) ↑", "|J| ≤ 0 (% of voxels, log scale) ↓")):
         ax.set_xscale("log", base=2)
         ax.xaxis.set_major_locator(FixedLocator(ticks))
         ax.xaxis.set_minor_locator(NullLocator())
@@ -193,7 +202,11 @@ def convergence_figure(path, runs: Sequence[dict], *, title: str | None = None) 
         ax.set_xlabel("inference steps (per level for multi-level runs)")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-    axes[1].set_ylim(bottom=0.0)
+    # Folding spans 0 to ~50 %: logarithmic above FOLDING_LINEAR_BELOW, so 0.005 % shows beside 40 %
+    axes[1].set_yscale("symlog", linthresh=FOLDING_LINEAR_BELOW, linscale=0.5)
+    worst = np.nanmax([1.0, *(_value(c, "folding") for run in runs for c in run["curve"])])
+    axes[1].set_ylim(bottom=0.0, top=10.0 ** np.ceil(np.log10(worst)))  # the power of ten above the worst run
+    axes[1].yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     axes[0].plot([], [], marker="*", color="grey", markersize=11, markeredgecolor="black", linestyle=":",
                  label="trained step count (★, dotted line)")  # a legend entry only
     fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncols=min(len(runs) + 1, 3), fontsize=9)

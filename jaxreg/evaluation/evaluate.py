@@ -92,8 +92,10 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
             (out_dir / "disp").mkdir(exist_ok=True)
 
     rows, times, memory, first = [], [], (None, "unavailable"), None
-    pairs = pipeline.records(data, split, limit=int(ev.get("limit", 0) or 0))
-    for index, record in enumerate(tqdm(pairs, desc=f"eval {split}", unit="pair", disable=not (progress and is_main))):
+    limit = int(ev.get("limit", 0) or 0)
+    pairs = tqdm(pipeline.records(data, split, limit=limit), total=pipeline.num_records(data, split, limit=limit),
+                 desc=f"eval {split}", unit="pair", disable=not (progress and is_main))
+    for index, record in enumerate(pairs):
         fixed, moving = (sharding.replicate_host(np.asarray(record[k])[None], mesh) for k in ("fixed", "moving"))
         if index == 0:  # compile outside the timing
             first = record

@@ -17,13 +17,14 @@ from matplotlib import cbook, colormaps
 from matplotlib.collections import LineCollection
 from matplotlib.colors import ListedColormap, Normalize
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
 from jaxreg._checks import check_ddf
 from jaxreg.io import atomic_path
 from jaxreg.metrics import jacobian_determinant
 
-__all__ = ["deformed_grid_lines", "dice_boxplot", "jacobian_limits", "pair_figure"]
+__all__ = ["deformed_grid_lines", "dice_boxplot", "jacobian_limits", "pair_figure", "view_order"]
 
 _DPI = 100
 
@@ -71,16 +72,59 @@ def _as_image(a, name: str, spatial: tuple[int, ...]) -> np.ndarray:
     return arr
 
 
-def _draw_labels(ax, labels: np.ndarray | None, *, linestyles: str = "solid") -> None:
+_LABEL_COLORS = colormaps["tab10"]  # saturated: visible over grey images; label v is drawn in colour v % 10
+
+
+def _draw_labels(ax, labels: np.ndarray | None, *, linestyles: str = "solid") -> set[int]:
+    """Contours of every non-background label of a slice; returns the label values drawn."""
+    drawn: set[int] = set()
     if labels is None:
-        return
-    cmap = colormaps["tab10"]  # saturated: visible over grey images
+        return drawn
     for value in np.unique(labels):
         mask = labels == value
         if value == 0 or mask.all():
             continue
-        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[cmap(int(value) % 10)], linewidths=0.7,
+        ax.contour(mask.astype(np.float32), levels=[0.5], colors=[_LABEL_COLORS(int(value) % 10)], linewidths=0.7,
                    linestyles=linestyles)
+        drawn.add(int(value))
+    return drawn
+
+
+def _label_legend(fig: Figure, values: set[int], *, dashed: bool) -> None:
+    """A legend below the panels naming the label value(s) of each contour colour."""
+    if not values:
+        return
+    by_color: dict[int, list[int]] = {}
+    for value in sorted(values):
+        by_color.setdefault(value % 10, []).append(value)
+    handles = [Line2D([], [], color=_LABEL_COLORS(k), linewidth=1.5,
+                      label=("label " if len(vs) == 1 else "labels ") + ", ".join(map(str, vs)))
+               for k, vs in sorted(by_color.items(), key=lambda item: item[1][0])]
+    if dashed:
+        handles.append(Line2D([], [], color="black", linestyle="--", linewidth=1.0, label="dashed: fixed labels over warped"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), fontsize=10,
+               title="label contours", title_fontsize=10)
+
+
+def view_order(spacing: Sequence[float]) -> list[tuple[int, int, int]]:
+    """The three orthogonal views of a 3-D volume, as ``(across, rows, cols)`` array axes, in drawing order.
+
+    The view across the thickest axis comes first (it lies in the plane of the finest
+    voxels: the in-plane view of a thick-slice stack), ties in axis order. Within a view the
+    coarser of its two axes runs down the rows (ties: the lower axis), so a thick-slice
+    stack's through-plane views are wide strips with the slices stacked vertically.
+
+    Args:
+      spacing: voxel size per array axis (3 positive numbers).
+    """
+    spacing = [float(s) for s in spacing]
+    order = sorted(range(3), key=lambda a: -spacing[a])  # stable: ties keep axis order
+    views = []
+    for across in order:
+        first, second = (a for a in range(3) if a != across)
+        rows, cols = (second, first) if spacing[second] > spacing[first] else (first, second)
+        views.append((across, rows, cols))
+    return views
 
 
 def jacobian_limits(jac, *, percentiles: tuple[float, float] = (1.0, 99.0)) -> tuple[float, float]:
@@ -134,8 +178,13 @@ def pair_figure(
     also drawn dashed over the warped panel, so that alignment shows directly.
 
     2-D input gives one row. 3-D input gives three rows, the orthogonal slices through the
-    centre (across axis 0, 1 and 2), unless ``axis`` picks a single slice. Pixels are drawn
-    with the voxel ``spacing``'s aspect ratio, so anisotropic voxels keep their shape.
+    centre, unless ``axis`` picks a single slice. The rows are ordered by :func:`view_order`:
+    the view across the thickest voxel axis first (the in-plane view of a thick-slice
+    stack), and in each view the coarser axis runs down the rows; with isotropic voxels,
+    across axis 0, 1 and 2 with axes in array order. Pixels are drawn with the voxel
+    ``spacing``'s aspect ratio, so anisotropic voxels keep their shape, and each row's height
+    follows its slice's physical height/width (clipped to [0.25, 4]). A legend below the
+    panels names the label value(s) of each contour colour.
 
     Args:
       path: target ``.png`` file; its directory must exist. Replaced atomically.
@@ -187,28 +236,32 @@ def pair_figure(
             raise ValueError(f"`axis` must be None for 2-D inputs; got {axis!r}.")
         if index is not None:
             raise ValueError(f"`index` must be None for 2-D inputs; got {index!r}.")
-        cuts = [(None, None)]
+        cuts = [(None, None, 0, 1)]
     elif axis is None:
         if index is not None:
             raise ValueError(f"`index` needs `axis` (three centre slices are drawn when `axis` is None); got {index!r}.")
-        cuts = [(a, spatial[a] // 2) for a in range(3)]
+        cuts = [(a, spatial[a] // 2, r, c) for a, r, c in view_order(spacing)]
     else:
         if isinstance(axis, bool) or axis not in (0, 1, 2):
             raise ValueError(f"`axis` must be None, 0, 1 or 2 for 3-D inputs; got {axis!r}.")
         index = spatial[axis] // 2 if index is None else index
         _check_int(index, "index", 0, spatial[axis])
-        cuts = [(axis, int(index))]
+        cuts = [next((axis, int(index), r, c) for a, r, c in view_order(spacing) if a == axis)]
 
-    def cut(a, ax_, i):
-        return a if a is None or ax_ is None else np.take(a, i, axis=ax_)
+    def cut(a, ax_, i, r_ax, c_ax):
+        """The slice of ``a`` across ``ax_`` at ``i``, its first axes (rows, cols) = array axes (r_ax, c_ax)."""
+        if a is None or ax_ is None:
+            return a
+        sl = np.take(a, i, axis=ax_)
+        return np.swapaxes(sl, 0, 1) if r_ax > c_ax else sl
 
     rows = []  # one dict per slice
-    for ax_, i in cuts:
-        r_ax, c_ax = (0, 1) if ax_ is None else tuple(a for a in range(3) if a != ax_)
-        sl = {n: cut(a, ax_, i).astype(np.float64) for n, a in imgs.items()}
+    for ax_, i, r_ax, c_ax in cuts:
+        cut_ = lambda a: cut(a, ax_, i, r_ax, c_ax)  # noqa: E731
+        sl = {n: cut_(a).astype(np.float64) for n, a in imgs.items()}
         rows.append(dict(axis=ax_, index=i, rows_axis=r_ax, cols_axis=c_ax, img=sl,
-                         labs={n: cut(a, ax_, i) for n, a in labs.items()},
-                         u2=cut(ddf, ax_, i)[..., [r_ax, c_ax]], jac=cut(jac, ax_, i),
+                         labs={n: cut_(a) for n, a in labs.items()},
+                         u2=cut_(ddf)[..., [r_ax, c_ax]], jac=cut_(jac),
                          aspect=spacing[r_ax] / spacing[c_ax]))
     lo = min(float(v.min()) for r in rows for v in r["img"].values())
     hi = max(float(v.max()) for r in rows for v in r["img"].values())
@@ -224,13 +277,14 @@ def pair_figure(
     panel = 2.6
     fig = Figure(figsize=(7 * panel + 1.6, panel * sum(ratios) + 1.1 + 0.45 * len(rows)), layout="constrained")
     axes = np.asarray(fig.subplots(len(rows), 7, squeeze=False, gridspec_kw={"height_ratios": ratios}))
+    drawn: set[int] = set()  # label values with a contour somewhere
     for r, row, (before, after) in zip(rows, axes, diffs):
         h, w = r["jac"].shape
         show = dict(aspect=r["aspect"], interpolation="nearest")
         for ax, n in zip(row[:3], ("fixed", "moving", "warped")):
             ax.imshow(r["img"][n], cmap="gray", vmin=lo, vmax=hi, **show)
-            _draw_labels(ax, r["labs"][f"{n}_labels"])
-        _draw_labels(row[2], r["labs"]["fixed_labels"], linestyles="--")
+            drawn |= _draw_labels(ax, r["labs"][f"{n}_labels"])
+        drawn |= _draw_labels(row[2], r["labs"]["fixed_labels"], linestyles="--")
         row[0].set_title("fixed")
         row[1].set_title("moving")
         row[2].set_title("warped" + ("\n(dashed: fixed labels)" if r["labs"]["fixed_labels"] is not None else ""))
@@ -258,6 +312,7 @@ def pair_figure(
     fig.colorbar(dim, ax=axes[:, 4], fraction=0.05, pad=0.02, label="|difference| (intensity)")
     fig.colorbar(jim, ax=axes[:, 6], fraction=0.05, pad=0.02, extend="both",
                  label="Jacobian determinant (1 = volume kept)\nrange: 1st–99th percentile, centred on 1")
+    _label_legend(fig, drawn, dashed=fixed_labels is not None)
     spacing_note = "" if len(set(spacing)) == 1 else f", voxel {' × '.join(f'{s:g}' for s in spacing)}"
     if title or spacing_note:
         fig.suptitle(f"{title or ''}{spacing_note}".strip(", "))

@@ -39,7 +39,8 @@ def field_statistics(teacher: Callable, data, *, limit: int = 0, progress: bool 
     predict = jax.jit(teacher)
     total, total_sq, count, pairs = None, None, 0, 0
     records = pipeline.records(data, "train", limit=limit or None)
-    for record in tqdm(records, desc="teacher fields", unit="pair", disable=not progress):
+    total_pairs = pipeline.num_records(data, "train", limit=limit or None)
+    for record in tqdm(records, total=total_pairs, desc="teacher fields", unit="pair", disable=not progress):
         ddf = np.asarray(predict(np.asarray(record["fixed"])[None], np.asarray(record["moving"])[None]), np.float64)[0]
         flat = ddf.reshape(-1, ddf.shape[-1])
         total = flat.sum(0) if total is None else total + flat.sum(0)
