@@ -8,7 +8,7 @@
 
 One full training step (forward, backward, AdamW update: ``jit(make_train_step(loss_fn, optimizer))``)
 is lowered and compiled, never run for memory: ``temp_mb`` is XLA's ``memory_analysis()``
-``temp_size_in_bytes`` (meaningful on CPU, DESIGN.md §5). ``step_s`` is the wall time per step
+``temp_size_in_bytes`` (meaningful on CPU, unlike ``peak_memory_in_bytes``). ``step_s`` is the wall time per step
 after a warm-up call (DEQReg runs all max_steps unless ``--tol``). Models: DEQReg (Anderson, phantom backward K = 5, τ = 0.8, S = 3 corrected
 states, γ = 0.5) at solver max_steps 4, 12, 48, 96, and the unrolled baselines (vanilla, RIIR-like,
 BPTT) at T = 2, 4, 6, 12 (``--unroll-levels 3``: the multi-resolution form, ``_3levels``, T steps per

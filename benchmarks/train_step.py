@@ -12,7 +12,7 @@ lr 1e-4 without weight decay or clipping, batch 1 by default. Time is the best o
 ``--repeats`` steps after the compiling call (the minimum is the least disturbed by
 other processes on a shared machine); ``ratio_vs_torch`` is jaxreg time / PyTorch time.
 Memory is XLA's ``memory_analysis()`` of the compiled step (temporaries, arguments,
-outputs; meaningful on CPU, see DESIGN.md §5).
+outputs; meaningful on CPU, unlike ``peak_memory_in_bytes``).
 """
 
 from __future__ import annotations

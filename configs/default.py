@@ -90,7 +90,7 @@ def deq_solver() -> ml_collections.ConfigDict:
     solver.max_steps = 48  # T: forward solver steps at most
     solver.tol = 1e-3  # stop when the residual is below this
     solver.stop = "relative"  # relative: ‖T(φ) − φ‖ / ‖T(φ)‖; absolute: ‖T(φ) − φ‖ (voxels)
-    solver.history = 5  # Anderson's memory (Broyden always keeps its whole history)
+    solver.history = 5  # memory of Anderson and of Broyden (its last secant pairs): 2·history copies of φ per pair
     solver.damping = 1.0  # fixed_point: φ ← d·T(φ) + (1 − d)·φ
     solver.backward = "phantom"  # phantom (paper, Eq. 7-8) | ift (exact implicit gradient)
     solver.phantom_steps = 5  # K damped steps differentiated from φ*

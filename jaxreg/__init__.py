@@ -25,9 +25,10 @@ from jaxreg.transform import apply
 
 __version__ = "0.1.0"
 
-#: Loaded on first use: evaluation brings orbax (checkpoints) and matplotlib (figures), which
-#: registering a pair does not need.
-_LAZY_MODULES = ("evaluation",)
+#: Loaded on first use (``jaxreg.data.synthetic_pair`` works after ``import jaxreg``): data brings
+#: grain and orbax, training flax, ml_collections and tqdm, evaluation orbax (checkpoints) and
+#: matplotlib (figures), none of which registering a pair needs.
+_LAZY_MODULES = ("data", "evaluation", "training")
 
 
 def __getattr__(name: str):
@@ -46,6 +47,7 @@ __all__ = [
     "affine_ddf",
     "apply",
     "compose",
+    "data",
     "evaluation",
     "identity_grid",
     "integrate_velocity",
@@ -59,6 +61,7 @@ __all__ = [
     "register_stages",
     "resize_ddf",
     "spatial",
+    "training",
     "transform",
     "warp",
     "warp_points",

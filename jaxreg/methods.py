@@ -14,7 +14,7 @@ Registered names (``METHODS``): ``"voxelmorph"`` (``jaxreg.models.voxelmorph``),
   ``(B, *S, ndim)`` displacement (voxels, pull).
 
 This module sits above the networks (``jaxreg.models``) and the two papers' methods
-(``jaxreg.deq``, ``jaxreg.diffusion``), so the imports run one way (DESIGN.md §3).
+(``jaxreg.deq``, ``jaxreg.diffusion``), so the imports run one way (docs/index.md; tests/test_imports.py checks it).
 """
 
 from __future__ import annotations

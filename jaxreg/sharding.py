@@ -2,9 +2,9 @@
 
 Parameters and optimiser state are replicated; each batch is sharded along its leading
 axis; ``jax.jit`` with these shardings compiles one SPMD program and XLA inserts the
-gradient all-reduce (the successor of ``pmap``, DESIGN.md §5). Multi-host works the same
-way once ``jax.distributed.initialize()`` has run: every host feeds its own slice of the
-global batch.
+gradient all-reduce (JAX documents ``pmap`` as legacy over this same machinery). Multi-host
+works the same way once ``jax.distributed.initialize()`` has run: every host feeds its own
+slice of the global batch.
 """
 
 from __future__ import annotations

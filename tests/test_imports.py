@@ -1,4 +1,4 @@
-"""The import graph of jaxreg runs one way (DESIGN.md §3): down the layers, no circles, and the leaves stay leaves.
+"""The import graph of jaxreg runs one way: down the layers, no circles, and the leaves stay leaves.
 
 The graph is read from the source with ``ast`` (nothing is imported): every ``import`` and
 ``from ... import`` of every module, at module level and inside functions (a lazy import is
@@ -182,7 +182,7 @@ def test_every_module_has_a_layer():
 
 def test_imports_go_down_the_layers():
     bad = _upward_or_sideways(_graph())
-    assert not bad, "imports against the layers (DESIGN.md §3):\n" + "\n".join(bad)
+    assert not bad, "imports against the layers:\n" + "\n".join(bad)
 
 
 def test_the_layer_check_catches_upward_and_sideways_imports():
@@ -197,5 +197,5 @@ def test_the_layer_check_catches_upward_and_sideways_imports():
 @pytest.mark.parametrize("leaf", sorted(LEAVES))
 def test_leaves_import_nothing_of_ours(leaf):
     assert _imports(leaf) == LEAVES[leaf], (
-        f"{leaf} is a leaf (DESIGN.md §3): it may import only {sorted(LEAVES[leaf])} of jaxreg; "
+        f"{leaf} is a leaf: it may import only {sorted(LEAVES[leaf])} of jaxreg; "
         f"it imports {sorted(_imports(leaf))}.")

@@ -1,7 +1,8 @@
 """TFDS builders: prepared, versioned copies of the datasets for shared storage.
 
 TensorFlow is not needed: the builders write ``array_record`` files and are read with
-random access (``tfds.data_source``), see DESIGN.md §5. Prepare once, then train anywhere
+random access (``tfds.data_source``); ``tensorflow_datasets`` imports without TensorFlow,
+while ``as_dataset()`` and the TFRecord format would need it. Prepare once, then train anywhere
 with ``data.source="tfds"``:
 
     python -m jaxreg.data.tfds_builders --name acdc --manual_dir /data/ACDC/database \\
@@ -43,7 +44,7 @@ _EXTRAS = {  # per-image entry -> feature
     "mask": lambda: tfds.features.Tensor(dtype=np.uint8, **_VOLUME),
     "points": lambda: _float64((None, 3)),
 }
-_CITATION_L2R = "Hering et al., Learn2Reg: comprehensive multi-task medical image registration challenge, IEEE TMI 2022."
+_CITATION_L2R = "Hering et al., Learn2Reg: comprehensive multi-task medical image registration challenge, IEEE TMI 42(3), 2023."
 
 
 def _float64(shape):

@@ -1,6 +1,6 @@
 """Deep equilibrium registration: fixed-point solvers and implicit-gradient layers.
 
-``solvers``: :func:`solve` (plain iteration, Anderson, restarted Broyden) for z = T(z) with
+``solvers``: :func:`solve` (plain iteration, Anderson, limited-memory Broyden) for z = T(z) with
 our own stopping rule, per-step residuals and intermediate states at equal intervals of the
 steps taken; :func:`solve_pairs` solves a batch pair by pair. ``implicit``: :func:`fixed_point_layer`, a
 ``custom_vjp`` layer with phantom or exact implicit-function gradients, and

@@ -35,7 +35,7 @@ SOLVERS = ("fixed_point", "anderson", "broyden")
 #: The options of :func:`solve` a solver configuration may set (``states`` is per call).
 OPTIONS = ("method", "max_steps", "tol", "stop", "history", "damping")
 STOPS = ("relative", "absolute")
-#: Default memory (``history``) of each method.
+#: Memory (``history``) of each method when :func:`solve` gets ``history=None`` (configs set their own).
 HISTORY = {"fixed_point": None, "anderson": 5, "broyden": 8}
 _EPS = 1e-8
 _RIDGE = 1e-5  # Anderson's Tikhonov term, relative to the mean squared residual
@@ -164,8 +164,10 @@ def solve(fn: Callable[[jax.Array], jax.Array], z0: jax.Array, *, method: str = 
       max_steps: most iterations (static).
       tol: stopping tolerance, > 0.
       stop: ``"relative"`` or ``"absolute"``.
-      history: memory, each slot costs ``2 * z.size``. Anderson: >= 2, default 5.
-        Broyden: >= 1, default 8.
+      history: memory, each slot costs ``2 * z.size``. Anderson: >= 2; Broyden: >= 1, the
+        last ``history`` secant pairs (a ring: a new pair replaces the oldest, no restart).
+        ``None``: ``HISTORY[method]`` (Anderson 5, Broyden 8); a config's ``solver.history``
+        (5 in ``configs/default.py``) is passed as given, for either method.
       damping: in (0, 1]; 1 is undamped.
       states: S >= 0 (static), intermediate states to return.
 
