@@ -19,7 +19,9 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 def run_script(script: str, *, timeout: int) -> dict:
     """Runs ``script`` with 2 simulated CPU devices; returns the JSON of its last output line."""
     path = os.pathsep.join(p for p in (TESTS, os.environ.get("PYTHONPATH")) if p)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+    from conftest import xla_flags
+
+    env = dict(os.environ, XLA_FLAGS=xla_flags("--xla_force_host_platform_device_count=2"), JAX_PLATFORMS="cpu",
                PYTHONPATH=path)
     out = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=timeout,
                          check=False)

@@ -139,8 +139,9 @@ def test_register_overview_uses_spacing_fixed_labels_and_three_slices(registered
     assert OVERVIEW["kwargs"]["spacing"] == (1.5, 1.5, 2.0)  # the header's voxel size (AFFINE)
     np.testing.assert_array_equal(OVERVIEW["kwargs"]["fixed_labels"], labels)
     axes = np.array([ax for ax in OVERVIEW["fig"].axes if ax.images], dtype=object).reshape(-1, 7)
-    assert axes.shape == (3, 7)  # slices across axes 0, 1, 2
-    for row, ratio in zip(axes, (1.5 / 2.0, 1.5 / 2.0, 1.5 / 1.5)):  # (rows, cols) axes (1, 2), (0, 2), (0, 1)
+    assert axes.shape == (3, 7)  # slices across axes 2 (the 2 mm axis first: the finest plane), 0, 1
+    # (rows, cols) axes (0, 1), (2, 1), (2, 0): the coarser axis of a view runs down the rows
+    for row, ratio in zip(axes, (1.5 / 1.5, 2.0 / 1.5, 2.0 / 1.5)):
         assert all(ax.get_aspect() == pytest.approx(ratio) for ax in row)
         assert row[0].collections and row[2].collections  # fixed-label contours: fixed and warped panels
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -153,6 +153,7 @@ def test_networks_have_flax_conv_parameter_trees(matmul, monkeypatch):
         assert got == _param_shapes(model, *args)
 
 
+@pytest.mark.slow
 def test_voxelmorph_forward_and_gradient_equal_on_both_paths(monkeypatch):
     """A small VoxelMorph (U-Net + flow layer): loss and parameter gradients, XLA vs matmul path."""
     rng = np.random.default_rng(0)

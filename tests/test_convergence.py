@@ -65,6 +65,8 @@ def _curve(run):
     return {c["steps"]: c for c in run["curve"]}
 
 
+@pytest.mark.xdist_group("test_convergence.study")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_json_has_every_step_count(study):
     result, _, out = study
     assert json.loads((out / "convergence.json").read_text()) == json.loads(json.dumps(result))
@@ -83,6 +85,8 @@ def test_json_has_every_step_count(study):
             assert entry["num_pairs"] == LIMIT
 
 
+@pytest.mark.xdist_group("test_convergence.study")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_unrolled_dice_matches_independent_computation(study):
     result, workdirs, _ = study
     config = load_config(workdirs["unroll"])
@@ -104,6 +108,8 @@ def test_unrolled_dice_matches_independent_computation(study):
     assert abs(curve[8]["dice"] - curve[1]["dice"]) > 0.01  # the check above can tell step counts apart
 
 
+@pytest.mark.xdist_group("test_convergence.study")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_deqreg_runs_exactly_n_solver_steps(study):
     result, workdirs, _ = study
     config = load_config(workdirs["deq"])
@@ -120,6 +126,8 @@ def test_deqreg_runs_exactly_n_solver_steps(study):
     assert curve[8]["sdlogj"] != pytest.approx(curve[1]["sdlogj"], rel=1e-3)
 
 
+@pytest.mark.xdist_group("test_convergence.study")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_figure_and_table(study):
     result, _, out = study
     image = imread(out / "convergence.png")
@@ -164,6 +172,32 @@ def test_run_labels_and_legend(tmp_path):
     assert "| Unrolled vanilla, 3 levels × 3 steps | `runs/unroll3` | 3 per level |" in table
 
 
+def test_figure_dice_in_percent_and_folding_on_a_log_axis(tmp_path):
+    """0.005 % and 40 % of folded voxels both read on the folding axis; Dice is drawn in %."""
+    from jaxreg.evaluation.convergence import convergence_figure
+
+    deq, unroll = _curve_run("deqreg", "anderson", 4, name="d"), _curve_run("unroll", "vanilla", 2, name="u")
+    for run, folding in ((deq, (0.0, 0.005, 0.002)), (unroll, (0.01, 4.0, 40.0))):
+        for c, f in zip(run["curve"], folding):
+            c["folding"] = f
+    fig = convergence_figure(tmp_path / "c.png", [deq, unroll])
+    dice_ax, fold_ax = fig.axes[:2]
+    curves = [line for line in dice_ax.get_lines() if len(line.get_xdata()) == 3]
+    np.testing.assert_allclose(curves[0].get_ydata(), [51.0, 52.0, 54.0])  # 100 × (0.5 + 0.01 n), n = 1, 2, 4
+    assert fold_ax.get_yscale() == "symlog"
+    fig.canvas.draw()
+
+    def height(value):  # fraction of the folding axis' height at which a value is drawn
+        return fold_ax.transLimits.transform(fold_ax.transScale.transform([(1.0, value)]))[0, 1]
+
+    assert height(0.0) == pytest.approx(0.0, abs=1e-9) and fold_ax.get_ylim()[1] == pytest.approx(100.0)
+    decades = np.diff([height(v) for v in (0.01, 0.1, 1.0, 10.0, 100.0)])
+    np.testing.assert_allclose(decades, decades[0], rtol=1e-6)  # logarithmic above the linear zone
+    assert height(0.005) > 0.1 and height(40.0) - height(0.005) < 0.9  # both visibly on the axis
+
+
+@pytest.mark.xdist_group("test_convergence.study")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_replot_from_saved_json(study, tmp_path):
     from jaxreg.evaluation.convergence import convergence_replot
 
@@ -191,6 +225,8 @@ def _cli():
     return cli
 
 
+@pytest.mark.xdist_group("test_convergence.study")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_cli_plot_only(study, tmp_path, capsys):
     _, _, out = study
     cli = _cli()
@@ -204,6 +240,8 @@ def test_cli_plot_only(study, tmp_path, capsys):
         assert error.value.code == 2
 
 
+@pytest.mark.xdist_group("test_convergence.study")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_cli(study, tmp_path, capsys):
     _, workdirs, _ = study
     cli = _cli()
@@ -214,6 +252,8 @@ def test_cli(study, tmp_path, capsys):
         cli.main([str(workdirs["unroll"]), "--steps", "1,x"])
 
 
+@pytest.mark.xdist_group("test_convergence.study")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_rejects_voxelmorph_and_bad_steps(study, tmp_path):
     _, workdirs, _ = study
     save_config(_config("tiny"), tmp_path / "vm")

@@ -2,7 +2,7 @@
 gradients against autodiff through a long unrolled iteration, exact-step inference and a training smoke test.
 
 Tiny shapes (32×32 images, U-Net encoder (4, 8), decoder (8, 8, 4)); memory is XLA's
-``temp_size_in_bytes`` of the compiled train step (DESIGN.md §5), never a run.
+``temp_size_in_bytes`` of the compiled train step (meaningful on XLA:CPU, unlike its peak), never a run.
 """
 
 from __future__ import annotations
@@ -87,11 +87,15 @@ def _mb(train_steps):
     return {name: value[2] for name, value in train_steps.items()}
 
 
+@pytest.mark.xdist_group("test_deq_model.train_steps")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_deqreg_memory_does_not_grow_with_solver_steps(train_steps):
     mb = _mb(train_steps)
     assert mb["deq96"] <= 1.1 * mb["deq4"], mb
 
 
+@pytest.mark.xdist_group("test_deq_model.train_steps")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_unrolled_memory_grows_at_least_linearly(train_steps):
     mb = _mb(train_steps)
     first, second = mb["vanilla4"] - mb["vanilla2"], mb["vanilla8"] - mb["vanilla4"]
@@ -100,23 +104,31 @@ def test_unrolled_memory_grows_at_least_linearly(train_steps):
     assert mb["vanilla8"] >= 2.0 * mb["vanilla2"], mb
 
 
+@pytest.mark.xdist_group("test_deq_model.train_steps")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_deqreg_phantom_gradient_uses_half_the_memory_of_riir(train_steps):
     """The phantom backward alone (γ = 0): DEQReg at 48 solver steps vs RIIR trained through T = 6."""
     mb = _mb(train_steps)
     assert mb["deq48_phantom_only"] <= 0.5 * mb["riir6"], mb
 
 
+@pytest.mark.xdist_group("test_deq_model.train_steps")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_deqreg_with_correction_uses_half_the_memory_of_riir(train_steps):
     """The paper's setting (S = 3, γ = 0.5). Memory is flat in max_steps (tested above): 96 stands for 48."""
     mb = _mb(train_steps)
     assert mb["deq96"] <= 0.5 * mb["riir6"], mb
 
 
+@pytest.mark.xdist_group("test_deq_model.train_steps")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_rematerialised_phantom_steps_use_less_memory(train_steps):
     mb = _mb(train_steps)
     assert mb["deq48_remat"] < 0.8 * mb["deq96"], mb
 
 
+@pytest.mark.xdist_group("test_deq_model.train_steps")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_adam_steps_lower_the_loss(train_steps, batch):
     compiled, state, _ = train_steps["deq4"]
     losses = []
@@ -317,6 +329,7 @@ def test_a_batch_of_three_pairs_gives_the_fields_of_three_calls(three, method):
     assert diff <= 1e-5, diff
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backward", ["phantom", "ift"])
 def test_loss_and_gradient_of_a_batch_are_the_means_over_its_pairs(three, backward):
     """loss_fn on B = 3 (S = 2 corrected states, γ = 0.5) = the mean of three single-pair losses; same for
@@ -337,6 +350,7 @@ def test_loss_and_gradient_of_a_batch_are_the_means_over_its_pairs(three, backwa
     assert float(jnp.linalg.norm(g - mean)) <= 1e-4 * float(jnp.linalg.norm(mean)), (g, mean)
 
 
+@pytest.mark.slow
 def test_correction_loss_and_gradient_match_a_hand_computation(three):
     """DEQReg Eq. 9 with γ = 0.5, S = 2, K = 2, τ = 0.8 against a python loop over the network.
 
@@ -417,6 +431,7 @@ def test_ift_with_corrected_states_solves_the_forward_once(batch):
     assert len(calls) == 6 + 2 * 3, len(calls)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("variant", ["vanilla", "riir", "gradirn"])
 def test_unrolled_batches_are_independent_pairs(three, variant):
     """Unrolled baselines: predict on B = 3 = three calls; the loss and its gradient = the means."""
@@ -464,6 +479,7 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_deqreg_train_step_matches_one_device():
     """Two DEQReg train steps (Anderson, S = 2, γ = 0.5) on 4 pairs sharded over 2 simulated devices = one device."""
     result = run_script(_SHARDED, timeout=900)

@@ -154,9 +154,13 @@ def test_pairs_are_solved_independently(x64, method):
     for p in range(3):
         ref, ref_info, ref_states = solve(lambda z, p=p: fn(rates[p:p + 1], z[None])[0], jnp.zeros(10), **options)
         assert int(ref_info.steps) == steps[p]
-        np.testing.assert_array_equal(np.asarray(z[p]), np.asarray(ref))
-        np.testing.assert_array_equal(np.asarray(captured[:, p]), np.asarray(ref_states))
-        np.testing.assert_array_equal(np.asarray(info.residuals[p]), np.asarray(ref_info.residuals))
+        # float64 to the last bits (the batched and the single program are compiled separately, so
+        # their float rounding may differ by an ulp); a pair that stopped with another would differ
+        # by about the 1e-9 tolerance, and its step count above.
+        same = dict(rtol=1e-12, atol=1e-15)
+        np.testing.assert_allclose(np.asarray(z[p]), np.asarray(ref), **same)
+        np.testing.assert_allclose(np.asarray(captured[:, p]), np.asarray(ref_states), **same)
+        np.testing.assert_allclose(np.asarray(info.residuals[p]), np.asarray(ref_info.residuals), **same)
 
 
 def _jaxopt():
@@ -168,6 +172,7 @@ def _jaxopt():
     return jaxopt
 
 
+@pytest.mark.slow
 def test_anderson_matches_jaxopt(x64):
     """Our Anderson is jaxopt's ``AndersonAcceleration`` (memory 5, β = 0.8) driven with the same
     relative Tikhonov term (1e-5 · mean diagonal of the Gram matrix): the same iterates."""

@@ -137,6 +137,7 @@ def tiny():
     return model, model.init(jax.random.key(0), _pair())
 
 
+@pytest.mark.slow
 def test_loss_is_the_three_terms_of_the_paper():
     """The loss equals MSE + λ₁(1 − SSIM) + λ₂·diffusion recomputed from the same draw outside the model."""
     model = _model(ssim_weight=1.0, smooth_weight=0.1)
@@ -163,6 +164,8 @@ def test_loss_is_the_three_terms_of_the_paper():
     np.testing.assert_allclose(float(loss), mse + ssim + 0.1 * smooth, rtol=1e-4)
 
 
+@pytest.mark.xdist_group("test_diffusion_model.tiny")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_sample_shapes_ensemble_std_and_predict_under_jit(tiny):
     model, params = tiny
     batch = _pair(b=2)
@@ -178,6 +181,8 @@ def test_sample_shapes_ensemble_std_and_predict_under_jit(tiny):
     np.testing.assert_allclose(np.asarray(again.ddf), np.asarray(ddf), atol=1e-4)
 
 
+@pytest.mark.xdist_group("test_diffusion_model.tiny")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_observe_gives_fields_in_voxels_and_stops_early(tiny):
     model, params = tiny
     batch = _pair(b=2)
@@ -227,6 +232,8 @@ def _one_step_x0(model, params, x, t, f, m, condition):
     return (x - np.sqrt(1 - a) * eps) / np.sqrt(a) * _STD + _MEAN, eps
 
 
+@pytest.mark.xdist_group("test_diffusion_model.tiny")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_teacher_start_noises_the_teachers_field_to_the_start_step(tiny):
     """start="teacher", start_step t₀, one DDIM call: x = √ᾱ·z(φ_teacher) + √(1−ᾱ)·noise at t₀, then x̂₀ of
     the network at (x, t₀), in voxels (DDIM's last update returns x̂₀)."""
@@ -250,6 +257,8 @@ def test_teacher_start_noises_the_teachers_field_to_the_start_step(tiny):
         model.sample(params, f[:1], m[:1], start=jnp.zeros((1, 8, 8, 2)), start_step=10)
 
 
+@pytest.mark.xdist_group("test_diffusion_model.tiny")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_classifier_free_guidance_combines_the_two_branches(tiny):
     """cfg_scale w: ε̂ = (1 + w)·ε̂(images) − w·ε̂(null condition), both branches called here (Ho & Salimans)."""
     model, params = tiny
@@ -269,6 +278,8 @@ def test_classifier_free_guidance_combines_the_two_branches(tiny):
     np.testing.assert_allclose(unguided, plain, rtol=1e-4, atol=1e-4)  # cfg_scale 0: the conditional branch alone
 
 
+@pytest.mark.xdist_group("test_diffusion_model.tiny")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_condition_dropout_in_the_loss(tiny):
     """condition_dropout p: sample b is dropped when uniform(k_drop)[b] < p; a dropped sample's network call
     gets the null condition and its consistency terms (which need its images) do not count."""
@@ -311,6 +322,8 @@ def test_condition_dropout_in_the_loss(tiny):
     ({"ensemble": 0}, "ensemble"),
     ({"start": "zeros"}, "start"),
 ])
+@pytest.mark.xdist_group("test_diffusion_model.tiny")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_bad_sampler_options_raise(tiny, options, match):
     model, params = tiny
     batch = _pair(b=1)

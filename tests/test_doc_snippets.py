@@ -16,8 +16,10 @@ in one shared namespace, bash blocks run with ``bash -e -o pipefail`` (``python`
 ``jaxreg`` are this interpreter's). Before a block, its *prelude* (Python, in the same
 namespace) defines the names and files it assumes: small images (24³ blobs written by
 numpy), NIfTI files, workdirs. A prelude never changes the block; the one exception is the
-``subs`` of an entry, which replaces an absolute data path (``/data/NLST``) by a folder in
-the temporary directory and is listed beside the block.
+``subs`` of an entry, listed beside the block, which replaces an absolute data path
+(``/data/NLST``) by a folder in the temporary directory, or a reader's installation
+(``python3 -m venv .venv && .venv/bin/pip install -e .``, ``.venv/bin/jaxreg``) by this
+interpreter's installed ``jaxreg``.
 
 Trained workdirs (``runs/deqreg_demo``, ...) are stood in for by *initialised* workdirs: the
 config of a tiny test run (``tests/configs``) and a checkpoint of freshly initialised
@@ -144,7 +146,7 @@ class Run:
     """How a block runs: Python code that prepares what it assumes, and path substitutions."""
 
     prelude: str = ""
-    subs: tuple[tuple[str, str], ...] = ()  # (old, new) replaced in the block's text: absolute data paths only
+    subs: tuple[tuple[str, str], ...] = ()  # (old, new) replaced in the block's text: data paths, the install
 
 
 _DRIVER = r"""
@@ -273,14 +275,21 @@ def _nifti(path, array, affine=None):
     nib.save(nib.Nifti1Image(np.asarray(array), np.eye(4) if affine is None else affine), path)
 """
 
+# A reader's fresh install (README's first block): here the package is installed already, and
+# ``jaxreg`` on the PATH is this interpreter's.
+_INSTALLED = (("python3 -m venv .venv && .venv/bin/pip install -e .\n", ""), (".venv/bin/jaxreg", "jaxreg"))
+
 RUN: dict[tuple[str, str], Run] = {
-    # README.md
+    # README.md: the first registration (`jaxreg example`, then `jaxreg register` on its files)
+    ("README.md", "python3 -m venv .venv && .venv/bin/pip install -e ."): Run(subs=_INSTALLED),
     ("README.md", "result = jaxreg.register(fixed, moving)"): Run(_PAIR),
     ("README.md", "fixed, moving = jnp.zeros((64, 64, 64)), jnp.zeros((64, 64, 64))"): Run(),
     # docs/quickstart.md
     ("docs/quickstart.md", "result = jaxreg.register(fixed, moving)"): Run(_PAIR),
     ("docs/quickstart.md", 'result = jaxreg.register(fixed, moving, similarity="mi")'): Run(
         "brain_mask = fixed > 0.2\n"),
+    ("docs/quickstart.md", 'fixed_nii = jaxreg.io.load_nifti("fixed.nii.gz")'): Run(
+        _NIFTI + "_nifti('fixed.nii.gz', fixed); _nifti('moving.nii.gz', moving)\n"),
     ("docs/quickstart.md", "results = jaxreg.register(fixed_stack, moving_stack, batch=True)"): Run(
         "fixed_stack, moving_stack = np.stack([fixed, moving]), np.stack([moving, fixed])\n"
         "seg_stack, mask = np.stack([seg, fixed_seg]), brain_mask\n"),
@@ -342,7 +351,10 @@ NOT_RUN: dict[tuple[str, str], str] = {
                   "runs/deqreg_demo"): "installs, then trains the DEQReg demo for ~22 min (.ci/run runs it)",
     ("README.md", 'python3 -m venv .venv && .venv/bin/pip install --upgrade pip && .venv/bin/pip install -e ".[test]"'):
         _INSTALL,
-    ("README.md", ".venv/bin/python -m pytest -q -n 2 tests"): "runs the whole test suite (this file is part of it)",
+    ("README.md", '.venv/bin/python -m pytest -q -n 2 --dist loadgroup -m "not slow" tests'):
+        "runs the first test tier (this file is part of it)",
+    ("README.md", ".venv/bin/python -m pytest -q -n 2 --dist loadgroup -m slow tests"):
+        "runs the slow test tier (test_snippets_run is part of it)",
     ("README.md", '.venv/bin/pip install -e ".[test,cuda12]"'): "installs CUDA wheels and needs an NVIDIA GPU",
     # docs/conventions.md
     ("docs/conventions.md", "warped(x) = moving(x + ddf(x))"): "a formula, not code",

@@ -58,6 +58,7 @@ def test_bf16_conv_matches_float32_lax_to_bf16_rounding(monkeypatch, impl):
     assert _rel(grads["params"]["bias"], db_ref) < 2e-2
 
 
+@pytest.mark.slow
 def test_bf16_voxelmorph_parameters_and_field_stay_float32():
     """Same parameter tree (float32) as the float32 network; the field is float32 and close to it."""
     rng = np.random.default_rng(0)
@@ -72,6 +73,7 @@ def test_bf16_voxelmorph_parameters_and_field_stay_float32():
     assert _rel(got, want) < 5e-2
 
 
+@pytest.mark.slow
 def test_deqreg_bf16_train_step_float32_state_and_close_loss():
     """DEQReg with bfloat16 activations: float32 gradients, the loss within 2 % of float32's."""
     rng = np.random.default_rng(0)

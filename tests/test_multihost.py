@@ -34,8 +34,9 @@ def _free_port() -> int:
 
 
 def _env(devices: int = 1) -> dict:
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    env.update(JAX_PLATFORMS="cpu", XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+    from conftest import xla_flags
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"))
     return env
 
 
@@ -93,6 +94,7 @@ def _train(config: Path, workdir: Path, steps: int, *, processes: int, extra=())
                                 *extra], processes=processes))
 
 
+@pytest.mark.slow
 def test_two_processes_stop_resume_and_match_one_process_with_two_devices(tmp_path):
     config = CONFIGS / "tiny.py"
     two, one = tmp_path / "two", tmp_path / "one"

@@ -123,6 +123,7 @@ def test_errors():
         pipeline.make_transform({"augment": {"elastic": True}})
 
 
+@pytest.mark.slow
 def test_folder_source_and_config(tmp_path):
     root = write_learn2reg(tmp_path / "oasis", task="OASIS", num_cases=4, num_val=1, shape=(16, 16, 16))
     data = {"source": "learn2reg", "root": str(root), "batch_size": 2, "normalize": "minmax",

@@ -216,6 +216,8 @@ def deq_workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.xdist_group("test_register.deq_workdir")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_trained_model_registers_odd_shapes_with_solver_options(deq_workdir):
     fixed, moving, _, _ = _blob_pair(shape=(18, 22))
     model = jaxreg.load_model(deq_workdir)
@@ -229,6 +231,8 @@ def test_trained_model_registers_odd_shapes_with_solver_options(deq_workdir):
     np.testing.assert_allclose(np.asarray(by_path.ddf), np.asarray(result.ddf), atol=1e-6)
 
 
+@pytest.mark.xdist_group("test_register.deq_workdir")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_trained_model_registers_a_batch_like_single_pairs(deq_workdir):
     # Pairs of different intensity ranges: each is rescaled alone before the one network call.
     pairs = [_blob_pair(shape=(18, 22), shift=s)[:2] for s in [(1.0, -1.0), (-1.5, 0.5), (0.5, 1.5)]]
@@ -243,6 +247,7 @@ def test_trained_model_registers_a_batch_like_single_pairs(deq_workdir):
         np.testing.assert_allclose(np.asarray(batch.warped[i]), _scipy_warp(moving[i], batch.ddf[i]), atol=1e-4)
 
 
+@pytest.mark.slow
 def test_voxelmorph_workdir_registers_a_volume_and_takes_no_options(tmp_path):
     out = subprocess.run([sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "tests/configs/tiny.py"),
                           "--workdir", str(tmp_path)], cwd=ROOT, capture_output=True, text=True, timeout=600)
@@ -255,6 +260,8 @@ def test_voxelmorph_workdir_registers_a_volume_and_takes_no_options(tmp_path):
         jaxreg.register(fixed, moving, model=tmp_path, steps=3)
 
 
+@pytest.mark.xdist_group("test_register.deq_workdir")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_model_rejects_the_optimisers_mask(deq_workdir):
     fixed, moving, _, _ = _blob_pair(shape=(16, 16))
     with pytest.raises(ValueError, match="fixed_mask"):
@@ -278,6 +285,7 @@ def _volume_pair():
     return fixed.astype(np.float32), moving, labels, ndimage.map_coordinates(labels, coords, order=0, mode="nearest")
 
 
+@pytest.mark.slow
 def test_command_writes_every_output_consistently(tmp_path):
     fixed, moving, labels, moving_labels = _volume_pair()
     affine = np.diag([1.5, 1.5, 2.0, 1.0])

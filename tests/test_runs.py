@@ -45,6 +45,7 @@ def _assert_same_tree(got, want):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_load_run_gives_the_saved_parameters_of_each_step(workdir):
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert len(steps) >= 2

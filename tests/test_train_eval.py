@@ -14,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 from scipy import ndimage
+from conftest import xla_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
@@ -46,6 +47,8 @@ def trained(tmp_path_factory):
     return full, resumed, second
 
 
+@pytest.mark.xdist_group("test_train_eval.trained")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_resumed_run_is_bit_identical(trained):
     full, resumed, second = trained
     assert "resumed" in second.stderr + second.stdout and "step 3" in second.stderr + second.stdout
@@ -71,6 +74,8 @@ def _leaves(tree):
     return [np.asarray(tree)]
 
 
+@pytest.mark.xdist_group("test_train_eval.trained")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_metrics_log_and_tensorboard(trained):
     full, resumed, _ = trained
     for workdir in (full, resumed):
@@ -89,6 +94,8 @@ def test_metrics_log_and_tensorboard(trained):
     assert saved["training"]["num_steps"] == 6 and saved["model"]["encoder"] == [4, 8]
 
 
+@pytest.mark.xdist_group("test_train_eval.trained")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_eval_pair_figures_get_the_voxel_spacing_3d(trained, tmp_path, monkeypatch):
     """The 3-D pair figures are drawn with each record's spacing (three orthogonal rows, true aspect)."""
     from jaxreg.data import pipeline
@@ -106,6 +113,8 @@ def test_eval_pair_figures_get_the_voxel_spacing_3d(trained, tmp_path, monkeypat
         assert kwargs.get("axis") is None  # all three orthogonal slices
 
 
+@pytest.mark.xdist_group("test_train_eval.trained")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_eval_writes_files_and_its_dice_matches_scipy(trained):
     full, _, _ = trained
     out = _run("eval.py", f"--workdir={full}", "--step=best")
@@ -145,6 +154,8 @@ def test_eval_writes_files_and_its_dice_matches_scipy(trained):
     assert result["metrics"]["dice"] == pytest.approx(np.mean([float(r["dice"]) for r in rows]), abs=1e-9)
 
 
+@pytest.mark.xdist_group("test_train_eval.trained")  # one worker builds the module fixture once
+@pytest.mark.slow
 def test_interrupted_checkpoint_write_keeps_the_previous_one(trained, tmp_path):
     """A half-written checkpoint (what a kill during saving leaves) is ignored and cleaned up."""
     import shutil
@@ -169,9 +180,10 @@ def test_interrupted_checkpoint_write_keeps_the_previous_one(trained, tmp_path):
     assert not partial.exists()
 
 
+@pytest.mark.slow
 def test_two_devices_train_through_the_mesh(tmp_path):
     out = _run("train.py", f"--config={TINY}", f"--workdir={tmp_path}", "--config.training.num_steps=2",
-               "--config.training.eval_every=0", env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"})
+               "--config.training.eval_every=0", env={"XLA_FLAGS": xla_flags("--xla_force_host_platform_device_count=2")})
     assert out.returncode == 0, out.stderr[-3000:]
     lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert lines[-1]["step"] == 2 and np.isfinite(lines[-1]["loss"])

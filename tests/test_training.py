@@ -85,6 +85,7 @@ _SHARDED = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_sharded_train_step_matches_one_device():
     result = run_script(_SHARDED, timeout=600)
     assert result["devices"] == 2 and result["batch_shards"] == 2
