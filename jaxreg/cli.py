@@ -52,9 +52,7 @@ import json
 import math
 import os
 import re
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 from typing import NamedTuple
 
@@ -370,9 +368,7 @@ def register_files(args: argparse.Namespace) -> dict:
     if fixed_labels is not None:
         info["dice"] = _dice(fixed_labels, moving_labels, warped_labels)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with io.atomic_folder(out) as staging:
         io.save_nifti(staging / "warped.nii.gz", warped, fixed.affine)
         _save_field(staging / "disp.nii.gz", disp, fixed.affine)
         if inverse is not None:
@@ -389,11 +385,6 @@ def register_files(args: argparse.Namespace) -> dict:
                             warped_labels=warped_labels, spacing=tuple(spacing),
                             title=f"{info['method']}: {info['time_s']:.1f} s, folding {folding:.3f} %")
         (staging / "info.json").write_text(json.dumps(info, indent=2, default=str))
-        if out.exists():
-            out.rmdir()  # empty (checked first)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return info
 
 

@@ -216,6 +216,36 @@ def atomic_path(path: str | os.PathLike, *, suffix: str = ""):
             os.unlink(tmp)
 
 
+@contextlib.contextmanager
+def atomic_folder(path: str | os.PathLike):
+    """Yields a temporary folder beside ``path`` that becomes ``path`` when the block succeeds.
+
+    The folder appears complete or not at all: it is renamed into place (``os.replace``)
+    only after the block; if the block raises, it is removed and ``path`` is untouched.
+    ``path`` must not exist or be an empty folder (check it before doing any work).
+
+    Args:
+      path: the final folder; its parent is created if missing.
+
+    Yields:
+      The temporary folder, as a ``pathlib.Path``.
+    """
+    import pathlib
+    import shutil
+    import tempfile
+
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        yield staging
+        if out.exists():
+            out.rmdir()  # empty (the caller checked); a non-empty folder raises and stays as it was
+        os.replace(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
 def save_nifti(path: str | os.PathLike, array: ArrayLike, affine: ArrayLike | None = None) -> None:
     """Writes an array as a NIfTI-1 image, atomically.
 

@@ -20,8 +20,6 @@ from __future__ import annotations
 import contextlib
 import operator
 import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -110,14 +108,7 @@ def write_example(
     pair = synthetic_pair(jax.random.key(seed), shape, anatomy="brain")
     arrays = {k: np.asarray(pair[k], np.int16 if k.endswith("labels") else np.float32) for k in FILES}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with io.atomic_folder(out) as staging:
         for key, name in FILES.items():
             io.save_nifti(staging / name, arrays[key], np.eye(4))
-        if out.exists():
-            out.rmdir()  # empty (checked first)
-        os.replace(staging, out)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return {key: out / name for key, name in FILES.items()}
