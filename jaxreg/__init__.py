@@ -11,7 +11,7 @@ metrics live in their modules because both define ``dice`` with opposite directi
 """
 
 from jaxreg import io, losses, metrics, optimize, optimize_affine, spatial, transform
-from jaxreg.register import Model, Registration, load_model, register, register_stages
+from jaxreg.register import Model, Registration, load_model, register, register_stages, register_traceable
 from jaxreg.spatial import (
     affine_ddf,
     compose,
@@ -59,6 +59,7 @@ __all__ = [
     "optimize_affine",
     "register",
     "register_stages",
+    "register_traceable",
     "resize_ddf",
     "spatial",
     "training",

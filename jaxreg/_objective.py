@@ -12,7 +12,6 @@ by its minimum. Isotropic spacing gives ``relative = None`` and exactly the isot
 
 from __future__ import annotations
 
-import itertools
 import math
 import numbers
 from collections.abc import Callable, Sequence
@@ -21,6 +20,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from jaxreg import losses
 
@@ -29,28 +29,92 @@ SIMILARITIES = ("lncc", "mse", "mi")
 REGULARIZERS = ("diffusion", "bending")
 FINAL_LR_FRACTION = 0.1  # cosine decay of the learning rate within each level, down to this
 MIN_LEVEL_SIDE = 4  # smallest spatial side (voxels) allowed at the coarsest level
-CALLBACK_EVERY = 10  # steps between progress callbacks
 
-# ----------------------------------------------------------------------------- callbacks
-# A jitted level calls back through this table with a traced integer token, so that a new
-# callback object (e.g. a fresh lambda) does not change the compiled program.
-CALLBACKS: dict[int, Callable] = {}
-TOKENS = itertools.count(1)
-
-
-def emit(token, level, step, loss) -> None:
-    fn = CALLBACKS.get(int(token))
-    if fn is not None:
-        fn(int(level), int(step), float(loss))
+# ----------------------------------------------------------------------------- steps and chunks
+# The driver runs each level as a few dispatches of one compiled chunk of CHUNK steps and reads the
+# loss trace between them for progress. A host callback inside the program would do the same, but
+# JAX never stores a program with a host callback in its persistent compilation cache, so every
+# process would compile every level again (~17 s on a cardiac stack on a 2-core CPU).
+CHUNK = 10
+# Added under Adam's square root: d sqrt(v)/dv is infinite at v = 0 (a voxel whose gradient is
+# exactly zero), which would put NaN into gradients taken through the optimiser's steps. 1e-20 is
+# far below the squared gradients of any voxel that moves (its root, 1e-10, is 1 % of Adam's eps).
+EPS_ROOT = 1e-20
 
 
-def maybe_emit(token, level, i, steps: int, loss) -> None:
-    """Inside a scan body: calls back every ``CALLBACK_EVERY`` steps and at the last one."""
-    jax.lax.cond(
-        (i % CALLBACK_EVERY == 0) | (i == steps - 1),
-        lambda: jax.debug.callback(emit, token, level, i, loss),
-        lambda: None,
-    )
+def optimizer(learning_rate, total_steps) -> optax.GradientTransformation:
+    """Adam with a cosine decay of the step from ``learning_rate`` to ``FINAL_LR_FRACTION`` of it over
+    ``total_steps`` (optax's ``adam(cosine_decay_schedule(...))``, plus :data:`EPS_ROOT`).
+
+    Both may be traced values, so one compiled level serves any step count and learning rate.
+    """
+    def schedule(count):
+        t = jnp.minimum(count, total_steps) / jnp.maximum(total_steps, 1)
+        decay = (1.0 - FINAL_LR_FRACTION) * 0.5 * (1.0 + jnp.cos(jnp.pi * t)) + FINAL_LR_FRACTION
+        return -learning_rate * decay
+
+    return optax.chain(optax.scale_by_adam(eps_root=EPS_ROOT), optax.scale_by_schedule(schedule))
+
+
+def run_steps(step: Callable, carry, *, start, total, length: int, remat: bool = False):
+    """Steps ``start .. start + length − 1`` of a level of ``total`` steps: ``lax.scan`` of ``step``.
+
+    ``step(carry, i) -> (carry, loss)``; steps ``i >= total`` leave the carry as it is (a
+    ``lax.cond``: not computed) and report a NaN loss. ``remat``: each step is recomputed in the
+    backward pass (``jax.checkpoint``) and the scan is nested ``√length × √length`` with each
+    inner scan checkpointed, so reverse-mode differentiation through the steps keeps about
+    ``2·√length`` carries (parameters and Adam's moments), not one per step, and none of a step's
+    intermediates (warps, LNCC sums). Without differentiation ``remat`` changes nothing.
+
+    Returns:
+      ``(carry, (length,) + loss shape)``.
+    """
+    loss_shape = jax.eval_shape(step, carry, jnp.int32(0))[1]
+
+    def body(carry, i):
+        skip = lambda c, i: (c, jnp.full(loss_shape.shape, jnp.nan, loss_shape.dtype))  # noqa: E731
+        return jax.lax.cond(i < total, step, skip, carry, i)
+
+    first = jnp.asarray(start, jnp.int32)
+    if not remat or length < 4:
+        return jax.lax.scan(jax.checkpoint(body) if remat else body, carry, first + jnp.arange(length))
+    inner = math.isqrt(length - 1) + 1
+    outer = -(-length // inner)
+
+    @jax.checkpoint
+    def chunk(carry, i0):
+        return jax.lax.scan(jax.checkpoint(body), carry, i0 + jnp.arange(inner))
+
+    carry, losses = jax.lax.scan(chunk, carry, first + inner * jnp.arange(outer))
+    return carry, losses.reshape((outer * inner,) + losses.shape[2:])[:length]
+
+
+def drive_chunks(run_chunk: Callable, carry, total: int, *, level: int, callback: Callable | None):
+    """Runs a level of ``total`` steps as ``ceil(total / CHUNK)`` calls ``run_chunk(carry, start)``
+    of one compiled chunk, from Python; ``callback(level, step, loss)`` after each chunk (the loss
+    of its last step; with a batch, the mean over the pairs).
+
+    The callback of chunk ``k`` runs once chunk ``k + 1`` has been dispatched, so reading its loss
+    does not leave the device idle. Returns ``(carry, host trace (..., total))``.
+    """
+    traces, pending = [], None
+
+    def report(start, losses):
+        last = min(start + CHUNK, total) - 1
+        loss = np.asarray(losses[last - start])
+        callback(level, last, float(np.mean(loss)))
+
+    for start in range(0, total, CHUNK):
+        carry, losses = run_chunk(carry, jnp.int32(start))
+        traces.append(losses)
+        if callback is not None:
+            if pending is not None:
+                report(*pending)
+            pending = (start, losses)
+    if pending is not None:
+        report(*pending)
+    trace = np.concatenate([np.asarray(t) for t in traces], axis=0)[:total]
+    return carry, np.moveaxis(trace, 0, -1)
 
 
 def per_pair_value_and_grad(objective: Callable, batch: bool) -> Callable:
@@ -72,8 +136,9 @@ def per_pair_value_and_grad(objective: Callable, batch: bool) -> Callable:
 
 
 # ----------------------------------------------------------------------------- images
-def as_image(x, name: str) -> jax.Array:
-    """A user image as float32 ``(*S, C)`` (rank 2, 3: no channels; 4: channels last), checked."""
+def as_image(x, name: str, *, check: bool = True) -> jax.Array:
+    """A user image as float32 (float64 under x64) ``(*S, C)`` (rank 2, 3: no channels; 4: channels last), checked
+    (``check=False``: rank and dtype only, for traced values; see :func:`image_is_valid`)."""
     x = jnp.asarray(x)
     if x.ndim not in (2, 3, 4):
         raise ValueError(
@@ -83,15 +148,25 @@ def as_image(x, name: str) -> jax.Array:
     if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
             or x.dtype == jnp.bool_):
         raise ValueError(f"`{name}` must be a real-valued array; got dtype {x.dtype}.")
-    x = x.astype(jnp.float32)
+    # float32, or float64 when JAX's x64 mode is on and the image is float64 (finite differences)
+    x = x.astype(jnp.promote_types(x.dtype, jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else jnp.float32)
     if x.ndim in (2, 3):
         x = x[..., None]
+    if not check:
+        return x
     if not bool(jnp.all(jnp.isfinite(x))):
         raise ValueError(f"`{name}` contains NaN or Inf values.")
     axes = tuple(range(x.ndim - 1))
     if bool(jnp.all(jnp.max(x, axis=axes) == jnp.min(x, axis=axes))):
         raise ValueError(f"`{name}` is constant (an empty image); there is nothing to register.")
     return x
+
+
+def image_is_valid(x: jax.Array) -> jax.Array:
+    """Traced-safe form of :func:`as_image`'s value checks: ``True`` when the ``(*S, C)`` image is
+    finite and no channel is constant."""
+    axes = tuple(range(x.ndim - 1))
+    return jnp.all(jnp.isfinite(x)) & jnp.all(jnp.max(x, axis=axes) > jnp.min(x, axis=axes))
 
 
 class Normalised(NamedTuple):
@@ -133,16 +208,17 @@ def check_options(*, transform, similarity, regularizer, window, bins, weight, l
         raise ValueError(f"`callback` must be callable(level, step, loss) or None; got {callback!r}.")
 
 
-def check_pair(fixed, moving) -> tuple[jax.Array, jax.Array]:
+def check_pair(fixed, moving, *, values: bool = True) -> tuple[jax.Array, jax.Array]:
     """Checks an image pair and returns it as float32 ``(*S, C)`` arrays (a channel axis added).
 
-    Rank 2 is a 2-D image, rank 3 a 3-D one, rank 4 a 3-D one with channels.
+    Rank 2 is a 2-D image, rank 3 a 3-D one, rank 4 a 3-D one with channels. ``values=False``
+    checks shapes and dtypes only (traced images: :func:`image_is_valid` checks their values).
 
     Raises:
       ValueError: another rank or dtype, NaN or Inf, a constant image, ranks or shapes
         that differ; the message names the argument.
     """
-    fixed, moving = as_image(fixed, "fixed"), as_image(moving, "moving")
+    fixed, moving = as_image(fixed, "fixed", check=values), as_image(moving, "moving", check=values)
     if fixed.ndim != moving.ndim:
         raise ValueError(f"`fixed` and `moving` must have the same spatial rank (both 2-D or both 3-D); got shapes "
                          f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added).")
@@ -310,8 +386,9 @@ def plan_levels(shape, levels, steps, spacing, *, default_levels) -> tuple:
     return levels, steps, factors, shapes
 
 
-def mask_weight(fixed_mask, shape, *, batch: int | None = None) -> jax.Array | None:
-    """The ``(*S)`` float32 similarity weight of a ``fixed_mask`` (or ``None``).
+def mask_weight(fixed_mask, shape, *, batch: int | None = None, check: bool = True) -> jax.Array | None:
+    """The ``(*S)`` float32 similarity weight of a ``fixed_mask`` (or ``None``); ``check=False`` for a
+    traced mask (no test that it counts some voxel).
 
     With ``batch=B``: ``(B, *S)`` weights from one ``(*S)`` mask for every pair or one mask per
     pair ``(B, *S)``.
@@ -328,7 +405,7 @@ def mask_weight(fixed_mask, shape, *, batch: int | None = None) -> jax.Array | N
         raise ValueError(f"`fixed_mask` must have shape {expected}{also}; got {tuple(fixed_mask.shape)}.")
     weight = (fixed_mask != 0).astype(jnp.float32)
     spatial_axes = tuple(range(weight.ndim - len(shape), weight.ndim))
-    if not bool(jnp.all(jnp.any(weight > 0, axis=spatial_axes))):  # every pair counts some voxel
+    if check and not bool(jnp.all(jnp.any(weight > 0, axis=spatial_axes))):  # every pair counts some voxel
         raise ValueError("`fixed_mask` is all zero" + ("" if batch is None else " for some pair")
                          + "; the similarity would count no voxel.")
     return weight

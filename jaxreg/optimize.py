@@ -8,9 +8,12 @@ coarse to fine (``transform="rigid"``/``"affine"``: :mod:`jaxreg.optimize_affine
   ``jax.image.resize(..., antialias=True)`` (area-weighted averaging); with a ``spacing``
   each axis shrinks by ANTs' per-axis factor (:mod:`jaxreg._objective`: a 10 mm axis of a
   1.4 mm stack is not shrunk until the others reach it). The parameters of the previous
-  level are resized with :func:`jaxreg.spatial.resize_ddf`. Each level is one jitted
-  ``lax.scan`` over its steps; images and fields are arguments, options static, so a
-  second call with same-shaped inputs and the same options compiles nothing.
+  level are resized with :func:`jaxreg.spatial.resize_ddf`. Each level is one compiled
+  ``lax.scan`` of 10 steps dispatched ``ceil(steps / 10)`` times (progress is read between
+  them, so no host callback keeps the program out of JAX's persistent cache); images,
+  fields, the step count, weight and learning rate are arguments, options static, so a
+  second call with same-shaped inputs and the same options compiles nothing. Under
+  ``jit``/``vmap``/``grad`` (:func:`jaxreg.register_traceable`) each level is one scan.
 * **Field.** The optimised parameters ``p`` stand for ``field = box3(p)`` (one 3-voxel
   box filter per axis: a preconditioner that keeps Adam's per-voxel steps from
   roughening the field). With ``transform="svf"`` the field is a stationary velocity and
@@ -54,7 +57,7 @@ import optax
 from jaxreg import _objective as obj
 from jaxreg import losses, spatial
 from jaxreg import optimize_affine
-from jaxreg._objective import FINAL_LR_FRACTION, check_options, check_pair
+from jaxreg._objective import check_options, check_pair
 from jaxreg._objective import MIN_LEVEL_SIDE  # noqa: F401  (re-exported)
 
 __all__ = ["OptimizeResult", "auto_levels", "check_pair", "optimize", "pyramid"]
@@ -95,17 +98,70 @@ class OptimizeResult(NamedTuple):
     matrix: np.ndarray | None = None
 
 
-# ----------------------------------------------------------------------------- jitted parts
-@jax.jit(static_argnames=("shape", "batch"))
-def _resize(field: jax.Array, *, shape: tuple[int, ...], batch: bool = False) -> jax.Array:
-    resize = lambda f: spatial.resize_ddf(f, shape)  # noqa: E731
-    return jax.vmap(resize)(field) if batch else resize(field)
+# ----------------------------------------------------------------------------- levels
+class Level(NamedTuple):
+    """One level of the pyramid as :func:`run_levels` runs it (host data, static)."""
+
+    shape: tuple[int, ...]  # spatial shape of the level
+    steps: int
+    relative: tuple[float, ...] | None  # voxel size over the smallest one; None if isotropic
+    options: dict  # static keyword options of the level's step (:func:`_level`)
 
 
-@jax.jit(static_argnames=("integration_steps", "batch"))
-def _exp(velocity: jax.Array, *, integration_steps: int, batch: bool = False) -> jax.Array:
-    exp = lambda v: spatial.integrate_velocity(v, steps=integration_steps)  # noqa: E731
-    return jax.vmap(exp)(velocity) if batch else exp(velocity)
+def plan_levels(shape, spacing, *, transform="svf", similarity="lncc", window=5, bins=32, regularizer="diffusion",
+                levels=None, steps=None, integration_steps=7) -> tuple[tuple[int, ...], tuple[Level, ...]]:
+    """The pyramid of :func:`optimize` (svf/ddf) for a checked spatial ``shape`` and ``spacing``:
+    ``(levels, (Level, ...))``, coarse to fine."""
+    default = auto_levels(shape, spacing) if levels is None else None
+    steps = STEPS_PER_LEVEL if steps is None else steps
+    levels, steps, factors, shapes = obj.plan_levels(shape, levels, steps, spacing, default_levels=default)
+    out = []
+    for ls, fs, n in zip(shapes, factors, steps):
+        relative = obj.relative_spacing(spacing, fs)
+        options = {"transform": transform, "similarity": similarity, "bins": int(bins), "regularizer": regularizer,
+                   "window": obj.axis_windows(window, relative), "relative": relative,
+                   "integration_steps": _level_integration_steps(integration_steps, fs, spacing),
+                   "exact_gradient": transform == "svf" and math.prod(ls) <= EXACT_GRADIENT_MAX_VOXELS}
+        out.append(Level(tuple(ls), int(n), relative, options))
+    return levels, tuple(out)
+
+
+def _scale(relative, dtype):
+    return 1.0 if relative is None else jnp.asarray(relative, dtype)
+
+
+@jax.jit(static_argnames=("shape", "relative", "batch"))
+def _start_level(field, *, shape, relative, batch=False):
+    """The carry ``(params, Adam state)`` of a level from the previous level's field ``(*L', ndim)``
+    (voxels of that level): resized to ``shape`` and, on an anisotropic level, in units of its
+    smallest voxel."""
+    def one(f):
+        if f.shape[:-1] != shape:
+            f = spatial.resize_ddf(f, shape)
+        return f * _scale(relative, f.dtype)
+
+    params = jax.vmap(one)(field) if batch else one(field)
+    return params, obj.optimizer(1.0, 1).init(params)
+
+
+@jax.jit(static_argnames=("relative", "batch"))
+def _finish_level(params, *, relative, batch=False):
+    """The field ``smooth(params)`` of a level, in voxels of the level."""
+    finish = lambda p: _smooth(p, relative) / _scale(relative, p.dtype)  # noqa: E731
+    return jax.vmap(finish)(params) if batch else finish(params)
+
+
+@jax.jit(static_argnames=("shape", "integration_steps", "transform", "batch"))
+def _final_field(field, *, shape, integration_steps, transform, batch=False):
+    """The finest level's field at full resolution: ``(ddf, velocity or None)``."""
+    def one(f):
+        if f.shape[:-1] != shape:
+            f = spatial.resize_ddf(f, shape)
+        if transform == "svf":
+            return spatial.integrate_velocity(f, steps=integration_steps), f
+        return f, None
+
+    return jax.vmap(one)(field) if batch else one(field)
 
 
 def _smooth(p, relative):
@@ -152,23 +208,22 @@ def _regularize(field, relative, regularizer: str):
     return total
 
 
-@jax.jit(static_argnames=("steps", "transform", "similarity", "window", "bins", "regularizer",
-                          "integration_steps", "exact_gradient", "with_callback", "relative", "batch"))
-def _run_level(params, fixed, moving, weight, reg_weight, learning_rate, token, level, *, steps,
-               transform, similarity, window, bins, regularizer, integration_steps, exact_gradient,
-               with_callback, relative=None, batch=False):
-    """Runs ``steps`` Adam steps at one level.
+def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start, *, length, transform,
+           similarity, window, bins, regularizer, integration_steps, exact_gradient, relative=None, batch=False,
+           remat=False):
+    """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps (:func:`jaxreg._objective.run_steps`).
 
-    ``params`` ``(*L, ndim)`` (voxels of this level) stand for the field ``smooth(params)``;
-    returns ``(smooth(final params), (steps,) loss trace)``. ``weight`` is ``None`` or the
-    ``(*L)`` similarity weight map. ``relative``: the level's voxel size over its smallest
-    (``None`` if isotropic); then the optimised variables are the displacement components in
-    units of the smallest voxel (equal Adam steps in mm), ``window`` is one per axis.
-    ``batch``: every array has a leading pair axis ``B`` and the trace is ``(B, steps)``; each
-    pair has its own loss and gradient, and Adam, elementwise, treats the pairs apart, so
-    every pair follows the steps of its own call.
+    ``carry`` is ``(params, Adam state)`` (:func:`_start_level`); ``params`` ``(*L, ndim)``
+    stand for the field ``smooth(params)``. Returns ``(carry, (length,) loss trace)``.
+    ``weight`` is ``None`` or the ``(*L)`` similarity weight map. ``relative``: the level's
+    voxel size over its smallest (``None`` if isotropic); then the optimised variables are the
+    displacement components in units of the smallest voxel (equal Adam steps in mm), ``window``
+    is one per axis. ``batch``: every array has a leading pair axis ``B`` and the trace is
+    ``(length, B)``; each pair has its own loss and gradient, and Adam, elementwise, treats the
+    pairs apart, so every pair follows the steps of its own call. ``reg_weight``,
+    ``learning_rate`` and ``total`` may be traced.
     """
-    scale = 1.0 if relative is None else jnp.asarray(relative, params.dtype)
+    scale = _scale(relative, carry[0].dtype)
     smooth = lambda p: _smooth(p, relative) / scale  # noqa: E731
 
     def objective(p, fixed, moving, weight):
@@ -186,19 +241,63 @@ def _run_level(params, fixed, moving, weight, reg_weight, learning_rate, token, 
         return sim + reg_weight * _regularize(field, relative, regularizer)
 
     loss_and_grad = obj.per_pair_value_and_grad(objective, batch)
-    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=FINAL_LR_FRACTION))
+    opt = obj.optimizer(learning_rate, total)
 
     def step(carry, i):
         p, state = carry
         loss, grad = loss_and_grad(p, fixed, moving, weight)
         updates, state = opt.update(grad, state, p)
-        if with_callback:
-            obj.maybe_emit(token, level, i, steps, jnp.mean(loss))
         return (optax.apply_updates(p, updates), state), loss
 
-    params = params * scale
-    (params, _), trace = jax.lax.scan(step, (params, opt.init(params)), jnp.arange(steps))
-    return (jax.vmap(smooth)(params), trace.T) if batch else (smooth(params), trace)
+    return obj.run_steps(step, carry, start=start, total=total, length=length, remat=remat)
+
+
+# One compiled chunk of a level: the driver dispatches it ceil(steps / CHUNK) times.
+_level_chunk = jax.jit(_level, static_argnames=("length", "transform", "similarity", "window", "bins", "regularizer",
+                                                "integration_steps", "exact_gradient", "relative", "batch", "remat"))
+
+
+def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequence[Level], shape,
+               integration_steps: int, transform: str, batch: bool = False, traced: bool = False,
+               callback: Callable | None = None, first_level: int = 0):
+    """Runs the deformable pyramid on normalised ``(*S, C)`` images (``batch``: ``(B, *S, C)``).
+
+    ``traced=False`` (the driver): each level is ``ceil(steps / CHUNK)`` dispatches of one compiled
+    chunk, with ``callback(first_level + level, step, loss)`` between them. ``traced=True`` (inside
+    ``jit``/``vmap``/``grad``): each level is one scan with rematerialised steps, no host work.
+
+    Returns:
+      ``(ddf, velocity or None, trace)`` at full resolution; the trace ``(..., sum(steps))`` is a
+      host array (driver) or a traced one.
+    """
+    ndim = len(shape)
+    lead = fixed.shape[:1] if batch else ()
+    field = jnp.zeros(lead + levels[0].shape + (ndim,), fixed.dtype)
+    reg_weight = jnp.asarray(weight, fixed.dtype)
+    learning_rate = jnp.asarray(learning_rate, fixed.dtype)
+    traces = []
+    for i, level in enumerate(levels):
+        carry = _start_level(field, shape=level.shape, relative=level.relative, batch=batch)
+        f = obj.downsample(fixed, shape=level.shape, batch=batch)
+        m = obj.downsample(moving, shape=level.shape, batch=batch)
+        w = None if weight_map is None else \
+            obj.downsample(weight_map[..., None], shape=level.shape, batch=batch)[..., 0]
+        if traced:
+            carry, trace = _level(carry, f, m, w, reg_weight, learning_rate, level.steps, 0, length=level.steps,
+                                  batch=batch, remat=True, **level.options)
+            trace = jnp.moveaxis(trace, 0, -1)
+        else:
+            def run_chunk(carry, start, f=f, m=m, w=w, level=level):
+                return _level_chunk(carry, f, m, w, reg_weight, learning_rate, jnp.int32(level.steps), start,
+                                    length=obj.CHUNK, batch=batch, **level.options)
+
+            carry, trace = obj.drive_chunks(run_chunk, carry, level.steps, level=first_level + i, callback=callback)
+        traces.append(trace)
+        field = _finish_level(carry[0], relative=level.relative, batch=batch)
+    ddf, velocity = _final_field(field, shape=tuple(shape), integration_steps=int(integration_steps),
+                                 transform=transform, batch=batch)
+    concat = jnp.concatenate if traced else np.concatenate
+    return ddf, velocity, concat(traces, axis=-1)
 
 
 def _level_integration_steps(steps: int, factors: Sequence[int], spacing: Sequence[float]) -> int:
@@ -300,9 +399,10 @@ def optimize(
         should stay below ~0.5 voxel).
       init: rigid/affine only: ``"com"`` (translation by the intensity centres of mass) or
         ``"identity"``.
-      callback: optional ``callback(level_index, step, loss)``, called from the compiled
-        loop every 10 steps and at the last step of each level (e.g. for a progress bar;
-        with ``batch``, the mean loss of the pairs).
+      callback: optional ``callback(level_index, step, loss)``, called between the compiled
+        chunks of 10 steps of each level, with the loss of the chunk's last step (e.g. for a
+        progress bar; with ``batch``, the mean loss of the pairs). Not inside the compiled
+        program, so the programs stay in JAX's persistent compilation cache.
       batch: ``fixed`` and ``moving`` are stacks ``(B, *S)`` / ``(B, *S, C)`` of B pairs of
         one shape, registered in one compiled loop (vmapped: a GPU runs them in parallel);
         each pair gets exactly the steps it would get alone (its own loss, gradient and Adam
@@ -335,42 +435,12 @@ def optimize(
         fixed, moving = obj.prepare_pair(fixed, moving)
     shape = fixed.shape[1:-1] if batch else fixed.shape[:-1]
     spacing = obj.check_spacing(spacing, len(shape))
-    default = auto_levels(shape, spacing) if levels is None else None
-    steps = STEPS_PER_LEVEL if steps is None else steps
-    levels, steps, factors, level_shapes = obj.plan_levels(shape, levels, steps, spacing, default_levels=default)
+    levels, plan = plan_levels(shape, spacing, transform=transform, similarity=similarity, window=window, bins=bins,
+                               regularizer=regularizer, levels=levels, steps=steps,
+                               integration_steps=integration_steps)
     weight_map = obj.mask_weight(fixed_mask, shape, batch=fixed.shape[0] if batch else None)
-    learning_rate = LEARNING_RATE if learning_rate is None else learning_rate
-
-    token = next(obj.TOKENS)
-    if callback is not None:
-        obj.CALLBACKS[token] = callback
-    options = {"transform": transform, "similarity": similarity, "bins": int(bins), "regularizer": regularizer,
-               "with_callback": callback is not None}
-    ndim = len(shape)
-    lead = fixed.shape[:1] if batch else ()  # (B,) or ()
-    params = jnp.zeros(lead + level_shapes[0] + (ndim,), jnp.float32)
-    traces = []
-    try:
-        for i, (ls, fs, n) in enumerate(zip(level_shapes, factors, steps)):
-            if params.shape[len(lead):-1] != ls:
-                params = _resize(params, shape=ls, batch=batch)
-            relative = obj.relative_spacing(spacing, fs)
-            w = None if weight_map is None else obj.downsample(weight_map[..., None], shape=ls, batch=batch)[..., 0]
-            params, trace = _run_level(
-                params, obj.downsample(fixed, shape=ls, batch=batch), obj.downsample(moving, shape=ls, batch=batch),
-                w, jnp.float32(weight), jnp.float32(learning_rate), jnp.int32(token), jnp.int32(i),
-                steps=n, **options, window=obj.axis_windows(window, relative), relative=relative,
-                integration_steps=_level_integration_steps(integration_steps, fs, spacing),
-                exact_gradient=transform == "svf" and math.prod(ls) <= EXACT_GRADIENT_MAX_VOXELS,
-                batch=batch,
-            )
-            traces.append(trace)
-        if params.shape[len(lead):-1] != shape:
-            params = _resize(params, shape=shape, batch=batch)
-        trace = np.concatenate([np.asarray(t) for t in traces], axis=-1)  # blocks until the loops end
-    finally:
-        obj.CALLBACKS.pop(token, None)
-    if transform == "svf":
-        return OptimizeResult(_exp(params, integration_steps=int(integration_steps), batch=batch), params, trace,
-                              steps, levels)
-    return OptimizeResult(params, None, trace, steps, levels)
+    ddf, velocity, trace = run_levels(
+        fixed, moving, weight_map, weight=weight, learning_rate=LEARNING_RATE if learning_rate is None else learning_rate,
+        levels=plan, shape=shape, integration_steps=integration_steps, transform=transform, batch=batch,
+        callback=callback)
+    return OptimizeResult(ddf, velocity, trace, tuple(lv.steps for lv in plan), levels)

@@ -16,7 +16,7 @@ points in **mm** (``p = spacing · x`` for a voxel ``x``, array axis order) that
   translation.
 * **Levels.** As :func:`jaxreg.optimize.optimize`: anti-aliased downsampling with per-axis
   shrink factors from the spacing (ANTs' rule), one jitted ``lax.scan`` per level, images
-  passed as arguments. Every level runs on the grid of the finest one (a coarser level's
+  passed as arguments, each level dispatched in chunks of 10 steps. Every level runs on the grid of the finest one (a coarser level's
   images sit in its corner with similarity weight 0 around them) and the geometry (spacing,
   level grid, centre, radius) is passed as small arrays, so all levels, and other spacings,
   share one compiled program (compiling is ~4 s a program on a 2-core CPU; running a level
@@ -46,7 +46,7 @@ import optax
 
 from jaxreg import _objective as obj
 from jaxreg import spatial
-from jaxreg._objective import FINAL_LR_FRACTION, check_options
+from jaxreg._objective import check_options
 
 __all__ = ["AffineResult", "affine_levels", "optimize_affine"]
 
@@ -127,16 +127,17 @@ def _padded(image, shape, work, weight=False, batch=False):
     return jnp.pad(image, pad) if weight else jnp.pad(image, pad, mode="edge")
 
 
-# ----------------------------------------------------------------------------- jitted parts
-@jax.jit(static_argnames=("steps", "transform", "similarity", "window", "bins", "with_callback", "batch"))
-def _run_level(theta, fixed, moving, weight, level_to_mm, centre, radius, learning_rate, token, level, *,
-               steps, transform, similarity, window, bins, with_callback, batch=False):
-    """``steps`` Adam steps at one level; returns ``(theta, (steps,) loss trace)``.
+# ----------------------------------------------------------------------------- levels
+def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_rate, total, start, *, length,
+           transform, similarity, window, bins, batch=False, remat=False):
+    """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps; returns
+    ``(carry, (length,) loss trace)`` (:func:`jaxreg._objective.run_steps`).
 
-    ``level_to_mm`` ``(ndim + 1, ndim + 1)`` maps a voxel of this level to mm; the level's
-    voxel matrix is ``level_to_mm⁻¹ · world(theta) · level_to_mm``. ``batch``: ``theta``,
-    the images, ``weight``, ``centre`` and ``radius`` have a leading pair axis, each pair is
-    optimised as alone (its own loss, gradient and Adam moments) and the trace is ``(B, steps)``.
+    ``carry`` is ``(theta, Adam state)``. ``level_to_mm`` ``(ndim + 1, ndim + 1)`` maps a voxel
+    of this level to mm; the level's voxel matrix is ``level_to_mm⁻¹ · world(theta) · level_to_mm``.
+    ``batch``: ``theta``, the images, ``weight``, ``centre`` and ``radius`` have a leading pair
+    axis, each pair is optimised as alone (its own loss, gradient and Adam moments) and the trace
+    is ``(length, B)``.
     """
     ndim = fixed.ndim - 1 - int(batch)
     shape = fixed.shape[int(batch):-1]
@@ -148,18 +149,25 @@ def _run_level(theta, fixed, moving, weight, level_to_mm, centre, radius, learni
         return obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
 
     loss_and_grad = obj.per_pair_value_and_grad(objective, batch)
-    opt = optax.adam(optax.cosine_decay_schedule(learning_rate, steps, alpha=FINAL_LR_FRACTION))
+    opt = obj.optimizer(learning_rate, total)
 
     def step(carry, i):
         th, state = carry
         loss, grad = loss_and_grad(th, fixed, moving, weight, centre, radius)
         updates, state = opt.update(grad, state, th)
-        if with_callback:
-            obj.maybe_emit(token, level, i, steps, jnp.mean(loss))
         return (optax.apply_updates(th, updates), state), loss
 
-    (theta, _), trace = jax.lax.scan(step, (theta, opt.init(theta)), jnp.arange(steps))
-    return theta, (trace.T if batch else trace)
+    return obj.run_steps(step, carry, start=start, total=total, length=length, remat=remat)
+
+
+# One compiled chunk of a level; every level of every spacing runs it (module docstring).
+_level_chunk = jax.jit(_level, static_argnames=("length", "transform", "similarity", "window", "bins", "batch",
+                                                "remat"))
+
+
+@jax.jit
+def _start_level(theta):
+    return theta, obj.optimizer(1.0, 1).init(theta)
 
 
 @jax.jit(static_argnames="batch")
@@ -220,8 +228,8 @@ def optimize_affine(
       steps: Adam steps at each level (one number or one per level).
       learning_rate: Adam step in voxels of the level's finest axis (``None``: 0.25).
       init: ``"com"`` (translation by the intensity centres of mass) or ``"identity"``.
-      callback: optional ``callback(level_index, step, loss)`` every 10 steps (with
-        ``batch``: the mean loss of the pairs).
+      callback: optional ``callback(level_index, step, loss)`` between compiled chunks of 10
+        steps (as :func:`jaxreg.optimize.optimize`; with ``batch``: the mean loss of the pairs).
       batch: stacks ``(B, *S[, C])`` of B pairs, optimised together in one compiled loop, each
         pair as it would be alone (as :func:`jaxreg.optimize.optimize`); ``matrix``,
         ``world``, ``losses`` and ``parameters`` of the result gain a leading ``B`` axis.
@@ -243,51 +251,106 @@ def optimize_affine(
     fixed, moving = (obj.prepare_pairs if batch else obj.prepare_pair)(fixed, moving)
     lead = fixed.shape[:1] if batch else ()  # (B,) or ()
     shape = fixed.shape[len(lead):-1]
+    spacing = obj.check_spacing(spacing, len(shape))
+    levels, steps, plan = plan_levels(shape, spacing, levels=levels, steps=steps, window=window)
+    weight_map = obj.mask_weight(fixed_mask, shape, batch=lead[0] if batch else None)
+    theta, matrix, world, trace = run_levels(
+        fixed, moving, weight_map, plan=plan, spacing=spacing, transform=transform, similarity=similarity,
+        bins=bins, init=init, learning_rate=learning_rate, batch=batch, callback=callback)
+    return AffineResult(np.asarray(matrix, np.float64), np.asarray(world, np.float64), trace, steps, levels, shape,
+                        np.asarray(theta))
+
+
+class Level(NamedTuple):
+    """One level of the affine pyramid (host data, static)."""
+
+    shape: tuple[int, ...]
+    steps: int
+    level_to_mm: np.ndarray  # (ndim + 1, ndim + 1): a voxel of the level -> mm
+    step_mm: float  # the learning rate's unit: mm of one voxel of the level's finest axis
+    window: int | tuple[int, ...]
+
+
+def plan_levels(shape, spacing, *, levels=None, steps=STEPS_PER_LEVEL, window=5):
+    """``(levels, steps, (Level, ...))`` of :func:`optimize_affine` for a checked ``shape`` and ``spacing``."""
     ndim = len(shape)
-    spacing = obj.check_spacing(spacing, ndim)
     default = affine_levels(shape, spacing) if levels is None else None
     levels, steps, factors, level_shapes = obj.plan_levels(shape, levels, steps, spacing, default_levels=default)
-    weight_map = obj.mask_weight(fixed_mask, shape, batch=lead[0] if batch else None)
-    learning_rate = LEARNING_RATE if learning_rate is None else float(learning_rate)
+    plan = []
+    for ls, fs, n in zip(level_shapes, factors, steps):
+        ratio = np.array([s / l for s, l in zip(shape, ls)], np.float64)
+        # level voxel i -> full-resolution voxel r·i + (r − 1)/2 (voxel centres) -> mm
+        level_to_mm = np.diag(np.append(np.asarray(spacing), 1.0)) @ np.diag(np.append(ratio, 1.0))
+        level_to_mm[:ndim, ndim] = np.asarray(spacing) * (ratio - 1) / 2
+        plan.append(Level(tuple(ls), int(n), level_to_mm, min(spacing) * max(fs),
+                          obj.axis_windows(window, obj.relative_spacing(spacing, fs))))
+    return levels, steps, tuple(plan)
 
-    spacing_arr = jnp.asarray(spacing, jnp.float32)
+
+def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, transform: str, similarity: str,
+               bins: int, init: str, learning_rate=None, batch: bool = False, traced: bool = False,
+               callback: Callable | None = None, first_level: int = 0):
+    """Runs the affine pyramid on normalised ``(*S, C)`` images (``batch``: ``(B, *S, C)``).
+
+    ``traced=False`` (the driver): each level is ``ceil(steps / CHUNK)`` dispatches of one compiled
+    chunk, ``callback(first_level + level, step, loss)`` between them. ``traced=True`` (inside
+    ``jit``/``vmap``/``grad``): each level is one scan with rematerialised steps.
+
+    Returns:
+      ``(theta, matrix, world, trace)``: the parameters, the voxel and mm matrices
+      ``(..., ndim + 1, ndim + 1)`` (jax arrays, the images' dtype) and the loss trace
+      ``(..., sum(steps))`` (host array for the driver).
+    """
+    lead = fixed.shape[:1] if batch else ()
+    shape = fixed.shape[len(lead):-1]
+    ndim = len(shape)
+    dtype = fixed.dtype
+    learning_rate = LEARNING_RATE if learning_rate is None else learning_rate
+    spacing_arr = jnp.asarray(spacing, dtype)
     com_fixed, radius = _moments(fixed, spacing_arr, batch=batch)
     com_moving, _ = _moments(moving, spacing_arr, batch=batch)
     radius = jnp.maximum(radius, 4.0 * min(spacing))
-    theta = jnp.zeros(lead + (_n_linear(transform, ndim) + ndim,), jnp.float32)
+    theta = jnp.zeros(lead + (_n_linear(transform, ndim) + ndim,), dtype)
     if init == "com":
         theta = theta.at[..., -ndim:].set(com_moving - com_fixed)
-
-    token = next(obj.TOKENS)
-    if callback is not None:
-        obj.CALLBACKS[token] = callback
     # Every level runs on the grid of the largest one: a coarser level's images sit in its corner,
     # edges repeated, with similarity weight 0 outside. One compiled program serves all levels.
-    work = tuple(max(sides) for sides in zip(*level_shapes))
-    ones = jnp.ones(lead + shape, jnp.float32) if weight_map is None else weight_map
+    work = tuple(max(sides) for sides in zip(*(level.shape for level in plan)))
+    ones = jnp.ones(lead + shape, dtype) if weight_map is None else weight_map
+    static = {"transform": transform, "similarity": similarity, "bins": int(bins), "batch": batch}
     traces = []
-    try:
-        for i, (ls, fs, n) in enumerate(zip(level_shapes, factors, steps)):
-            ratio = np.array([s / l for s, l in zip(shape, ls)], np.float64)
-            # level voxel i -> full-resolution voxel r·i + (r − 1)/2 (voxel centres) -> mm
-            level_to_mm = np.diag(np.append(np.asarray(spacing), 1.0)) @ np.diag(np.append(ratio, 1.0))
-            level_to_mm[:ndim, ndim] = np.asarray(spacing) * (ratio - 1) / 2
-            relative = obj.relative_spacing(spacing, fs)
-            theta, trace = _run_level(
-                theta, _padded(fixed, ls, work, batch=batch), _padded(moving, ls, work, batch=batch),
-                _padded(ones[..., None], ls, work, weight=True, batch=batch)[..., 0],
-                jnp.asarray(level_to_mm, jnp.float32), com_fixed, radius,
-                jnp.float32(learning_rate * min(spacing) * max(fs)), jnp.int32(token), jnp.int32(i),
-                steps=n, transform=transform, similarity=similarity, window=obj.axis_windows(window, relative),
-                bins=int(bins), with_callback=callback is not None,
-                batch=batch)
-            traces.append(trace)
-        trace = np.concatenate([np.asarray(t) for t in traces], axis=-1)
-    finally:
-        obj.CALLBACKS.pop(token, None)
-    world_of = lambda th, c, r: _world(th, c, r, transform=transform, ndim=ndim)  # noqa: E731
-    world = np.array((jax.vmap(world_of) if batch else world_of)(theta, com_fixed, radius), np.float64)
-    world[..., ndim, :] = np.eye(ndim + 1)[ndim]
-    scale = np.diag(np.append(np.asarray(spacing, np.float64), 1.0))
-    matrix = np.linalg.inv(scale) @ world @ scale
-    return AffineResult(matrix, world, trace, steps, levels, shape, np.asarray(theta))
+    for i, level in enumerate(plan):
+        carry = _start_level(theta)
+        arrays = (_padded(fixed, level.shape, work, batch=batch), _padded(moving, level.shape, work, batch=batch),
+                  _padded(ones[..., None], level.shape, work, weight=True, batch=batch)[..., 0],
+                  jnp.asarray(level.level_to_mm, dtype), com_fixed, radius,
+                  jnp.asarray(learning_rate, dtype) * level.step_mm)
+        if traced:
+            carry, trace = _level(carry, *arrays, level.steps, 0, length=level.steps, window=level.window,
+                                  remat=True, **static)
+            trace = jnp.moveaxis(trace, 0, -1)
+        else:
+            def run_chunk(carry, start, arrays=arrays, level=level):
+                return _level_chunk(carry, *arrays, jnp.int32(level.steps), start, length=obj.CHUNK,
+                                    window=level.window, **static)
+
+            carry, trace = obj.drive_chunks(run_chunk, carry, level.steps, level=first_level + i, callback=callback)
+        theta = carry[0]
+        traces.append(trace)
+    world, matrix = _matrices(theta, com_fixed, radius, jnp.asarray(spacing, dtype), transform=transform,
+                              batch=batch)
+    concat = jnp.concatenate if traced else np.concatenate
+    return theta, matrix, world, concat(traces, axis=-1)
+
+
+@jax.jit(static_argnames=("transform", "batch"))
+def _matrices(theta, centre, radius, spacing, *, transform, batch=False):
+    """``(world, voxel matrix)`` of the parameters: ``M = S⁻¹ · world · S``, ``S = diag(spacing, 1)``."""
+    ndim = spacing.shape[0]
+
+    def one(th, c, r):
+        world = _world(th, c, r, transform=transform, ndim=ndim)
+        scale = jnp.append(spacing, 1.0)
+        return world, world * scale[None, :] / scale[:, None]
+
+    return jax.vmap(one)(theta, centre, radius) if batch else one(theta, centre, radius)

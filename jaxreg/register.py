@@ -31,11 +31,9 @@ reuses the compiled code.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 from collections.abc import Callable, Mapping
-from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -46,11 +44,13 @@ import numpy as np
 from jaxreg import _objective
 from jaxreg import optimize as optimize_lib
 from jaxreg import optimize_affine as affine_lib
-from jaxreg import spatial
+from jaxreg.traceable import (AFFINE_STAGES, Clock, Registration, affine_stage, check_not_channels_2d, check_stage,
+                              deformable_stage, is_traced, per_pair, register_traceable, total_field, warp_affine,
+                              warp_outputs)
 
-__all__ = ["Model", "Registration", "enable_compilation_cache", "load_model", "register", "register_stages"]
+__all__ = ["Model", "Registration", "enable_compilation_cache", "load_model", "register", "register_stages",
+           "register_traceable"]
 
-AFFINE_STAGES = ("affine", "rigid")
 # JAX's persistent compilation cache: a path, or "0"/"off"/"false" to leave it off.
 CACHE_ENV = "JAXREG_COMPILATION_CACHE"
 
@@ -88,60 +88,6 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
     return path
-
-
-class Registration(NamedTuple):
-    """The result of :func:`register`.
-
-    Attributes:
-      ddf: ``(*S, ndim)`` total displacement in voxels (pull convention), on the fixed grid:
-        ``warped(x) = moving(x + ddf(x))`` and ``ddf(x) = matrix · [x + u(x), 1] − x``.
-      warped: the moving image resampled onto the fixed grid, shaped like ``moving``.
-      warped_labels: the moving label map warped with nearest-neighbour interpolation, or
-        ``None`` when no labels were given.
-      info: ``method`` ("optimize" or the model name), ``steps``, ``levels``, ``losses``
-        (optimiser loss trace, lower is better) or solver options, ``affine`` (the stage
-        run, or ``None``), ``affine_levels``, ``affine_steps``, ``affine_losses``,
-        ``affine_time_s``, ``spacing`` and ``time_s`` (wall seconds, both stages).
-      matrix: ``(ndim + 1, ndim + 1)`` float64 homogeneous voxel matrix mapping a fixed-grid
-        voxel (array axis order) to a moving-array voxel; the identity without an affine
-        stage.
-      deformation: ``(*S, ndim)`` displacement ``u`` of the deformable stage in voxels on the
-        fixed grid (applied before ``matrix``), or ``None`` when there was no deformable stage.
-      velocity: the stationary velocity ``v`` with ``u = exp(v)`` (``transform="svf"``), else ``None``.
-      spacing: the voxel size per axis (mm) used.
-    """
-
-    ddf: jax.Array
-    warped: jax.Array
-    warped_labels: jax.Array | None
-    info: dict[str, Any]
-    matrix: np.ndarray | None = None
-    deformation: jax.Array | None = None
-    velocity: jax.Array | None = None
-    spacing: tuple[float, ...] | None = None
-
-    def world_matrix(self, grid_affine=None) -> np.ndarray:
-        """The affine stage in world units: ``G · matrix · G⁻¹``.
-
-        Args:
-          grid_affine: the fixed grid's ``(ndim + 1, ndim + 1)`` voxel → world matrix (e.g.
-            a NIfTI affine); default ``diag(spacing, 1)`` (mm, axes of the array).
-
-        Returns:
-          ``(ndim + 1, ndim + 1)`` float64 matrix mapping a fixed world point to the moving
-          world point it reads, when the moving image lives on the same grid.
-        """
-        ndim = self.ddf.shape[-1]
-        matrix = np.eye(ndim + 1) if self.matrix is None else np.asarray(self.matrix, np.float64)
-        if grid_affine is None:
-            spacing = (1.0,) * ndim if self.spacing is None else self.spacing
-            grid = np.diag(np.append(np.asarray(spacing, np.float64), 1.0))
-        else:
-            grid = np.asarray(grid_affine, np.float64)
-            if grid.shape != (ndim + 1, ndim + 1):
-                raise ValueError(f"`grid_affine` must be a ({ndim + 1}, {ndim + 1}) matrix; got shape {grid.shape}.")
-        return grid @ matrix @ np.linalg.inv(grid)
 
 
 class Model(NamedTuple):
@@ -221,77 +167,6 @@ def _register_with_model(model: Model, fixed, moving, shape, options: Mapping, k
                                         "options": dict(options)}
 
 
-@jax.jit
-def _affine_ddf(matrix, like):
-    return spatial.affine_ddf(matrix, like.shape[:-1])
-
-
-@jax.jit(static_argnames="order")
-def _warp(image, ddf, *, order=1):
-    return spatial.warp(image, ddf, order=order)
-
-
-@jax.jit
-def _warp_affine(image, matrix):
-    """``(*S, C)`` resampled through the voxel ``matrix`` (linear, edges repeated)."""
-    return spatial.warp(image, spatial.affine_ddf(matrix, image.shape[:-1]))
-
-
-@jax.jit
-def _compose_affine(matrix, u):
-    """``matrix · [x + u(x), 1] − x``: the total displacement of ``u`` then ``matrix``."""
-    ndim = u.shape[-1]
-    return spatial.affine_ddf(matrix, u.shape[:-1]) + jnp.einsum("...j,ij->...i", u, matrix[:ndim, :ndim])
-
-
-def _per_pair(fn: Callable, batch: bool) -> Callable:
-    """``fn`` of one pair's arrays, mapped over a leading pair axis when ``batch``."""
-    return jax.vmap(fn) if batch else fn
-
-
-# Arguments of optimize/optimize_affine that register passes itself (not user options).
-_REGISTER_OWNS = ("fixed", "moving", "fixed_mask", "spacing", "callback", "batch")
-
-
-def _keyword_names(function, owned) -> tuple[str, ...]:
-    return tuple(name for name, p in inspect.signature(function).parameters.items()
-                 if p.kind is p.KEYWORD_ONLY and name not in owned)
-
-
-def _check_names(given: Mapping, function, owned, argument: str) -> None:
-    valid = _keyword_names(function, owned)
-    unknown = [name for name in given if name not in valid]
-    if unknown:
-        raise ValueError(f"{argument}: unknown option(s) {unknown} of {function.__name__}; valid names: "
-                         f"{', '.join(valid)}.")
-
-
-def _check_stage(affine, affine_options, options, model=None) -> tuple[str | None, dict]:
-    if affine is not None and affine is not False and affine not in AFFINE_STAGES:
-        raise ValueError(f"`affine` must be one of {AFFINE_STAGES}, False or None; got {affine!r}.")
-    if affine_options is not None and not isinstance(affine_options, Mapping):
-        raise ValueError(f"`affine_options` must be a dict of options of optimize_affine or None; got {affine_options!r}.")
-    affine_options = dict(affine_options or {})
-    if "transform" in affine_options:
-        raise ValueError("`affine_options` takes no 'transform': choose it with affine='rigid' or 'affine'.")
-    _check_names(affine_options, affine_lib.optimize_affine, _REGISTER_OWNS + ("transform",), "`affine_options`")
-    if model is None:  # a model's predict checks its own options
-        _check_names(options, optimize_lib.optimize, _REGISTER_OWNS, "`**options` of register")
-    if options.get("transform") in AFFINE_STAGES:  # the affine transform is the whole registration
-        return None, affine_options
-    return (affine or None), affine_options
-
-
-def _check_not_channels_2d(given_shape, shape, batch: bool) -> None:
-    """Refuses a rank-3 image (rank 4 with ``batch``) whose last axis is too short for a 3-D image."""
-    if len(given_shape) == 3 + batch and len(shape) == 3 and shape[-1] < 4:
-        raise ValueError(
-            f"`fixed` of shape {tuple(given_shape)} is read as a 3-D image {tuple(shape)} whose last axis has "
-            f"{shape[-1]} voxel(s), fewer than the 4 a 3-D registration needs. A rank-3 array is a 3-D image; "
-            f"2-D images with channels are not supported: register one channel or average them "
-            f"(e.g. `image.mean(-1)`).")
-
-
 def _check_labels(labels) -> np.ndarray:
     """An integer label map; floats whose values are all integers are cast to int32, others refused."""
     labels = np.asarray(labels)
@@ -323,7 +198,7 @@ def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine"
     """
     shape = tuple(int(s) for s in shape)
     spacing = _objective.check_spacing(spacing, len(shape))
-    stage, affine_options = _check_stage(affine, affine_options, options, model)
+    stage, affine_options = check_stage(affine, affine_options, options, model)
     out = []
     if stage is not None:
         levels = affine_options.get("levels")
@@ -405,7 +280,16 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         results = jaxreg.register(fixed_stack, moving_stack, batch=True)  # (B, *S): B pairs at once
         dice = jaxreg.metrics.dice(fixed_labels, jaxreg.warp(moving_labels, result.ddf, order=0))
     """
-    start = time.perf_counter()
+    if model is None and is_traced(fixed, moving, fixed_mask, moving_labels, options.get("weight"),
+                                   options.get("learning_rate")):
+        if batch or callback is not None or key is not None:
+            raise ValueError("inside jit/vmap/grad, register runs register_traceable: it takes no `batch` (use "
+                             "jax.vmap), `callback` or `key`.")
+        return register_traceable(fixed, moving, fixed_mask=fixed_mask, moving_labels=moving_labels,
+                                  spacing=spacing, affine=affine, affine_options=affine_options, **options)
+    if model is not None and is_traced(fixed, moving):
+        raise ValueError("a trained `model` runs outside jit/vmap/grad only (call its `method.predict` in JAX code).")
+    clock = Clock()
     enable_compilation_cache()
     given = fixed, moving
     batch = bool(batch)
@@ -417,8 +301,8 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     shape = fixed.shape[len(lead):-1]
     ndim = len(shape)
     spacing = _objective.check_spacing(spacing, ndim)
-    _check_not_channels_2d(np.shape(given[0]), shape, batch)
-    stage, affine_options = _check_stage(affine, affine_options, options, model)
+    check_not_channels_2d(np.shape(given[0]), shape, batch)
+    stage, affine_options = check_stage(affine, affine_options, options, model)
     if fixed_mask is not None and tuple(np.shape(fixed_mask)) not in {shape, lead + shape}:
         raise ValueError(f"`fixed_mask` must have the spatial shape of `fixed` {shape}"
                          + (f" or {lead + shape}" if batch else "") + f"; got {tuple(np.shape(fixed_mask))}.")
@@ -431,56 +315,39 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         if fixed_mask is not None:
             raise ValueError("`fixed_mask` is used by the classical optimiser only (model=None).")
         model = model if isinstance(model, Model) else load_model(model)
+    weight_map = _objective.mask_weight(fixed_mask, shape, batch=lead[0] if batch else None)
 
-    first_level = 0
-    stage_callback = callback
     info: dict[str, Any] = {"affine": stage, "spacing": list(spacing)}
-    matrix = np.array(np.broadcast_to(np.eye(ndim + 1), lead + (ndim + 1, ndim + 1)))
     # Each image checked and normalised once, for both stages (exactly what optimize would do).
-    normalise = _per_pair(_objective.normalise, batch)
+    normalise = per_pair(_objective.normalise, batch)
     fixed_n, moving_n = normalise(fixed), normalise(moving)
-    moving_stage = moving_n
-    if stage is not None:
-        affine_start = time.perf_counter()
-        shared = {k: options[k] for k in ("similarity", "window", "bins") if k in options}
-        result = affine_lib.optimize_affine(_objective.Normalised(fixed_n), _objective.Normalised(moving_n),
-                                            fixed_mask=fixed_mask, spacing=spacing, transform=stage,
-                                            callback=callback, batch=batch, **(shared | affine_options))
-        matrix = result.matrix
-        moving_stage = _per_pair(_warp_affine, batch)(moving_n, jnp.asarray(matrix, jnp.float32))
-        first_level = len(result.levels)
-        info.update(affine_levels=result.levels, affine_steps=result.steps, affine_losses=np.asarray(result.losses),
-                    affine_time_s=time.perf_counter() - affine_start)
-        if callback is not None:
-            stage_callback = lambda level, step, loss: callback(level + first_level, step, loss)  # noqa: E731
-
+    clock.lap("prepare")
+    matrix, stage_info = affine_stage(fixed_n, moving_n, weight_map, stage=stage, affine_options=affine_options,
+                                      options=options, spacing=spacing, batch=batch, callback=callback)
+    info.update(stage_info)
+    first_level = len(stage_info.get("affine_levels", ()))
     velocity = None
     if model is None:
-        result = optimize_lib.optimize(_objective.Normalised(fixed_n), _objective.Normalised(moving_stage),
-                                       fixed_mask=fixed_mask, spacing=spacing, callback=stage_callback, batch=batch,
-                                       **options)
-        if result.matrix is not None:  # transform="rigid"/"affine": the only stage
-            matrix, deformation = result.matrix, None
-        else:
-            deformation, velocity = result.ddf, result.velocity
-        info.update(method="optimize", steps=result.steps, levels=result.levels, losses=np.asarray(result.losses),
-                    options=dict(options))
+        moving_stage = moving_n if stage is None else per_pair(warp_affine, batch)(moving_n, matrix)
+        clock.lap("affine")
+        only_matrix, deformation, velocity, stage_info = deformable_stage(
+            fixed_n, moving_stage, weight_map, options=options, spacing=spacing, batch=batch, callback=callback,
+            first_level=first_level)
+        matrix = matrix if only_matrix is None else only_matrix
+        info.update(method="optimize", **stage_info, options=dict(options))
     else:
-        model_moving = moving if stage is None else _per_pair(_warp_affine, batch)(moving,
-                                                                                    jnp.asarray(matrix, jnp.float32))
+        model_moving = moving if stage is None else per_pair(warp_affine, batch)(moving, matrix)
+        clock.lap("affine")
         deformation, model_info = _register_with_model(model, fixed, model_moving, shape, options, key, batch=batch)
         info.update(model_info)
-    if deformation is None:
-        ddf = _per_pair(_affine_ddf, batch)(jnp.asarray(matrix, jnp.float32), moving)
-    elif stage is None:
-        ddf = deformation  # exactly the deformable stage's field
-    else:
-        ddf = _per_pair(_compose_affine, batch)(jnp.asarray(matrix, jnp.float32), deformation)
-    warp = _per_pair(_warp, batch)
-    warped = warp(moving, ddf).reshape(np.shape(given[1]))  # shaped like the moving image given
-    warped_labels = None if moving_labels is None else _per_pair(partial(_warp, order=0), batch)(
-        jnp.asarray(moving_labels), ddf)
+    ddf = total_field(matrix, deformation, moving, affine_first=stage is not None, batch=batch)
+    warped, warped_labels = warp_outputs(moving, moving_labels, ddf, batch=batch)
+    warped = warped.reshape(np.shape(given[1]))  # shaped like the moving image given
     jax.block_until_ready(warped)
-    info["time_s"] = time.perf_counter() - start
+    clock.lap("deformable")
+    timings = clock.read()
+    if stage is not None:
+        info["affine_time_s"] = timings["affine"]
+    info.update(time_s=time.perf_counter() - clock.start, timings=timings)
     return Registration(ddf, warped, warped_labels, info, np.asarray(matrix, np.float64), deformation, velocity,
                         spacing)
