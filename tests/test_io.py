@@ -1,5 +1,6 @@
 """Tests of jaxreg.io: NIfTI round trips, header checks, atomic writes, Learn2Reg files."""
 
+import gzip
 import os
 
 import nibabel as nib
@@ -32,6 +33,59 @@ def test_nifti_round_trip(tmp_path):
     jio.save_nifti(tmp_path / "eye.nii.gz", np.zeros((2, 2, 2), np.float16))  # float16 -> float32, identity
     vol = jio.load_nifti(tmp_path / "eye.nii.gz")
     assert vol.array.dtype == np.float32 and (vol.affine == np.eye(4)).all()
+
+
+def _written_by_nibabel(tmp_path, image_of):
+    """The bytes ``nib.save`` writes for an uncompressed ``.nii`` of a fresh image."""
+    nib.save(image_of(), tmp_path / "reference.nii")
+    return (tmp_path / "reference.nii").read_bytes()
+
+
+@pytest.mark.parametrize("array", [
+    np.random.default_rng(2).normal(size=(9, 8, 7, 3)).astype(np.float32),  # a field
+    np.random.default_rng(3).integers(-5, 300, size=(9, 8, 7)).astype(np.int16),  # labels
+    np.random.default_rng(4).normal(size=(5, 4, 3)),  # float64
+])
+def test_nii_gz_is_one_gzip_stream_of_the_bytes_nib_save_writes(tmp_path, array):
+    affine = np.array([[0.0, 0, 2.0, -10], [-1.5, 0, 0, 20], [0, 1.5, 0, -5], [0, 0, 0, 1]])
+    jio.save_nifti(tmp_path / "x.nii.gz", array, affine)
+    raw = (tmp_path / "x.nii.gz").read_bytes()
+    assert raw[:2] == b"\x1f\x8b"  # gzip
+    assert gzip.decompress(raw) == _written_by_nibabel(tmp_path, lambda: nib.Nifti1Image(array, affine))
+    back = nib.load(tmp_path / "x.nii.gz")  # nibabel's own reader (not jaxreg's)
+    assert back.get_data_dtype() == array.dtype
+    np.testing.assert_array_equal(np.asarray(back.dataobj), array)
+    np.testing.assert_allclose(back.affine, affine)
+
+
+def test_save_image_keeps_the_header_and_itk_reads_it(tmp_path):
+    field = np.random.default_rng(5).normal(size=(6, 5, 4, 1, 3)).astype(np.float32)
+    affine = np.diag([1.2, 0.9, 2.5, 1.0])
+
+    def image():
+        img = nib.Nifti1Image(field, affine)
+        img.header.set_intent("vector")
+        img.set_qform(affine, code=1)
+        return img
+
+    jio.save_image(tmp_path / "warp.nii.gz", image())
+    assert gzip.decompress((tmp_path / "warp.nii.gz").read_bytes()) == _written_by_nibabel(tmp_path, image)
+    sitk = pytest.importorskip("SimpleITK")
+    read = sitk.ReadImage(str(tmp_path / "warp.nii.gz"))
+    assert read.GetNumberOfComponentsPerPixel() == 3 and read.GetSpacing() == pytest.approx((1.2, 0.9, 2.5))
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(read), field[:, :, :, 0].transpose(2, 1, 0, 3))
+
+
+def test_isal_writes_and_the_stdlib_fallback_writes_the_same_nifti(tmp_path, monkeypatch):
+    pytest.importorskip("isal")
+    assert jio._igzip_threaded is not None  # the fast writer is the one in use
+    array = np.random.default_rng(6).normal(size=(10, 9, 8, 3)).astype(np.float32)
+    jio.save_nifti(tmp_path / "isal.nii.gz", array)
+    monkeypatch.setattr(jio, "_igzip_threaded", None)  # as without isal
+    jio.save_nifti(tmp_path / "stdlib.nii.gz", array)
+    assert (gzip.decompress((tmp_path / "isal.nii.gz").read_bytes())
+            == gzip.decompress((tmp_path / "stdlib.nii.gz").read_bytes()))
+    np.testing.assert_array_equal(jio.load_nifti(tmp_path / "isal.nii.gz").array, array)
 
 
 def test_disp_round_trip_is_what_the_evaluator_reads(tmp_path):
@@ -93,7 +147,7 @@ def test_atomic_write_keeps_previous_file_on_failure(tmp_path, monkeypatch):
     old = np.ones((3, 3, 3, 3))
     jio.save_disp(path, old)
     before = path.read_bytes()
-    real_save = nib.save
+    real_save = jio._write_nifti  # what writes the (temporary) file
     seen = []
 
     def failing_save(img, filename):
@@ -103,14 +157,14 @@ def test_atomic_write_keeps_previous_file_on_failure(tmp_path, monkeypatch):
             f.truncate(10)
         raise RuntimeError("disk full")
 
-    monkeypatch.setattr(jio.nib, "save", failing_save)
+    monkeypatch.setattr(jio, "_write_nifti", failing_save)
     with pytest.raises(RuntimeError, match="disk full"):
         jio.save_disp(path, np.zeros((3, 3, 3, 3)))
     assert path.read_bytes() == before
     assert os.listdir(tmp_path) == [path.name]  # the temporary file is gone
     # the temporary file sits next to the target and keeps the .nii.gz extension
     assert os.path.dirname(seen[0]) == str(tmp_path) and seen[0].endswith(".nii.gz") and seen[0] != str(path)
-    monkeypatch.setattr(jio.nib, "save", real_save)
+    monkeypatch.setattr(jio, "_write_nifti", real_save)
     np.testing.assert_array_equal(jio.load_disp(path), old)
 
 
