@@ -23,11 +23,13 @@ svf path, ``inverse_warp.nii.gz``.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from pathlib import Path
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -40,6 +42,7 @@ __all__ = [
     "export_itk",
     "from_registration",
     "inverse_ddf",
+    "inverse_deformation",
     "load_transform",
     "ras_to_lps",
     "save_transform",
@@ -110,6 +113,12 @@ def _checked_affine(affine, name: str) -> np.ndarray:
     return a
 
 
+def _checked_steps(steps) -> int:
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 0 <= steps <= _MAX_STEPS:
+        raise ValueError(f"`steps` must be an integer in [0, {_MAX_STEPS}]; got {steps!r}.")
+    return int(steps)
+
+
 def _checked(t: Transform) -> Transform:
     fixed_shape = tuple(int(s) for s in t.fixed_shape)
     moving_shape = tuple(int(s) for s in t.moving_shape)
@@ -120,16 +129,14 @@ def _checked(t: Transform) -> Transform:
     for shape in (fixed_shape, moving_shape):  # a file claiming absurd grids must not allocate them
         if int(np.prod(shape, dtype=np.int64)) * ndim > io.MAX_ELEMENTS:
             raise ValueError(f"grid {shape} is larger than io.MAX_ELEMENTS allows ({io.MAX_ELEMENTS} field elements).")
-    steps = t.steps
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 0 <= steps <= _MAX_STEPS:
-        raise ValueError(f"`steps` must be an integer in [0, {_MAX_STEPS}]; got {steps!r}.")
+    steps = _checked_steps(t.steps)
     velocity = _checked_field(t.velocity, fixed_shape, "velocity")
     deformation = _checked_field(t.deformation, fixed_shape, "deformation")
     if deformation is None and velocity is not None:
-        deformation = np.asarray(spatial.integrate_velocity(velocity, steps=int(steps)), np.float32)
+        deformation = np.asarray(_exp(velocity, steps=steps), np.float32)
     return Transform(_checked_matrix(t.matrix, ndim), deformation, velocity, fixed_shape,
                      _checked_affine(t.fixed_affine, "fixed_affine"), moving_shape,
-                     _checked_affine(t.moving_affine, "moving_affine"), int(steps))
+                     _checked_affine(t.moving_affine, "moving_affine"), steps)
 
 
 def from_registration(result, *, fixed_affine=None, moving_affine=None, moving_shape=None, premultiply=None,
@@ -177,14 +184,44 @@ def total_ddf(matrix, deformation=None, *, shape=None) -> jnp.ndarray:
     """
     shape = tuple(np.shape(deformation)[:-1]) if deformation is not None else tuple(int(s) for s in shape)
     m = _checked_matrix(matrix, len(shape))
-    points = spatial.identity_grid(shape)
-    if deformation is not None:
-        points = points + jnp.asarray(deformation, jnp.float32)
-    linear = jnp.asarray(m[:-1, :-1] - np.eye(len(shape)), jnp.float32)  # ddf = (L − I)p + t + (p − x)
-    return points @ linear.T + jnp.asarray(m[:-1, -1], jnp.float32) + (points - spatial.identity_grid(shape))
+    # L − I in float64 before rounding: near the identity it keeps the digits float32 would lose.
+    linear = jnp.asarray(m[:-1, :-1] - np.eye(len(shape)), jnp.float32)
+    u = None if deformation is None else jnp.asarray(deformation, jnp.float32)
+    return _total(linear, jnp.asarray(m[:-1, -1], jnp.float32), u, shape=shape)
 
 
-def inverse_ddf(matrix, velocity=None, *, shape, steps: int = 7, deformation=None) -> jnp.ndarray:
+@functools.partial(jax.jit, static_argnames="shape")
+def _total(linear, offset, u, *, shape):
+    """``(L − I)·p + t + u`` with ``p = x + u`` (``u`` may be None): :func:`total_ddf`, compiled."""
+    points = spatial.identity_grid(shape) if u is None else spatial.identity_grid(shape) + u
+    ddf = points @ linear.T + offset
+    return ddf if u is None else ddf + u
+
+
+def inverse_deformation(velocity, *, steps: int = 7) -> jnp.ndarray:
+    """``exp(−v)``: the inverse of the deformation ``u = exp(v)``, on the fixed grid (compiled).
+
+    What :func:`inverse_ddf` and :func:`export_itk`'s ``inverse_warp.nii.gz`` are built from;
+    compute it once and pass it to both as ``inverse_deformation=``.
+
+    Args:
+      velocity: ``(*S, ndim)`` stationary velocity ``v`` in voxels.
+      steps: scaling-and-squaring steps (as used for the forward ``exp(v)``).
+
+    Returns:
+      ``(*S, ndim)`` float32 displacement in voxels: ``x ↦ x + exp(−v)(x)`` undoes ``x ↦ x + u(x)``.
+    """
+    return _exp(jnp.asarray(velocity, jnp.float32), steps=_checked_steps(steps), inverse=True)
+
+
+@functools.partial(jax.jit, static_argnames=("steps", "inverse"))
+def _exp(velocity, *, steps, inverse=False):
+    """``exp(v)``, or ``exp(−v)`` with ``inverse``: scaling and squaring, compiled."""
+    return spatial.integrate_velocity(-velocity if inverse else velocity, steps=steps)
+
+
+def inverse_ddf(matrix, velocity=None, *, shape, steps: int = 7, deformation=None,
+                inverse_deformation=None) -> jnp.ndarray:
     """The inverse of :func:`total_ddf`, as a pull field on the moving grid.
 
     ``y ↦ φ⁻¹(matrix⁻¹ y)`` with ``φ⁻¹ = id + exp(−v)``: ``warp(fixed_image, inverse)`` brings a
@@ -198,6 +235,8 @@ def inverse_ddf(matrix, velocity=None, *, shape, steps: int = 7, deformation=Non
       steps: scaling-and-squaring steps (as used for the forward ``exp(v)``).
       deformation: pass the forward deformation when there is no velocity: a deformation
         without a velocity (the ddf path, a trained model) has no exact inverse.
+      inverse_deformation: ``exp(−velocity)`` when already computed
+        (:func:`inverse_deformation`); computed here otherwise.
 
     Returns:
       ``(*shape, ndim)`` float32 displacement: fixed voxel − moving voxel.
@@ -215,8 +254,12 @@ def inverse_ddf(matrix, velocity=None, *, shape, steps: int = 7, deformation=Non
         return to_fixed
     if np.ndim(velocity) != len(shape) + 1:
         raise ValueError(f"`velocity` must be a {len(shape)}-D field like `shape` {shape}; got {np.shape(velocity)}.")
-    backward = spatial.integrate_velocity(-jnp.asarray(velocity, jnp.float32), steps=steps)
-    return spatial.compose(backward, to_fixed)  # edge-clamped outside the fixed grid
+    if inverse_deformation is None:
+        inverse_deformation = _exp(jnp.asarray(velocity, jnp.float32), steps=_checked_steps(steps), inverse=True)
+    return _compose(jnp.asarray(inverse_deformation, jnp.float32), to_fixed)  # edge-clamped outside the fixed grid
+
+
+_compose = jax.jit(spatial.compose)
 
 
 def _embed(matrix: np.ndarray) -> np.ndarray:
@@ -253,7 +296,8 @@ def _grid_text(shape, affine) -> str:
     return f"shape {tuple(int(s) for s in shape)}, affine {rows}"
 
 
-def apply(transform, image, *, affine=None, order: int = 1, mode: str = "nearest", inverse: bool = False):
+def apply(transform, image, *, affine=None, order: int = 1, mode: str = "nearest", inverse: bool = False,
+          ddf=None):
     """Warps ``image`` (on the moving grid) onto the fixed grid — or back with ``inverse=True``.
 
     Args:
@@ -263,6 +307,8 @@ def apply(transform, image, *, affine=None, order: int = 1, mode: str = "nearest
       order: 1 for linear, 0 for nearest neighbour (label maps keep their dtype).
       mode: outside the image: ``"nearest"`` (edge values, as ``jaxreg.warp``) or ``"constant"`` (zero).
       inverse: apply the inverse (svf path only): fixed grid → moving grid.
+      ddf: the transform's field when already computed (:func:`total_ddf`, or :func:`inverse_ddf`
+        with ``inverse``), to warp several images with one field; computed here otherwise.
 
     Returns:
       The warped image on the fixed grid (moving grid if ``inverse``), shaped ``(*S_out)`` or ``(*S_out, C)``.
@@ -281,11 +327,18 @@ def apply(transform, image, *, affine=None, order: int = 1, mode: str = "nearest
                            source[1] if affine is None else affine)
         raise ValueError(f"`image` must lie on the transform's {source[2]} grid ({_grid_text(source[0], source[1])}, "
                          f"optionally with channels); got {given}. Resample it onto that grid first.")
-    if inverse:
-        ddf = inverse_ddf(t.matrix, t.velocity, shape=t.moving_shape, steps=t.steps, deformation=t.deformation)
-    else:
-        ddf = total_ddf(t.matrix, t.deformation, shape=t.fixed_shape)
-    return spatial.warp(image, ddf, order=order, mode=mode)
+    target = t.moving_shape if inverse else t.fixed_shape
+    if ddf is None and inverse:
+        ddf = inverse_ddf(t.matrix, t.velocity, shape=target, steps=t.steps, deformation=t.deformation)
+    elif ddf is None:
+        ddf = total_ddf(t.matrix, t.deformation, shape=target)
+    elif np.shape(ddf) != (*target, ndim):
+        raise ValueError(f"`ddf` must have shape {(*target, ndim)} (the {'moving' if inverse else 'fixed'} grid); "
+                         f"got {np.shape(ddf)}.")
+    return _warp(image, jnp.asarray(ddf, jnp.float32), order=order, mode=mode)
+
+
+_warp = jax.jit(spatial.warp, static_argnames=("order", "mode"))
 
 
 # --- the folder format -------------------------------------------------------------------------------------
@@ -304,7 +357,7 @@ def save_transform(directory, transform: Transform) -> Path:
         field = getattr(t, name)
         if field is not None:
             files[name] = f"{name}.nii.gz"
-            io.save_nifti(directory / files[name], field.astype(np.float32), t.fixed_affine)
+            io.save_nifti(directory / files[name], field, t.fixed_affine)  # float32 (checked)
     description = {
         "format": FORMAT, "version": _VERSION, "ndim": len(t.fixed_shape),
         "convention": "moving_voxel = matrix @ [x + deformation(x), 1] for each fixed voxel x (array axis order); "
@@ -373,24 +426,31 @@ def load_transform(path) -> Transform:
 
 # --- ITK / ANTs / Slicer -----------------------------------------------------------------------------------
 
-def _save_itk_field(path: Path, displacement_lps: np.ndarray, affine: np.ndarray) -> None:
-    """A displacement field as ANTs writes it: ``(X, Y, Z, 1, 3)`` float32, intent vector."""
+def _save_itk_field(path: Path, field, affine: np.ndarray) -> None:
+    """A voxel displacement of the fixed grid as ANTs writes warps.
+
+    mm in LPS (``world_displacement`` with x, y negated), ``(X, Y, Z, 1, 3)`` float32, intent vector.
+    """
     import nibabel as nib
 
-    data = np.asarray(displacement_lps, np.float32)[:, :, :, None, :]
-    img = nib.Nifti1Image(data, affine)
+    to_lps_mm = jnp.asarray(_LPS[:3, :3] @ affine[:3, :3], jnp.float32)  # world_displacement, then RAS → LPS
+    img = nib.Nifti1Image(np.asarray(_itk_field(jnp.asarray(field, jnp.float32), to_lps_mm)), affine)
     img.header.set_intent("vector")
     img.set_qform(affine, code=1)  # ITK reads the qform first; both say the same
     img.set_sform(affine, code=1)
-    with io.atomic_path(path, suffix=".nii.gz") as tmp:
-        nib.save(img, tmp)
+    io.save_image(path, img)
+
+
+@jax.jit
+def _itk_field(field, linear):
+    return (field @ linear.T)[:, :, :, None, :]
 
 
 def _affine_parameters(lps: np.ndarray) -> np.ndarray:
     return np.concatenate([lps[:3, :3].ravel(), lps[:3, 3]])  # row-major matrix, then translation
 
 
-def export_itk(directory, transform: Transform) -> dict[str, str]:
+def export_itk(directory, transform: Transform, *, inverse_deformation=None) -> dict[str, str]:
     """Writes the transform as ITK/ANTs/Slicer files into ``directory`` (created).
 
     * ``warp.nii.gz``: the deformation ``W(p) = p + d(p)`` as ANTs writes warps ((X, Y, Z, 1, 3),
@@ -403,6 +463,12 @@ def export_itk(directory, transform: Transform) -> dict[str, str]:
     ``antsApplyTransforms -r fixed -i moving -t warp.nii.gz -t affine.mat`` and
     ``sitk.CompositeTransform([affine, warp])``; the inverse is
     ``-t [affine.mat,1] -t inverse_warp.nii.gz``.
+
+    Args:
+      directory: the folder to write (created).
+      transform: a 3-D :class:`Transform`.
+      inverse_deformation: ``exp(−velocity)`` when already computed (:func:`inverse_deformation`,
+        e.g. for :func:`inverse_ddf` too); computed here otherwise.
 
     Returns:
       ``{"warp": ..., "affine_mat": ..., "affine_txt": ..., "inverse_warp": ...}`` file names.
@@ -421,13 +487,15 @@ def export_itk(directory, transform: Transform) -> dict[str, str]:
     lps = ras_to_lps(world_matrix(t.matrix, t.fixed_affine, t.moving_affine))
     files = {"warp": "warp.nii.gz", "affine_mat": "affine.mat", "affine_txt": "affine.txt"}
     deformation = np.zeros((*t.fixed_shape, 3), np.float32) if t.deformation is None else t.deformation
-    _save_itk_field(directory / files["warp"], world_displacement(deformation, t.fixed_affine) * [-1, -1, 1],
-                    t.fixed_affine)
+    _save_itk_field(directory / files["warp"], deformation, t.fixed_affine)
     if t.velocity is not None:
         files["inverse_warp"] = "inverse_warp.nii.gz"
-        backward = np.asarray(spatial.integrate_velocity(-jnp.asarray(t.velocity), steps=t.steps))
-        _save_itk_field(directory / files["inverse_warp"],
-                        world_displacement(backward, t.fixed_affine) * [-1, -1, 1], t.fixed_affine)
+        if inverse_deformation is None:
+            inverse_deformation = _exp(jnp.asarray(t.velocity), steps=t.steps, inverse=True)
+        elif np.shape(inverse_deformation) != np.shape(t.velocity):
+            raise ValueError(f"`inverse_deformation` must have the velocity's shape {np.shape(t.velocity)}; "
+                             f"got {np.shape(inverse_deformation)}.")
+        _save_itk_field(directory / files["inverse_warp"], inverse_deformation, t.fixed_affine)
     params = _affine_parameters(lps)
     with io.atomic_path(directory / files["affine_mat"], suffix=".mat") as tmp:
         scipy.io.savemat(tmp, {"AffineTransform_double_3_3": params[:, None], "fixed": np.zeros((3, 1))},

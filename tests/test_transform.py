@@ -118,6 +118,55 @@ def test_inverse_composes_to_identity_within_a_tenth_of_a_voxel(case):
     assert error < 0.1
 
 
+def _scipy_exp(velocity, steps=7):
+    """Scaling and squaring in float64 with scipy: u ← u + u(x + u), linear, edges repeated."""
+    u = velocity.astype(np.float64) / 2**steps
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in velocity.shape[:-1]], indexing="ij"))
+    for _ in range(steps):
+        points = grid + np.moveaxis(u, -1, 0)
+        u = u + np.stack([ndimage.map_coordinates(u[..., k], points, order=1, mode="nearest")
+                          for k in range(u.shape[-1])], -1)
+    return u
+
+
+def test_inverse_deformation_and_inverse_ddf_match_scipy(case):
+    t, _ = case
+    backward = np.asarray(tx.inverse_deformation(t.velocity, steps=7))
+    reference = _scipy_exp(-t.velocity.astype(np.float64))
+    np.testing.assert_allclose(backward, reference, atol=1e-4)
+    # the inverse on the moving grid: y ↦ m⁻¹y, then x ↦ x + exp(−v)(x), all in float64 with scipy
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in MOVING_SHAPE], indexing="ij"))
+    inv = np.linalg.inv(t.matrix)
+    fixed_points = np.einsum("ij,j...->i...", inv[:3, :3], grid) + inv[:3, 3].reshape(3, 1, 1, 1)
+    moved = fixed_points + np.stack([ndimage.map_coordinates(reference[..., k], fixed_points, order=1, mode="nearest")
+                                     for k in range(3)])
+    inverse = np.asarray(tx.inverse_ddf(t.matrix, t.velocity, shape=MOVING_SHAPE))
+    np.testing.assert_allclose(np.moveaxis(inverse, -1, 0), moved - grid, atol=2e-4)
+    # given exp(−v), the same field without computing it again
+    shared = np.asarray(tx.inverse_ddf(t.matrix, t.velocity, shape=MOVING_SHAPE, inverse_deformation=backward))
+    np.testing.assert_array_equal(shared, inverse)
+
+
+def test_apply_with_the_field_given_warps_the_same(case):
+    t, moving = case
+    total = tx.total_ddf(t.matrix, t.deformation)
+    np.testing.assert_array_equal(np.asarray(tx.apply(t, moving, ddf=total)), np.asarray(tx.apply(t, moving)))
+    image = np.random.default_rng(3).random(FIXED_SHAPE).astype(np.float32)  # an image on the fixed grid
+    inverse = tx.inverse_ddf(t.matrix, t.velocity, shape=MOVING_SHAPE)
+    np.testing.assert_array_equal(np.asarray(tx.apply(t, image, inverse=True, ddf=inverse)),
+                                  np.asarray(tx.apply(t, image, inverse=True)))
+    with pytest.raises(ValueError, match=r"`ddf` must have shape \(20, 18, 16, 3\)"):
+        tx.apply(t, moving, ddf=inverse)
+
+
+def test_total_ddf_of_an_affine_map_alone_matches_numpy():
+    m = np.array([[0.98, 0.05, 0.0, 1.5], [-0.04, 1.03, 0.02, -2.0], [0.0, 0.01, 0.97, 0.25], [0, 0, 0, 1]])
+    shape = (7, 6, 5)
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in shape], indexing="ij"), -1)
+    np.testing.assert_allclose(np.asarray(tx.total_ddf(m, shape=shape)), grid @ m[:3, :3].T + m[:3, 3] - grid,
+                               atol=1e-5)
+
+
 def test_inverse_needs_the_velocity():
     matrix = np.eye(4)
     deformation = np.full((8, 8, 8, 3), 0.5, np.float32)
@@ -259,6 +308,24 @@ def test_itk_export_is_read_by_simpleitk_with_the_same_warp(case, tmp_path):
         p = fixed_image.TransformIndexToPhysicalPoint(index)
         back = fixed_image.TransformPhysicalPointToContinuousIndex(backward.TransformPoint(forward.TransformPoint(p)))
         assert np.abs(np.subtract(back, index)).max() < 0.1
+
+
+def test_itk_fields_are_the_deformations_in_lps_mm(case, tmp_path):
+    """warp.nii.gz = F·u with x, y negated (numpy, float64); inverse_warp.nii.gz the same of scipy's exp(−v)."""
+    t, _ = case
+    tx.export_itk(tmp_path / "itk", t)
+    to_lps_mm = np.diag([-1.0, -1.0, 1.0]) @ t.fixed_affine[:3, :3]
+    warp = nib.load(str(tmp_path / "itk" / "warp.nii.gz")).get_fdata()[:, :, :, 0]
+    np.testing.assert_allclose(warp, t.deformation.astype(np.float64) @ to_lps_mm.T, atol=1e-5)
+    inverse = nib.load(str(tmp_path / "itk" / "inverse_warp.nii.gz")).get_fdata()[:, :, :, 0]
+    np.testing.assert_allclose(inverse, _scipy_exp(-t.velocity.astype(np.float64)) @ to_lps_mm.T, atol=2e-4)
+    # given exp(−v) (as jaxreg register shares it with inverse_ddf), the same file content
+    files = tx.export_itk(tmp_path / "shared", t, inverse_deformation=tx.inverse_deformation(t.velocity))
+    assert files["inverse_warp"] == "inverse_warp.nii.gz"
+    np.testing.assert_array_equal(nib.load(str(tmp_path / "shared" / "inverse_warp.nii.gz")).get_fdata(),
+                                  nib.load(str(tmp_path / "itk" / "inverse_warp.nii.gz")).get_fdata())
+    with pytest.raises(ValueError, match="inverse_deformation"):
+        tx.export_itk(tmp_path / "bad", t, inverse_deformation=np.zeros((4, 4, 4, 3), np.float32))
 
 
 def test_itk_export_is_applied_by_ants_like_jaxreg(case, tmp_path):
