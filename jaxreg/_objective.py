@@ -101,7 +101,7 @@ def drive_chunks(run_chunk: Callable, carry, total: int, *, level: int, callback
 
     def report(start, losses):
         last = min(start + CHUNK, total) - 1
-        loss = np.asarray(losses[last - start])
+        loss = np.asarray(losses)[last - start]  # on the host: no indexing program to compile
         callback(level, last, float(np.mean(loss)))
 
     for start in range(0, total, CHUNK):
