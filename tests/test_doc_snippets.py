@@ -333,6 +333,10 @@ RUN: dict[tuple[str, str], Run] = {
         _WORKDIRS + "_initialised_run('runs/diffusereg_demo', 'diffusereg', shape=(16, 16, 16))\n"
         "fixed = np.random.default_rng(0).random((1, 16, 16, 16), np.float32)   # (B, D, H, W)\n"
         "moving = np.roll(fixed, 2, axis=1)\n"),
+    # docs/jax.md: register under jit, vmap and grad (the page's own 48² synthetic pairs)
+    ("docs/jax.md", 'pair = jaxreg.data.synthetic_pair(jax.random.key(0), (48, 48))'): Run(),
+    ("docs/jax.md", 'fixed = jnp.stack([pair["fixed"], pair["moving"]])'): Run(),
+    ("docs/jax.md", "def soft_dice_loss(log_weight, fixed, moving, fixed_labels, moving_labels):"): Run(),
     # docs/training.md: a metrics log as training writes it
     ("docs/training.md", 'val = read_metrics("runs/demo", split="val")'): Run(
         "from jaxreg.runs.writers import MetricWriter\n"
