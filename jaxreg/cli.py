@@ -28,7 +28,9 @@ exist or be empty:
   the view across the thickest voxel axis first, label contours with a legend (``--fixed-labels``:
   also dashed over the warped image);
 * ``info.json``: method, options, steps, time, spacing, folding %, Dice before/after
-  (with ``--fixed-labels``), the affine matrix, the files.
+  (with ``--fixed-labels``), the affine matrix, the files, and ``timings``: wall seconds of
+  each phase (``import``, ``read``, ``register``, ``inverse``, ``outputs``, ``figure``; they add
+  up to ``total``) and the registration's own (e.g. ``affine``, ``deformable``, ``compile``).
 
 ``apply`` warps an image on the moving grid (a label map with ``--labels``) onto the fixed
 grid with a transform that ``register`` wrote (``--inverse``: a fixed-grid image onto the
@@ -53,6 +55,7 @@ import math
 import os
 import re
 import sys
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -262,8 +265,27 @@ def _dice(fixed_labels: np.ndarray, before: np.ndarray, after: np.ndarray) -> di
             "mean_before": float(np.nanmean(scores["before"])), "mean_after": float(np.nanmean(scores["after"]))}
 
 
+class _Phases:
+    """Wall seconds of consecutive phases (``info.json``'s ``timings``), from construction on."""
+
+    def __init__(self):
+        self.start = self.last = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    def done(self, name: str) -> None:
+        """Ends phase ``name`` (begun where the previous one ended)."""
+        now = time.perf_counter()
+        self.seconds[name] = now - self.last
+        self.last = now
+
+    def timings(self, registration: dict | None = None) -> dict[str, float]:
+        """The registration's own timings, then each phase and ``total`` (seconds since construction)."""
+        return {**(registration or {}), **self.seconds, "total": time.perf_counter() - self.start}
+
+
 def register_files(args: argparse.Namespace) -> dict:
     """What ``jaxreg register`` does; returns ``info.json``'s content."""
+    phases = _Phases()
     import jax
     from tqdm.auto import tqdm
 
@@ -271,6 +293,7 @@ def register_files(args: argparse.Namespace) -> dict:
     from jaxreg import transform as transform_lib
     from jaxreg.evaluation import figures
 
+    phases.done("import")
     out = _check_out(args.out)  # every check that needs no image comes before reading any
     options = dict(args.option)
     if args.model is None:
@@ -313,6 +336,7 @@ def register_files(args: argparse.Namespace) -> dict:
     if moving_labels is not None:
         moving_labels = np.rint(moving_labels).astype(np.int32)
 
+    phases.done("read")
     bar = None
     callback = None
     if args.model is None and not args.no_progress:
@@ -340,22 +364,24 @@ def register_files(args: argparse.Namespace) -> dict:
         if bar is not None:
             bar.close()
 
+    phases.done("register")
+
     # The transform points into the moving file's grid (through the resampling, if any), so that
     # `jaxreg apply` takes images as they lie beside the moving image, interpolated once.
     transform = transform_lib.from_registration(
         result, fixed_affine=fixed.affine, moving_affine=moving.affine, moving_shape=moving.shape,
         premultiply=_voxel_matrix(moving.affine, fixed.affine, ndim) if resampled else None,
         steps=options.get("integration_steps"))
-    warped = np.asarray(transform_lib.apply(transform, moving.array))
-    disp = np.asarray(transform_lib.total_ddf(transform.matrix, transform.deformation, shape=fixed.shape))
+    inverse, backward = _inverse(transform)
+    phases.done("inverse")
+    # Each field once; warped and warped_labels through the field and program `jaxreg apply` uses.
+    disp = transform_lib.total_ddf(transform.matrix, transform.deformation, shape=fixed.shape)
+    warped = np.asarray(transform_lib.apply(transform, moving.array, ddf=disp))
     warped_labels = None if labels is None else np.rint(
-        np.asarray(transform_lib.apply(transform, labels, order=0))).astype(np.int32)
-    inverse = None
-    if transform.velocity is not None or transform.deformation is None:  # svf, or an affine map alone
-        inverse = np.asarray(transform_lib.inverse_ddf(transform.matrix, transform.velocity, shape=moving.shape,
-                                                       steps=transform.steps))
-    ddf = np.asarray(result.ddf)
-    folding = float(metrics.folding_fraction(ddf)) * 100
+        np.asarray(transform_lib.apply(transform, labels, order=0, ddf=disp))).astype(np.int32)
+    disp = np.asarray(disp)
+    jacobian = np.asarray(jax.jit(metrics.jacobian_determinant)(result.ddf))  # for folding % and the figure
+    folding = float(np.count_nonzero(jacobian <= 0) / jacobian.size) * 100
     info = {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array)) else v) for k, v in result.info.items()}
     info.pop("spacing", None)
     info.update(fixed=os.path.abspath(args.fixed), moving=os.path.abspath(args.moving), resampled=resampled,
@@ -378,14 +404,32 @@ def register_files(args: argparse.Namespace) -> dict:
         transform_lib.save_transform(staging / "transform", transform)
         info["itk"] = None
         if ndim == 3:
-            info["itk"] = {k: f"itk/{v}" for k, v in transform_lib.export_itk(staging / "itk", transform).items()}
+            files = transform_lib.export_itk(staging / "itk", transform, inverse_deformation=backward)
+            info["itk"] = {k: f"itk/{v}" for k, v in files.items()}
+        phases.done("outputs")
         show = (lambda a: a.mean(-1) if a.ndim > ndim else a)  # noqa: E731  (channels: their mean)
-        figures.pair_figure(staging / "overview.png", show(fixed.array), show(moving_array), show(warped), ddf,
-                            fixed_labels=fixed_labels, moving_labels=moving_labels,
+        figures.pair_figure(staging / "overview.png", show(fixed.array), show(moving_array), show(warped),
+                            result.ddf, jacobian=jacobian, fixed_labels=fixed_labels, moving_labels=moving_labels,
                             warped_labels=warped_labels, spacing=tuple(spacing),
                             title=f"{info['method']}: {info['time_s']:.1f} s, folding {folding:.3f} %")
+        phases.done("figure")
+        info["timings"] = phases.timings(result.info.get("timings"))
         (staging / "info.json").write_text(json.dumps(info, indent=2, default=str))
     return info
+
+
+def _inverse(transform):
+    """``(inverse_disp, exp(−v))`` of a transform (numpy, jax), or None for what it lacks (no velocity)."""
+    from jaxreg import transform as transform_lib
+
+    backward = None
+    if transform.velocity is not None:  # the svf path: exp(−v) serves inverse_disp and itk/inverse_warp
+        backward = transform_lib.inverse_deformation(transform.velocity, steps=transform.steps)
+    elif transform.deformation is not None:  # no exact inverse
+        return None, None
+    inverse = transform_lib.inverse_ddf(transform.matrix, transform.velocity, shape=transform.moving_shape,
+                                        steps=transform.steps, inverse_deformation=backward)
+    return np.asarray(inverse), backward
 
 
 def _save_field(path: Path, field: np.ndarray, affine: np.ndarray) -> None:

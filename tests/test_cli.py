@@ -168,6 +168,72 @@ def test_register_writes_every_output_consistently(registered):
     assert dice["mean_after"] > dice["mean_before"] + 0.05
 
 
+PHASES = ("import", "read", "register", "inverse", "outputs", "figure")
+
+
+def test_info_json_timings_add_up_to_the_total(registered):
+    tmp, out, paths, _ = registered
+    timings = json.loads((out / "info.json").read_text())["timings"]
+    assert set(PHASES) | {"total"} <= set(timings)
+    assert all(timings[k] >= 0 for k in PHASES) and timings["register"] > 0
+    assert sum(timings[k] for k in PHASES) == pytest.approx(timings["total"], abs=0.05)
+
+
+def test_info_json_timings_keep_the_registrations_own(fake, tmp_path, monkeypatch):
+    registration = jaxreg.register  # the fake, as its contract states
+
+    def with_timings(*args, **kwargs):
+        result = registration(*args, **kwargs)
+        result.info["timings"] = {"affine": 1.25, "deformable": 2.5, "compile": 0.75}
+        return result
+
+    monkeypatch.setattr(jaxreg, "register", with_timings)
+    out, _, _ = _fake_run(tmp_path)
+    timings = json.loads((out / "info.json").read_text())["timings"]
+    assert {k: timings[k] for k in ("affine", "deformable", "compile")} == {"affine": 1.25, "deformable": 2.5,
+                                                                             "compile": 0.75}
+    assert sum(timings[k] for k in PHASES) == pytest.approx(timings["total"], abs=0.05)
+
+
+def test_written_fields_match_scipy_from_the_written_transform(fake, tmp_path):
+    """inverse_disp, itk/warp and itk/inverse_warp from transform/ (matrix, u, v) in float64 with scipy; the
+    warped labels are the moving labels sampled nearest at x + disp(x)."""
+    fixed, moving, labels, moving_labels = _pair()
+    paths = {name: _save(tmp_path / f"{name}.nii.gz", array) for name, array in
+             (("f", fixed), ("m", moving), ("ml", moving_labels))}
+    out = tmp_path / "out"
+    assert cli.main(["register", "--fixed", paths["f"], "--moving", paths["m"], "--moving-labels", paths["ml"],
+                     "--out", str(out), "--no-progress"]) == 0
+    description = json.loads((out / "transform" / "transform.json").read_text())
+    matrix, steps = np.array(description["matrix"]), description["steps"]
+    velocity = nib.load(str(out / "transform" / "velocity.nii.gz")).get_fdata()
+    deformation = nib.load(str(out / "transform" / "deformation.nii.gz")).get_fdata()
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in fixed.shape], indexing="ij"))
+
+    def sample(field, points):
+        return np.stack([ndimage.map_coordinates(field[..., k], points, order=1, mode="nearest")
+                         for k in range(field.shape[-1])], -1)
+
+    backward = -velocity / 2**steps  # exp(−v) by scaling and squaring
+    for _ in range(steps):
+        backward = backward + sample(backward, grid + np.moveaxis(backward, -1, 0))
+    inv = np.linalg.inv(matrix)
+    to_fixed = np.einsum("ij,j...->i...", inv[:3, :3], grid) + inv[:3, 3].reshape(3, 1, 1, 1)
+    inverse = np.moveaxis(to_fixed, 0, -1) + sample(backward, to_fixed) - np.moveaxis(grid, 0, -1)
+    np.testing.assert_allclose(nib.load(str(out / "inverse_disp.nii.gz")).get_fdata(), inverse, atol=2e-4)
+    to_lps_mm = np.diag([-1.0, -1.0, 1.0]) @ AFFINE[:3, :3]
+    np.testing.assert_allclose(nib.load(str(out / "itk" / "warp.nii.gz")).get_fdata()[:, :, :, 0],
+                               deformation @ to_lps_mm.T, atol=1e-5)
+    np.testing.assert_allclose(nib.load(str(out / "itk" / "inverse_warp.nii.gz")).get_fdata()[:, :, :, 0],
+                               backward @ to_lps_mm.T, atol=2e-4)
+    disp = nib.load(str(out / "disp.nii.gz")).get_fdata()
+    points = grid + np.moveaxis(deformation, -1, 0)
+    np.testing.assert_allclose(np.moveaxis(disp, -1, 0), np.einsum("ij,j...->i...", matrix[:3, :3], points)
+                               + matrix[:3, 3].reshape(3, 1, 1, 1) - grid, atol=1e-4)
+    nearest = _scipy_warp(moving_labels, disp, order=0)
+    assert np.mean(nib.load(str(out / "warped_labels.nii.gz")).get_fdata() == nearest) > 0.999  # ties at .5
+
+
 def test_apply_reproduces_warped_and_warped_labels(registered):
     tmp, out, paths, _ = registered
     code = cli.main(["apply", "--transform", str(out), "--image", paths["m"], "--out", str(tmp / "a.nii.gz")])

@@ -221,6 +221,20 @@ def test_pair_figure_jacobian_limits_are_centred_percentiles(tmp_path, rng, shap
     assert len(labels) == 1  # one labelled colour bar for the Jacobian
 
 
+def test_pair_figure_draws_a_given_jacobian(tmp_path, rng):
+    shape = (12, 14, 10)
+    fixed, moving, warped, _, _ = pair(rng, shape)
+    ddf = smooth_field(rng, shape, 0.4)
+    computed = figures.pair_figure(tmp_path / "a.png", fixed, moving, warped, ddf)
+    given = figures.pair_figure(tmp_path / "b.png", fixed, moving, warped, ddf, jacobian=np_jacobian_det(ddf))
+    for a, b in zip(panels(computed)[:, 6], panels(given)[:, 6]):
+        np.testing.assert_allclose(b.images[0].get_array(), a.images[0].get_array(), rtol=1e-5, atol=1e-6)
+    folded = figures.pair_figure(tmp_path / "c.png", fixed, moving, warped, ddf, jacobian=np.full(shape, -1.0))
+    assert "folding 100.00%" in panels(folded)[0, 6].get_title()  # what is given is what is drawn
+    with pytest.raises(ValueError, match="`jacobian` must have the field's spatial shape"):
+        figures.pair_figure(tmp_path / "d.png", fixed, moving, warped, ddf, jacobian=np.ones((12, 14, 9)))
+
+
 def test_jacobian_limits_closed_forms():
     assert figures.jacobian_limits(np.ones(10)) == pytest.approx((0.99, 1.01))  # never degenerate
     det = np.r_[np.full(98, 1.2), 1.5, 50.0]  # 99th percentile well below the max

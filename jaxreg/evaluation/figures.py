@@ -164,6 +164,7 @@ def pair_figure(
     index: int | None = None,
     grid_step: int = 4,
     spacing: Sequence[float] | None = None,
+    jacobian=None,
 ) -> Figure:
     """Writes a PNG summarising one registered pair; one row of panels per slice.
 
@@ -202,6 +203,8 @@ def pair_figure(
       grid_step: spacing of the drawn grid lines in voxels.
       spacing: voxel size per array axis (``ndim`` positive numbers, e.g. mm); the
         default is isotropic.
+      jacobian: ``(*S)`` the Jacobian determinant of ``ddf`` when already computed
+        (``jaxreg.metrics.jacobian_determinant(ddf)``); computed here otherwise.
 
     Returns:
       The drawn ``matplotlib.figure.Figure`` (already written to ``path``): one row of
@@ -226,10 +229,14 @@ def pair_figure(
     if len(spacing) != ndim or not all(np.isfinite(s) and s > 0 for s in spacing):
         raise ValueError(f"`spacing` must be {ndim} positive numbers (one per array axis); got {spacing!r}.")
     imgs = {n: _as_image(a, n, spatial) for n, a in (("fixed", fixed), ("moving", moving), ("warped", warped))}
-    labs = {n: None if a is None else np.rint(_as_image(a, n, spatial)).astype(np.int64)
+    labs = {n: None if a is None else _as_image(a, n, spatial)  # rounded per slice below, not whole volumes
             for n, a in (("fixed_labels", fixed_labels), ("moving_labels", moving_labels),
                          ("warped_labels", warped_labels))}
-    jac = np.asarray(jacobian_determinant(ddf), dtype=np.float64)
+    if jacobian is None:
+        jacobian = jacobian_determinant(ddf)
+    elif np.shape(jacobian) != spatial:
+        raise ValueError(f"`jacobian` must have the field's spatial shape {spatial}; got {np.shape(jacobian)}.")
+    jac = np.asarray(jacobian, dtype=np.float64)
     folding = 100.0 * np.count_nonzero(jac <= 0) / jac.size
     if ndim == 2:
         if axis is not None:
@@ -260,7 +267,8 @@ def pair_figure(
         cut_ = lambda a: cut(a, ax_, i, r_ax, c_ax)  # noqa: E731
         sl = {n: cut_(a).astype(np.float64) for n, a in imgs.items()}
         rows.append(dict(axis=ax_, index=i, rows_axis=r_ax, cols_axis=c_ax, img=sl,
-                         labs={n: cut_(a) for n, a in labs.items()},
+                         labs={n: None if a is None else np.rint(cut_(a)).astype(np.int64)
+                               for n, a in labs.items()},
                          u2=cut_(ddf)[..., [r_ax, c_ax]], jac=cut_(jac),
                          aspect=spacing[r_ax] / spacing[c_ax]))
     lo = min(float(v.min()) for r in rows for v in r["img"].values())
