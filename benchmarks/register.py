@@ -1,7 +1,7 @@
 """``jaxreg.register`` with its defaults (affine + SVF, ``jaxreg.optimize``) on real pairs, next to ANTs.
 
-    python benchmarks/register.py [--data ../shared/data] [--cases aligned,rotated,anisotropic,thick,large,promise12]
-                                  [--ants] [--baseline] [--option KEY=VALUE ...]
+    python benchmarks/register.py [--data ../shared/data] [--cases aligned,rotated,anisotropic,thick,large,promise12,cine]
+                                  [--ants] [--baseline] [--cli] [--option KEY=VALUE ...]
 
 Prints one JSON object. For each case: Dice before/after per label and their mean, folded
 voxels in % (Jacobian determinant <= 0), and the time of two calls in fresh JAX caches:
@@ -27,6 +27,15 @@ onto A unless said otherwise):
   scans).
 * ``promise12``: two prostate T2 MRI 32x128x128 with gland masks, both directions (needs
   ``h5py``, the ``bench`` extra).
+* ``cine``: a thin-slice cardiac-like stack, 256x216x10 voxels at 1.41x1.41x9.87 mm: the
+  library's synthetic cardiac pair (``jaxreg.data.synthetic_pair(anatomy="cardiac")``,
+  256x216x70 at 1.41 mm, labels LV, myocardium, RV) with every 7th slice kept. Needs no data.
+
+``--cli`` also times each case as a user waits for it: ``jaxreg register`` on NIfTI files
+(spacing in the header, the fixed and moving labels given, progress bar on) in a fresh
+process, once into an empty compilation cache (a first run ever) and once more (any later
+run), wall seconds from command to files, with the Dice, folding and ``timings`` of its
+``info.json``.
 
 ``--ants`` adds ANTs ``SyN`` (antspyx, the ``bench`` extra: rigid-free affine + SyN with its
 defaults, the same spacing) on the same arrays; ``--baseline`` adds ``register(...,
@@ -41,6 +50,8 @@ import inspect
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 
@@ -57,8 +68,9 @@ from jaxreg.cli import parse_option
 from jaxreg.optimize import optimize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = ("aligned", "rotated", "anisotropic", "thick", "large", "promise12")
+CASES = ("aligned", "rotated", "anisotropic", "thick", "large", "promise12", "cine")
 OPTIONS: dict = {}  # --option KEY=VALUE: non-default options of jaxreg.register
+CLI = False  # --cli: also time the command in fresh processes
 
 
 def _load_average() -> str:
@@ -136,9 +148,44 @@ def _ants(fixed, moving, fixed_seg, moving_seg, labels, spacing) -> dict:
             "type_of_transform": "SyN", "antspyx": getattr(ants, "__version__", "?")}
 
 
+def _cli(fixed, moving, fixed_seg, moving_seg, spacing) -> dict:
+    """``jaxreg register`` on NIfTI files in a fresh process: into an empty cache, then once more."""
+    import nibabel as nib
+
+    affine = np.diag(list(spacing or (1.0,) * fixed.ndim) + [1.0])
+    out = {}
+    with tempfile.TemporaryDirectory(prefix="jaxreg-cli-") as tmp:
+        files = {}
+        for name, array in (("fixed", fixed), ("moving", moving), ("fixed-labels", fixed_seg),
+                            ("moving-labels", moving_seg)):
+            files[name] = os.path.join(tmp, f"{name}.nii.gz")
+            dtype = np.float32 if "labels" not in name else np.int16
+            nib.save(nib.Nifti1Image(np.asarray(array, dtype), affine), files[name])
+        env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_COMPILATION_CACHE")}
+        env["JAXREG_COMPILATION_CACHE"] = os.path.join(tmp, "xla")  # empty: a first run ever
+        for run in ("cold", "warm"):
+            folder = os.path.join(tmp, run)
+            command = [sys.executable, "-m", "jaxreg.cli", "register", "--out", folder]
+            for name, path in files.items():
+                command += [f"--{name}", path]
+            start = time.perf_counter()
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            wall = time.perf_counter() - start
+            if done.returncode:
+                raise RuntimeError(f"jaxreg register failed: {done.stderr[-2000:]}")
+            with open(os.path.join(folder, "info.json")) as f:
+                info = json.load(f)
+            out[run] = {"wall_s": round(wall, 1), "load": _load_average(), "dice": info.get("dice"),
+                        "folding_percent": info.get("folding_percent"),
+                        "timings": {k: round(v, 2) for k, v in (info.get("timings") or {}).items()}}
+    return out
+
+
 def _case(fixed, moving, fixed_seg, moving_seg, labels, *, spacing=None, ants=False, baseline=False) -> dict:
     out = {"shape": list(fixed.shape), "spacing": list(spacing) if spacing else None,
            "jaxreg": _jaxreg(fixed, moving, fixed_seg, moving_seg, labels, spacing)}
+    if CLI:
+        out["cli"] = _cli(fixed, moving, fixed_seg, moving_seg, spacing)
     if baseline:
         out["jaxreg_no_affine_no_spacing"] = _jaxreg(fixed, moving, fixed_seg, moving_seg, labels, None, affine=False)
     if ants:
@@ -206,6 +253,16 @@ def _promise(path: str, *, ants: bool) -> dict:
             "0->1": _case(images[1], images[0], segs[1], segs[0], (1,), ants=ants)}
 
 
+def _cine(*, ants: bool) -> dict:
+    """The synthetic cardiac-like thin-slice stack (module docstring)."""
+    from jaxreg.data import synthetic_pair
+
+    pair = synthetic_pair(jax.random.key(0), (256, 216, 70), anatomy="cardiac")
+    cut = lambda x: np.ascontiguousarray(np.asarray(x)[:, :, ::7])  # noqa: E731
+    return _case(cut(pair["fixed"]), cut(pair["moving"]), cut(pair["fixed_labels"]), cut(pair["moving_labels"]),
+                 (1, 2, 3), spacing=(1.41, 1.41, 9.87), ants=ants)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data"),
@@ -214,6 +271,8 @@ def main() -> None:
     parser.add_argument("--ants", action="store_true", help="also run ANTs SyN (antspyx) on every case")
     parser.add_argument("--baseline", action="store_true",
                         help="also run register(affine=False) without spacing on the anisotropic cases")
+    parser.add_argument("--cli", action="store_true",
+                        help="also time `jaxreg register` in fresh processes (empty cache, then warm)")
     parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                         help="a non-default option of jaxreg.register, e.g. 'levels=(8,4,2)' (repeatable)")
     args = parser.parse_args()
@@ -221,6 +280,8 @@ def main() -> None:
     if wanted - set(CASES):
         parser.error(f"unknown --cases {sorted(wanted - set(CASES))}; choose from {CASES}")
     OPTIONS.update(parse_option(text) for text in args.option)
+    global CLI
+    CLI = args.cli
 
     report = {
         "device": str(jax.devices()[0]),
@@ -238,7 +299,9 @@ def main() -> None:
     }
     oasis_dir = os.path.join(args.data, "oasis_lapirn_pair")
     promise_file = os.path.join(args.data, "promise12_pair", "promise12_demo2.h5")
-    oasis_wanted = wanted - {"promise12"}
+    oasis_wanted = wanted - {"promise12", "cine"}
+    if "cine" in wanted:
+        report["cases"]["cine"] = _cine(ants=args.ants)
     if oasis_wanted:
         if os.path.isdir(oasis_dir):
             report["cases"].update(_oasis_cases(oasis_dir, oasis_wanted, ants=args.ants, baseline=args.baseline))

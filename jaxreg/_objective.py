@@ -56,41 +56,40 @@ def optimizer(learning_rate, total_steps) -> optax.GradientTransformation:
     return optax.chain(optax.scale_by_adam(eps_root=EPS_ROOT), optax.scale_by_schedule(schedule))
 
 
-def run_steps(step: Callable, carry, *, start, total, length: int, remat: bool = False):
-    """Steps ``start .. start + length − 1`` of a level of ``total`` steps: ``lax.scan`` of ``step``.
+def run_steps(step: Callable, carry, *, start, length: int, remat: bool = False):
+    """Steps ``start .. start + length − 1`` of a level: ``lax.scan`` of ``step(carry, i) -> (carry, loss)``.
 
-    ``step(carry, i) -> (carry, loss)``; steps ``i >= total`` leave the carry as it is (a
-    ``lax.cond``: not computed) and report a NaN loss. ``remat``: each step is recomputed in the
-    backward pass (``jax.checkpoint``) and the scan is nested ``√length × √length`` with each
-    inner scan checkpointed, so reverse-mode differentiation through the steps keeps about
-    ``2·√length`` carries (parameters and Adam's moments), not one per step, and none of a step's
-    intermediates (warps, LNCC sums). Without differentiation ``remat`` changes nothing.
+    ``remat``: each step is recomputed in the backward pass (``jax.checkpoint``) and the scan is
+    nested ``outer × inner`` with ``inner`` about ``√length`` and each inner scan checkpointed
+    (the ``length mod inner`` last steps in a scan of their own), so reverse-mode
+    differentiation through the steps keeps about ``2·√length`` carries (parameters and
+    Adam's moments), not one per step, and none of a step's intermediates (warps, LNCC sums).
+    Without differentiation ``remat`` changes nothing.
 
     Returns:
       ``(carry, (length,) + loss shape)``.
     """
-    loss_shape = jax.eval_shape(step, carry, jnp.int32(0))[1]
-
-    def body(carry, i):
-        skip = lambda c, i: (c, jnp.full(loss_shape.shape, jnp.nan, loss_shape.dtype))  # noqa: E731
-        return jax.lax.cond(i < total, step, skip, carry, i)
-
     first = jnp.asarray(start, jnp.int32)
-    if not remat or length < 4:
-        return jax.lax.scan(jax.checkpoint(body) if remat else body, carry, first + jnp.arange(length))
-    inner = math.isqrt(length - 1) + 1
-    outer = -(-length // inner)
+    if not remat:
+        return jax.lax.scan(step, carry, first + jnp.arange(length))
+    body = jax.checkpoint(step)
+    inner = max(math.isqrt(length), 1)
+    outer, rest = divmod(length, inner)
 
     @jax.checkpoint
     def chunk(carry, i0):
-        return jax.lax.scan(jax.checkpoint(body), carry, i0 + jnp.arange(inner))
+        return jax.lax.scan(body, carry, i0 + jnp.arange(inner))
 
     carry, losses = jax.lax.scan(chunk, carry, first + inner * jnp.arange(outer))
-    return carry, losses.reshape((outer * inner,) + losses.shape[2:])[:length]
+    losses = losses.reshape((outer * inner,) + losses.shape[2:])
+    if rest:
+        carry, more = jax.lax.scan(body, carry, first + outer * inner + jnp.arange(rest))
+        losses = jnp.concatenate([losses, more])
+    return carry, losses
 
 
 def drive_chunks(run_chunk: Callable, carry, total: int, *, level: int, callback: Callable | None):
-    """Runs a level of ``total`` steps as ``ceil(total / CHUNK)`` calls ``run_chunk(carry, start)``
+    """Runs a level of ``total`` steps as ``ceil(total / CHUNK)`` calls ``run_chunk(carry, start, length)``
     of one compiled chunk, from Python; ``callback(level, step, loss)`` after each chunk (the loss
     of its last step; with a batch, the mean over the pairs).
 
@@ -105,7 +104,8 @@ def drive_chunks(run_chunk: Callable, carry, total: int, *, level: int, callback
         callback(level, last, float(np.mean(loss)))
 
     for start in range(0, total, CHUNK):
-        carry, losses = run_chunk(carry, jnp.int32(start))
+        # chunks of CHUNK steps (a last shorter one when CHUNK does not divide the steps)
+        carry, losses = run_chunk(carry, jnp.int32(start), min(CHUNK, total - start))
         traces.append(losses)
         if callback is not None:
             if pending is not None:
@@ -113,7 +113,7 @@ def drive_chunks(run_chunk: Callable, carry, total: int, *, level: int, callback
             pending = (start, losses)
     if pending is not None:
         report(*pending)
-    trace = np.concatenate([np.asarray(t) for t in traces], axis=0)[:total]
+    trace = np.concatenate([np.asarray(t) for t in traces], axis=0)
     return carry, np.moveaxis(trace, 0, -1)
 
 

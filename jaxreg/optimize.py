@@ -211,7 +211,8 @@ def _regularize(field, relative, regularizer: str):
 def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start, *, length, transform,
            similarity, window, bins, regularizer, integration_steps, exact_gradient, relative=None, batch=False,
            remat=False):
-    """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps (:func:`jaxreg._objective.run_steps`).
+    """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps (:func:`jaxreg._objective.run_steps`;
+    ``total`` sets the cosine decay of the learning rate).
 
     ``carry`` is ``(params, Adam state)`` (:func:`_start_level`); ``params`` ``(*L, ndim)``
     stand for the field ``smooth(params)``. Returns ``(carry, (length,) loss trace)``.
@@ -249,7 +250,7 @@ def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start
         updates, state = opt.update(grad, state, p)
         return (optax.apply_updates(p, updates), state), loss
 
-    return obj.run_steps(step, carry, start=start, total=total, length=length, remat=remat)
+    return obj.run_steps(step, carry, start=start, length=length, remat=remat)
 
 
 # One compiled chunk of a level: the driver dispatches it ceil(steps / CHUNK) times.
@@ -287,9 +288,9 @@ def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequ
                                   batch=batch, remat=True, **level.options)
             trace = jnp.moveaxis(trace, 0, -1)
         else:
-            def run_chunk(carry, start, f=f, m=m, w=w, level=level):
+            def run_chunk(carry, start, length, f=f, m=m, w=w, level=level):
                 return _level_chunk(carry, f, m, w, reg_weight, learning_rate, jnp.int32(level.steps), start,
-                                    length=obj.CHUNK, batch=batch, **level.options)
+                                    length=length, batch=batch, **level.options)
 
             carry, trace = obj.drive_chunks(run_chunk, carry, level.steps, level=first_level + i, callback=callback)
         traces.append(trace)
