@@ -1,11 +1,12 @@
-"""``register(..., batch=True)`` on B pairs against B calls of ``register``, side by side; prints JSON.
+"""``register(..., batch=True)`` on B pairs against B calls of ``register`` and against
+``jax.jit(jax.vmap(register))`` (the traceable core), side by side; prints JSON.
 
     python benchmarks/register_batch.py [--pairs 4] [--shape 64,64,64] [--repeats 2]
 
 The pairs are synthetic (smooth random textures, each moving image a smoothly deformed and
 shifted copy). Both ways run once to compile, then ``--repeats`` times; the best time is
-reported (wall seconds), with the largest difference between the two ways' fields (voxels)
-and the speed-up ``loop_s / batch_s``. On a CPU the pairs share the same cores either way;
+reported (wall seconds), with the largest difference between the ways' fields (voxels)
+and the speed-ups ``loop_s / batch_s`` and ``vmap_s / batch_s``. On a CPU the pairs share the same cores either way;
 on a GPU the batch fills the device (one program for all pairs).
 """
 
@@ -67,13 +68,18 @@ def main() -> None:
     batch, batch_first, batch_s = _best(lambda: jaxreg.register(fixed, moving, batch=True).ddf, args.repeats)
     loop, loop_first, loop_s = _best(lambda: [jaxreg.register(f, m).ddf for f, m in zip(fixed, moving)],
                                      args.repeats)
+    mapped_core = jax.jit(jax.vmap(lambda f, m: jaxreg.register(f, m).ddf))
+    mapped, vmap_first, vmap_s = _best(lambda: mapped_core(fixed, moving), args.repeats)
     difference = max(float(np.max(np.abs(np.asarray(batch[i]) - np.asarray(d)))) for i, d in enumerate(loop))
+    vmap_difference = float(np.max(np.abs(np.asarray(batch) - np.asarray(mapped))))
     print(json.dumps({
         "backend": jax.default_backend(), "devices": str(jax.devices()[0]), "cpus": os.cpu_count(),
         "pairs": args.pairs, "shape": list(shape),
         "batch": {"first_call_s": round(batch_first, 2), "best_s": round(batch_s, 2)},
         "loop": {"first_call_s": round(loop_first, 2), "best_s": round(loop_s, 2)},
+        "vmap_of_the_core": {"first_call_s": round(vmap_first, 2), "best_s": round(vmap_s, 2)},
         "speedup": round(loop_s / batch_s, 2), "max_field_difference_voxels": difference,
+        "vmap_over_batch": round(vmap_s / batch_s, 2), "max_field_difference_vmap_voxels": vmap_difference,
     }, indent=2))
 
 

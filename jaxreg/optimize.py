@@ -130,38 +130,41 @@ def _scale(relative, dtype):
     return 1.0 if relative is None else jnp.asarray(relative, dtype)
 
 
-@jax.jit(static_argnames=("shape", "relative", "batch"))
-def _start_level(field, *, shape, relative, batch=False):
-    """The carry ``(params, Adam state)`` of a level from the previous level's field ``(*L', ndim)``
-    (voxels of that level): resized to ``shape`` and, on an anisotropic level, in units of its
-    smallest voxel."""
-    def one(f):
+# No parameters yet: the first level starts from a zero field.
+_NONE = "none"
+
+
+@jax.jit(static_argnames=("shape", "relative", "previous", "batch"))
+def _start_level(params, *, shape, relative, previous=_NONE, batch=False):
+    """The carry ``(params, Adam state)`` of a level of spatial ``shape``.
+
+    ``params`` are the previous level's final parameters (``previous``: that level's relative
+    spacing), whose field ``smooth(params)`` is resized to ``shape`` and, on an anisotropic
+    level, put in units of its smallest voxel; with ``previous=_NONE``, ``params`` is a zero
+    field. One program per level boundary: no program for the field in between.
+    """
+    def one(p):
+        f = p if previous == _NONE else _smooth(p, previous) / _scale(previous, p.dtype)
         if f.shape[:-1] != shape:
             f = spatial.resize_ddf(f, shape)
         return f * _scale(relative, f.dtype)
 
-    params = jax.vmap(one)(field) if batch else one(field)
+    params = jax.vmap(one)(params) if batch else one(params)
     return params, obj.optimizer(1.0, 1).init(params)
 
 
-@jax.jit(static_argnames=("relative", "batch"))
-def _finish_level(params, *, relative, batch=False):
-    """The field ``smooth(params)`` of a level, in voxels of the level."""
-    finish = lambda p: _smooth(p, relative) / _scale(relative, p.dtype)  # noqa: E731
-    return jax.vmap(finish)(params) if batch else finish(params)
-
-
-@jax.jit(static_argnames=("shape", "integration_steps", "transform", "batch"))
-def _final_field(field, *, shape, integration_steps, transform, batch=False):
-    """The finest level's field at full resolution: ``(ddf, velocity or None)``."""
-    def one(f):
+@jax.jit(static_argnames=("relative", "shape", "integration_steps", "transform", "batch"))
+def _final_field(params, *, relative, shape, integration_steps, transform, batch=False):
+    """The finest level's field ``smooth(params)`` at full resolution: ``(ddf, velocity or None)``."""
+    def one(p):
+        f = _smooth(p, relative) / _scale(relative, p.dtype)
         if f.shape[:-1] != shape:
             f = spatial.resize_ddf(f, shape)
         if transform == "svf":
             return spatial.integrate_velocity(f, steps=integration_steps), f
         return f, None
 
-    return jax.vmap(one)(field) if batch else one(field)
+    return jax.vmap(one)(params) if batch else one(params)
 
 
 def _smooth(p, relative):
@@ -260,25 +263,27 @@ _level_chunk = jax.jit(_level, static_argnames=("length", "transform", "similari
 
 def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequence[Level], shape,
                integration_steps: int, transform: str, batch: bool = False, traced: bool = False,
-               callback: Callable | None = None, first_level: int = 0):
+               progress: obj.Progress | None = None, first_level: int = 0):
     """Runs the deformable pyramid on normalised ``(*S, C)`` images (``batch``: ``(B, *S, C)``).
 
     ``traced=False`` (the driver): each level is ``ceil(steps / CHUNK)`` dispatches of one compiled
-    chunk, with ``callback(first_level + level, step, loss)`` between them. ``traced=True`` (inside
-    ``jit``/``vmap``/``grad``): each level is one scan with rematerialised steps, no host work.
+    chunk by ``progress`` (:class:`jaxreg._objective.Progress`; its callback numbers the levels
+    from ``first_level``). ``traced=True`` (inside ``jit``/``vmap``/``grad``): each level is one
+    scan with rematerialised steps, no host work.
 
     Returns:
-      ``(ddf, velocity or None, trace)`` at full resolution; the trace ``(..., sum(steps))`` is a
-      host array (driver) or a traced one.
+      ``(ddf, velocity or None, trace)`` at full resolution; the trace is ``(..., sum(steps))``
+      (traced), or the levels' chunks for :func:`jaxreg._objective.host_trace` (driver: nothing
+      waits for the device).
     """
     ndim = len(shape)
     lead = fixed.shape[:1] if batch else ()
-    field = jnp.zeros(lead + levels[0].shape + (ndim,), fixed.dtype)
+    params, previous = jnp.zeros(lead + levels[0].shape + (ndim,), fixed.dtype), _NONE
     reg_weight = jnp.asarray(weight, fixed.dtype)
     learning_rate = jnp.asarray(learning_rate, fixed.dtype)
     traces = []
     for i, level in enumerate(levels):
-        carry = _start_level(field, shape=level.shape, relative=level.relative, batch=batch)
+        carry = _start_level(params, shape=level.shape, relative=level.relative, previous=previous, batch=batch)
         f = obj.downsample(fixed, shape=level.shape, batch=batch)
         m = obj.downsample(moving, shape=level.shape, batch=batch)
         w = None if weight_map is None else \
@@ -292,13 +297,12 @@ def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequ
                 return _level_chunk(carry, f, m, w, reg_weight, learning_rate, jnp.int32(level.steps), start,
                                     length=length, batch=batch, **level.options)
 
-            carry, trace = obj.drive_chunks(run_chunk, carry, level.steps, level=first_level + i, callback=callback)
+            carry, trace = (progress or obj.Progress()).run(run_chunk, carry, level.steps, level=first_level + i)
         traces.append(trace)
-        field = _finish_level(carry[0], relative=level.relative, batch=batch)
-    ddf, velocity = _final_field(field, shape=tuple(shape), integration_steps=int(integration_steps),
-                                 transform=transform, batch=batch)
-    concat = jnp.concatenate if traced else np.concatenate
-    return ddf, velocity, concat(traces, axis=-1)
+        params, previous = carry[0], level.relative
+    ddf, velocity = _final_field(params, relative=previous, shape=tuple(shape),
+                                 integration_steps=int(integration_steps), transform=transform, batch=batch)
+    return ddf, velocity, (jnp.concatenate(traces, axis=-1) if traced else traces)
 
 
 def _level_integration_steps(steps: int, factors: Sequence[int], spacing: Sequence[float]) -> int:
@@ -440,8 +444,10 @@ def optimize(
                                regularizer=regularizer, levels=levels, steps=steps,
                                integration_steps=integration_steps)
     weight_map = obj.mask_weight(fixed_mask, shape, batch=fixed.shape[0] if batch else None)
-    ddf, velocity, trace = run_levels(
+    progress = obj.Progress(callback)
+    ddf, velocity, chunks = run_levels(
         fixed, moving, weight_map, weight=weight, learning_rate=LEARNING_RATE if learning_rate is None else learning_rate,
         levels=plan, shape=shape, integration_steps=integration_steps, transform=transform, batch=batch,
-        callback=callback)
-    return OptimizeResult(ddf, velocity, trace, tuple(lv.steps for lv in plan), levels)
+        progress=progress)
+    progress.flush()
+    return OptimizeResult(ddf, velocity, obj.host_trace(chunks), tuple(lv.steps for lv in plan), levels)

@@ -16,13 +16,13 @@ points in **mm** (``p = spacing · x`` for a voxel ``x``, array axis order) that
   translation.
 * **Levels.** As :func:`jaxreg.optimize.optimize`: anti-aliased downsampling with per-axis
   shrink factors from the spacing (ANTs' rule), one jitted ``lax.scan`` per level, images
-  passed as arguments, each level dispatched in chunks of 10 steps. The finest level runs on
-  its own grid, every coarser level on the grid of the largest coarse one (its images in the
-  corner with similarity weight 0 around them), and the geometry (spacing, level grid, centre,
-  radius) is passed as small arrays, so all levels, and other spacings, share two compiled
-  programs (compiling is ~4 s a program on a 2-core CPU) and the coarse levels run at a
-  coarse grid's speed (a 256×216×10 cine stack: 6.2 s on one finest-level grid for all four
-  levels). The transform lives in mm and carries over between levels unchanged. The
+  passed as arguments, each level dispatched in chunks of 10 steps. Every level runs on the
+  grid of the finest one (a coarser level's images in its corner with similarity weight 0
+  around them) and the geometry (spacing, level grid, centre, radius) is passed as small
+  arrays, so all levels, and other spacings, share one compiled program (compiling is ~4 s a
+  program on a 2-core CPU). With three levels or more the coarse ones share the grid of the
+  largest of them instead, a second program, so that their steps run at a coarse grid's
+  speed (a 256×216×10 cine stack: affine stage 6.2 → 5.0 s per run). The transform lives in mm and carries over between levels unchanged. The
   learning rate is in voxels of the level's finest axis per step, with a cosine decay to
   10 % within each level; 50 steps a level (the loss is flat after ~40 on brains).
   Default levels (:func:`affine_levels`): from about 16 voxels across down to the finest
@@ -256,11 +256,13 @@ def optimize_affine(
     spacing = obj.check_spacing(spacing, len(shape))
     levels, steps, plan = plan_levels(shape, spacing, levels=levels, steps=steps, window=window)
     weight_map = obj.mask_weight(fixed_mask, shape, batch=lead[0] if batch else None)
-    theta, matrix, world, trace = run_levels(
+    progress = obj.Progress(callback)
+    theta, matrix, world, chunks = run_levels(
         fixed, moving, weight_map, plan=plan, spacing=spacing, transform=transform, similarity=similarity,
-        bins=bins, init=init, learning_rate=learning_rate, batch=batch, callback=callback)
-    return AffineResult(np.asarray(matrix, np.float64), np.asarray(world, np.float64), trace, steps, levels, shape,
-                        np.asarray(theta))
+        bins=bins, init=init, learning_rate=learning_rate, batch=batch, progress=progress)
+    progress.flush()
+    return AffineResult(np.asarray(matrix, np.float64), np.asarray(world, np.float64), obj.host_trace(chunks), steps,
+                        levels, shape, np.asarray(theta))
 
 
 class Level(NamedTuple):
@@ -291,17 +293,18 @@ def plan_levels(shape, spacing, *, levels=None, steps=STEPS_PER_LEVEL, window=5)
 
 def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, transform: str, similarity: str,
                bins: int, init: str, learning_rate=None, batch: bool = False, traced: bool = False,
-               callback: Callable | None = None, first_level: int = 0):
+               progress: obj.Progress | None = None, first_level: int = 0):
     """Runs the affine pyramid on normalised ``(*S, C)`` images (``batch``: ``(B, *S, C)``).
 
     ``traced=False`` (the driver): each level is ``ceil(steps / CHUNK)`` dispatches of one compiled
-    chunk, ``callback(first_level + level, step, loss)`` between them. ``traced=True`` (inside
+    chunk by ``progress`` (levels numbered from ``first_level``). ``traced=True`` (inside
     ``jit``/``vmap``/``grad``): each level is one scan with rematerialised steps.
 
     Returns:
       ``(theta, matrix, world, trace)``: the parameters, the voxel and mm matrices
       ``(..., ndim + 1, ndim + 1)`` (jax arrays, the images' dtype) and the loss trace
-      ``(..., sum(steps))`` (host array for the driver).
+      ``(..., sum(steps))`` (traced), or the levels' chunks (driver:
+      :func:`jaxreg._objective.host_trace`).
     """
     lead = fixed.shape[:1] if batch else ()
     shape = fixed.shape[len(lead):-1]
@@ -315,16 +318,19 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     theta = jnp.zeros(lead + (_n_linear(transform, ndim) + ndim,), dtype)
     if init == "com":
         theta = theta.at[..., -ndim:].set(com_moving - com_fixed)
-    # The finest level runs on its own grid; every coarser level on the grid of the largest of
-    # them, its images in the corner, edges repeated, with similarity weight 0 outside. Two
-    # compiled programs serve all levels, and the coarse steps cost a coarse grid's time.
-    coarse = tuple(max(sides) for sides in zip(*(level.shape for level in plan[:-1]))) if len(plan) > 1 else None
+    # Every level runs on the grid of the finest one, its images in the corner, edges repeated,
+    # with similarity weight 0 outside: one compiled program serves all levels. With three levels
+    # or more, the coarse ones share the grid of the largest of them instead (a second program,
+    # ~2-4 s to compile once, for coarse steps at a coarse grid's speed: 3.4 s less per run on a
+    # 256x216x10 stack, where two levels on brains would save < 1 s).
+    finest = plan[-1].shape
+    coarse = tuple(max(sides) for sides in zip(*(level.shape for level in plan[:-1]))) if len(plan) > 2 else finest
     ones = jnp.ones(lead + shape, dtype) if weight_map is None else weight_map
     static = {"transform": transform, "similarity": similarity, "bins": int(bins), "batch": batch}
     traces = []
     for i, level in enumerate(plan):
         carry = _start_level(theta)
-        work = level.shape if i == len(plan) - 1 else coarse
+        work = finest if i == len(plan) - 1 else coarse
         arrays = (_padded(fixed, level.shape, work, batch=batch), _padded(moving, level.shape, work, batch=batch),
                   _padded(ones[..., None], level.shape, work, weight=True, batch=batch)[..., 0],
                   jnp.asarray(level.level_to_mm, dtype), com_fixed, radius,
@@ -338,13 +344,12 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
                 return _level_chunk(carry, *arrays, jnp.int32(level.steps), start, length=length,
                                     window=level.window, **static)
 
-            carry, trace = obj.drive_chunks(run_chunk, carry, level.steps, level=first_level + i, callback=callback)
+            carry, trace = (progress or obj.Progress()).run(run_chunk, carry, level.steps, level=first_level + i)
         theta = carry[0]
         traces.append(trace)
     world, matrix = _matrices(theta, com_fixed, radius, jnp.asarray(spacing, dtype), transform=transform,
                               batch=batch)
-    concat = jnp.concatenate if traced else np.concatenate
-    return theta, matrix, world, concat(traces, axis=-1)
+    return theta, matrix, world, (jnp.concatenate(traces, axis=-1) if traced else traces)
 
 
 @jax.jit(static_argnames=("transform", "batch"))

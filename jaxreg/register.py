@@ -322,8 +322,9 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     normalise = per_pair(_objective.normalise, batch)
     fixed_n, moving_n = normalise(fixed), normalise(moving)
     clock.lap("prepare")
+    progress = _objective.Progress(callback)
     matrix, stage_info = affine_stage(fixed_n, moving_n, weight_map, stage=stage, affine_options=affine_options,
-                                      options=options, spacing=spacing, batch=batch, callback=callback)
+                                      options=options, spacing=spacing, batch=batch, progress=progress)
     info.update(stage_info)
     first_level = len(stage_info.get("affine_levels", ()))
     velocity = None
@@ -331,7 +332,7 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         moving_stage = moving_n if stage is None else per_pair(warp_affine, batch)(moving_n, matrix)
         clock.lap("affine")
         only_matrix, deformation, velocity, stage_info = deformable_stage(
-            fixed_n, moving_stage, weight_map, options=options, spacing=spacing, batch=batch, callback=callback,
+            fixed_n, moving_stage, weight_map, options=options, spacing=spacing, batch=batch, progress=progress,
             first_level=first_level)
         matrix = matrix if only_matrix is None else only_matrix
         info.update(method="optimize", **stage_info, options=dict(options))
@@ -343,6 +344,10 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     ddf = total_field(matrix, deformation, moving, affine_first=stage is not None, batch=batch)
     warped, warped_labels = warp_outputs(moving, moving_labels, ddf, batch=batch)
     warped = warped.reshape(np.shape(given[1]))  # shaped like the moving image given
+    progress.flush()
+    for name in ("affine_losses", "losses"):  # the chunks of the loss traces, now on the host
+        if name in info:
+            info[name] = _objective.host_trace(info[name])
     jax.block_until_ready(warped)
     clock.lap("deformable")
     timings = clock.read()

@@ -61,8 +61,10 @@ class Registration(NamedTuple):
         (optimiser loss trace, lower is better) or solver options, ``affine`` (the stage
         run, or ``None``), ``affine_levels``, ``affine_steps``, ``affine_losses``,
         ``affine_time_s``, ``spacing``, ``time_s`` (wall seconds, both stages) and ``timings``
-        (seconds: ``affine``, ``deformable``, ``compile``: XLA compiling or loading from the
-        persistent cache, ``trace``: tracing and lowering). From :func:`register_traceable`:
+        (seconds: ``prepare``, ``affine``, ``deformable``: host time until each stage's work was
+        dispatched, the last steps of one stage overlapping the next one's compiling, the last
+        phase up to the finished result; ``compile``: XLA compiling or loading from the
+        persistent cache, ``trace``: tracing and lowering, both within the phases). From :func:`register_traceable`:
         arrays only, ``losses``, ``affine_losses`` and ``valid`` (``False``: an image with
         NaN/Inf or constant, or an empty mask; the field is then zero).
       matrix: ``(ndim + 1, ndim + 1)`` homogeneous voxel matrix mapping a fixed-grid voxel
@@ -202,9 +204,11 @@ def per_pair(fn, batch: bool):
 
 
 def affine_stage(fixed_n, moving_n, weight_map, *, stage, affine_options, options, spacing, batch=False,
-                 traced=False, callback=None) -> tuple[jax.Array, dict]:
+                 traced=False, progress=None) -> tuple[jax.Array, dict]:
     """The affine stage on normalised images: ``(voxel matrix (..., ndim + 1, ndim + 1), info)``;
-    the identity (and empty info) when ``stage`` is ``None``."""
+    the identity (and empty info) when ``stage`` is ``None``. The driver (``traced=False``) passes
+    a :class:`jaxreg._objective.Progress`; its ``affine_losses`` are then the levels' chunks
+    (:func:`jaxreg._objective.host_trace`), so that nothing waits for the device."""
     lead = fixed_n.shape[:1] if batch else ()
     ndim = fixed_n.ndim - 1 - len(lead)
     if stage is None:
@@ -218,14 +222,15 @@ def affine_stage(fixed_n, moving_n, weight_map, *, stage, affine_options, option
     _, matrix, _, trace = affine_lib.run_levels(
         fixed_n, moving_n, weight_map, plan=plan, spacing=spacing, transform=stage, similarity=o["similarity"],
         bins=o["bins"], init=o["init"], learning_rate=o["learning_rate"], batch=batch, traced=traced,
-        callback=callback)
+        progress=progress)
     return matrix, {"affine_levels": levels, "affine_steps": steps, "affine_losses": trace}
 
 
-def deformable_stage(fixed_n, moving_n, weight_map, *, options, spacing, batch=False, traced=False, callback=None,
+def deformable_stage(fixed_n, moving_n, weight_map, *, options, spacing, batch=False, traced=False, progress=None,
                      first_level=0) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None, dict]:
     """The deformable stage (or, with ``transform="rigid"/"affine"``, the only, affine one) on
-    normalised images: ``(matrix or None, deformation or None, velocity or None, info)``."""
+    normalised images: ``(matrix or None, deformation or None, velocity or None, info)``; the
+    losses as in :func:`affine_stage`."""
     o = _defaults(optimize_lib.optimize) | options
     _check_values(o, traced)
     lead = fixed_n.shape[:1] if batch else ()
@@ -238,7 +243,7 @@ def deformable_stage(fixed_n, moving_n, weight_map, *, options, spacing, batch=F
         _, matrix, _, trace = affine_lib.run_levels(
             fixed_n, moving_n, weight_map, plan=plan, spacing=spacing, transform=transform,
             similarity=o["similarity"], bins=o["bins"], init=o["init"], learning_rate=o["learning_rate"],
-            batch=batch, traced=traced, callback=callback, first_level=first_level)
+            batch=batch, traced=traced, progress=progress, first_level=first_level)
         return matrix, None, None, {"steps": steps, "levels": levels, "losses": trace}
     levels, plan = optimize_lib.plan_levels(
         shape, spacing, transform=transform, similarity=o["similarity"], window=o["window"], bins=o["bins"],
@@ -247,7 +252,7 @@ def deformable_stage(fixed_n, moving_n, weight_map, *, options, spacing, batch=F
     deformation, velocity, trace = optimize_lib.run_levels(
         fixed_n, moving_n, weight_map, weight=o["weight"], learning_rate=learning_rate, levels=plan, shape=shape,
         integration_steps=o["integration_steps"], transform=transform, batch=batch, traced=traced,
-        callback=callback, first_level=first_level)
+        progress=progress, first_level=first_level)
     return None, deformation, velocity, {"steps": tuple(lv.steps for lv in plan), "levels": levels, "losses": trace}
 
 
