@@ -86,7 +86,9 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
     except OSError:
         return None  # a read-only home: run without the cache
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.2)
+    # Every program, however quick to compile: a later process then compiles nothing at all (the
+    # ~20 small ones would cost ~2 s). With no size limit set, JAX takes no file lock for this.
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     return path
 
 
