@@ -42,7 +42,8 @@ def _options(ndim, affine):
 
 
 TWO_D = [pytest.param(2, True, id="2d-affine"), pytest.param(2, False, id="2d-deformable")]
-SLOW_2D = pytest.param(2, False, id="2d-deformable", marks=pytest.mark.slow)
+SLOW_2D = [pytest.param(2, True, id="2d-affine", marks=pytest.mark.slow),
+           pytest.param(2, False, id="2d-deformable", marks=pytest.mark.slow)]
 THREE_D = [pytest.param(3, True, id="3d-affine", marks=pytest.mark.slow),
            pytest.param(3, False, id="3d-deformable", marks=pytest.mark.slow)]
 CASES = TWO_D + THREE_D
@@ -78,7 +79,7 @@ def test_float32_jit_stays_within_adam_amplified_rounding():
     assert diff.mean() < 2e-3 and diff.max() < 5e-2, (diff.mean(), diff.max())
 
 
-@pytest.mark.parametrize("ndim, affine", [TWO_D[0], THREE_D[0]])
+@pytest.mark.parametrize("ndim, affine", [SLOW_2D[0], THREE_D[0]])
 def test_vmap_over_pairs_equals_a_loop(ndim, affine):
     pairs = [_pair(ndim), tuple(reversed(_pair(ndim)))]
     options = _options(ndim, affine)
@@ -93,7 +94,7 @@ def test_vmap_over_pairs_equals_a_loop(ndim, affine):
         assert mapped.ddf.shape == (2, *SHAPES[ndim], ndim)
 
 
-@pytest.mark.parametrize("ndim, affine", [TWO_D[0], SLOW_2D, *THREE_D])
+@pytest.mark.parametrize("ndim, affine", [*SLOW_2D, *THREE_D])
 def test_grad_equals_central_differences(ndim, affine):
     fixed, moving = _pair(ndim)
     options = _options(ndim, affine)
