@@ -20,6 +20,7 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from jaxreg import _objective as obj
+from jaxreg import _steps as steps_lib
 from jaxreg import optimize
 
 
@@ -29,7 +30,7 @@ def _gradient(fixed, moving, steps, remat):
 
     def loss(moving):
         params = jnp.zeros(shape + (len(shape),), fixed.dtype)
-        carry = (params, obj.optimizer(1.0, 1).init(params))
+        carry = (params, steps_lib.optimizer(1.0, 1).init(params))
         (params, _), _ = optimize._level(carry, obj.normalise(fixed), obj.normalise(moving), None, 0.5, 0.05, steps, 0,
                                          length=steps, remat=remat, **level.options)
         return jnp.sum(params)

@@ -55,6 +55,7 @@ import numpy as np
 import optax
 
 from jaxreg import _objective as obj
+from jaxreg import _steps as steps_lib
 from jaxreg import losses, spatial
 from jaxreg import optimize_affine
 from jaxreg._objective import check_options, check_pair
@@ -150,7 +151,7 @@ def _start_level(params, *, shape, relative, previous=_NONE, batch=False):
         return f * _scale(relative, f.dtype)
 
     params = jax.vmap(one)(params) if batch else one(params)
-    return params, obj.optimizer(1.0, 1).init(params)
+    return params, steps_lib.optimizer(1.0, 1).init(params)
 
 
 @jax.jit(static_argnames=("relative", "shape", "integration_steps", "transform", "batch"))
@@ -214,7 +215,7 @@ def _regularize(field, relative, regularizer: str):
 def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start, *, length, transform,
            similarity, window, bins, regularizer, integration_steps, exact_gradient, relative=None, batch=False,
            remat=False):
-    """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps (:func:`jaxreg._objective.run_steps`;
+    """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps (:func:`jaxreg._steps.run_steps`;
     ``total`` sets the cosine decay of the learning rate).
 
     ``carry`` is ``(params, Adam state)`` (:func:`_start_level`); ``params`` ``(*L, ndim)``
@@ -245,7 +246,7 @@ def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start
         return sim + reg_weight * _regularize(field, relative, regularizer)
 
     loss_and_grad = obj.per_pair_value_and_grad(objective, batch)
-    opt = obj.optimizer(learning_rate, total)
+    opt = steps_lib.optimizer(learning_rate, total)
 
     def step(carry, i):
         p, state = carry
@@ -253,7 +254,7 @@ def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start
         updates, state = opt.update(grad, state, p)
         return (optax.apply_updates(p, updates), state), loss
 
-    return obj.run_steps(step, carry, start=start, length=length, remat=remat)
+    return steps_lib.run_steps(step, carry, start=start, length=length, remat=remat)
 
 
 # One compiled chunk of a level: the driver dispatches it ceil(steps / CHUNK) times.
@@ -263,17 +264,17 @@ _level_chunk = jax.jit(_level, static_argnames=("length", "transform", "similari
 
 def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequence[Level], shape,
                integration_steps: int, transform: str, batch: bool = False, traced: bool = False,
-               progress: obj.Progress | None = None, first_level: int = 0):
+               progress: steps_lib.Progress | None = None, first_level: int = 0):
     """Runs the deformable pyramid on normalised ``(*S, C)`` images (``batch``: ``(B, *S, C)``).
 
     ``traced=False`` (the driver): each level is ``ceil(steps / CHUNK)`` dispatches of one compiled
-    chunk by ``progress`` (:class:`jaxreg._objective.Progress`; its callback numbers the levels
+    chunk by ``progress`` (:class:`jaxreg._steps.Progress`; its callback numbers the levels
     from ``first_level``). ``traced=True`` (inside ``jit``/``vmap``/``grad``): each level is one
     scan with rematerialised steps, no host work.
 
     Returns:
       ``(ddf, velocity or None, trace)`` at full resolution; the trace is ``(..., sum(steps))``
-      (traced), or the levels' chunks for :func:`jaxreg._objective.host_trace` (driver: nothing
+      (traced), or the levels' chunks for :func:`jaxreg._steps.host_trace` (driver: nothing
       waits for the device).
     """
     ndim = len(shape)
@@ -297,7 +298,8 @@ def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequ
                 return _level_chunk(carry, f, m, w, reg_weight, learning_rate, jnp.int32(level.steps), start,
                                     length=length, batch=batch, **level.options)
 
-            carry, trace = (progress or obj.Progress()).run(run_chunk, carry, level.steps, level=first_level + i)
+            progress = progress or steps_lib.Progress()
+            carry, trace = progress.run(run_chunk, carry, level.steps, level=first_level + i)
         traces.append(trace)
         params, previous = carry[0], level.relative
     ddf, velocity = _final_field(params, relative=previous, shape=tuple(shape),
@@ -444,10 +446,11 @@ def optimize(
                                regularizer=regularizer, levels=levels, steps=steps,
                                integration_steps=integration_steps)
     weight_map = obj.mask_weight(fixed_mask, shape, batch=fixed.shape[0] if batch else None)
-    progress = obj.Progress(callback)
+    progress = steps_lib.Progress(callback)
     ddf, velocity, chunks = run_levels(
         fixed, moving, weight_map, weight=weight, learning_rate=LEARNING_RATE if learning_rate is None else learning_rate,
         levels=plan, shape=shape, integration_steps=integration_steps, transform=transform, batch=batch,
         progress=progress)
     progress.flush()
-    return OptimizeResult(ddf, velocity, obj.host_trace(chunks), tuple(lv.steps for lv in plan), levels)
+    return OptimizeResult(ddf, velocity, steps_lib.host_trace(chunks), tuple(lv.steps for lv in plan),
+                          levels)

@@ -22,9 +22,10 @@ points in **mm** (``p = spacing · x`` for a voxel ``x``, array axis order) that
   arrays, so all levels, and other spacings, share one compiled program (compiling is ~4 s a
   program on a 2-core CPU). With three levels or more the coarse ones share the grid of the
   largest of them instead, a second program, so that their steps run at a coarse grid's
-  speed (a 256×216×10 cine stack: affine stage 6.2 → 5.0 s per run). The transform lives in mm and carries over between levels unchanged. The
-  learning rate is in voxels of the level's finest axis per step, with a cosine decay to
-  10 % within each level; 50 steps a level (the loss is flat after ~40 on brains).
+  speed (a 256×216×10 cine stack: affine stage 6.2 → 5.0 s per run). The transform lives in
+  mm and carries over between levels unchanged. The learning rate is in voxels of the level's
+  finest axis per step, with a cosine decay to 10 % within each level; 50 steps a level (the
+  loss is flat after ~40 on brains).
   Default levels (:func:`affine_levels`): from about 16 voxels across down to the finest
   level of at most 3·2**16 voxels (brains 160×192×144: ``(8, 4)``).
 * **Warping.** Each step builds the level's dense displacement from the matrix
@@ -47,6 +48,7 @@ import numpy as np
 import optax
 
 from jaxreg import _objective as obj
+from jaxreg import _steps as steps_lib
 from jaxreg import spatial
 from jaxreg._objective import check_options
 
@@ -133,7 +135,7 @@ def _padded(image, shape, work, weight=False, batch=False):
 def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_rate, total, start, *, length,
            transform, similarity, window, bins, batch=False, remat=False):
     """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps; returns
-    ``(carry, (length,) loss trace)`` (:func:`jaxreg._objective.run_steps`).
+    ``(carry, (length,) loss trace)`` (:func:`jaxreg._steps.run_steps`).
 
     ``carry`` is ``(theta, Adam state)``. ``level_to_mm`` ``(ndim + 1, ndim + 1)`` maps a voxel
     of this level to mm; the level's voxel matrix is ``level_to_mm⁻¹ · world(theta) · level_to_mm``.
@@ -151,7 +153,7 @@ def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_r
         return obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
 
     loss_and_grad = obj.per_pair_value_and_grad(objective, batch)
-    opt = obj.optimizer(learning_rate, total)
+    opt = steps_lib.optimizer(learning_rate, total)
 
     def step(carry, i):
         th, state = carry
@@ -159,7 +161,7 @@ def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_r
         updates, state = opt.update(grad, state, th)
         return (optax.apply_updates(th, updates), state), loss
 
-    return obj.run_steps(step, carry, start=start, length=length, remat=remat)
+    return steps_lib.run_steps(step, carry, start=start, length=length, remat=remat)
 
 
 # One compiled chunk of a level; every level of every spacing runs it (module docstring).
@@ -169,7 +171,7 @@ _level_chunk = jax.jit(_level, static_argnames=("length", "transform", "similari
 
 @jax.jit
 def _start_level(theta):
-    return theta, obj.optimizer(1.0, 1).init(theta)
+    return theta, steps_lib.optimizer(1.0, 1).init(theta)
 
 
 @jax.jit(static_argnames="batch")
@@ -256,13 +258,13 @@ def optimize_affine(
     spacing = obj.check_spacing(spacing, len(shape))
     levels, steps, plan = plan_levels(shape, spacing, levels=levels, steps=steps, window=window)
     weight_map = obj.mask_weight(fixed_mask, shape, batch=lead[0] if batch else None)
-    progress = obj.Progress(callback)
+    progress = steps_lib.Progress(callback)
     theta, matrix, world, chunks = run_levels(
         fixed, moving, weight_map, plan=plan, spacing=spacing, transform=transform, similarity=similarity,
         bins=bins, init=init, learning_rate=learning_rate, batch=batch, progress=progress)
     progress.flush()
-    return AffineResult(np.asarray(matrix, np.float64), np.asarray(world, np.float64), obj.host_trace(chunks), steps,
-                        levels, shape, np.asarray(theta))
+    return AffineResult(np.asarray(matrix, np.float64), np.asarray(world, np.float64), steps_lib.host_trace(chunks),
+                        steps, levels, shape, np.asarray(theta))
 
 
 class Level(NamedTuple):
@@ -293,7 +295,7 @@ def plan_levels(shape, spacing, *, levels=None, steps=STEPS_PER_LEVEL, window=5)
 
 def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, transform: str, similarity: str,
                bins: int, init: str, learning_rate=None, batch: bool = False, traced: bool = False,
-               progress: obj.Progress | None = None, first_level: int = 0):
+               progress: steps_lib.Progress | None = None, first_level: int = 0):
     """Runs the affine pyramid on normalised ``(*S, C)`` images (``batch``: ``(B, *S, C)``).
 
     ``traced=False`` (the driver): each level is ``ceil(steps / CHUNK)`` dispatches of one compiled
@@ -304,7 +306,7 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
       ``(theta, matrix, world, trace)``: the parameters, the voxel and mm matrices
       ``(..., ndim + 1, ndim + 1)`` (jax arrays, the images' dtype) and the loss trace
       ``(..., sum(steps))`` (traced), or the levels' chunks (driver:
-      :func:`jaxreg._objective.host_trace`).
+      :func:`jaxreg._steps.host_trace`).
     """
     lead = fixed.shape[:1] if batch else ()
     shape = fixed.shape[len(lead):-1]
@@ -344,7 +346,8 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
                 return _level_chunk(carry, *arrays, jnp.int32(level.steps), start, length=length,
                                     window=level.window, **static)
 
-            carry, trace = (progress or obj.Progress()).run(run_chunk, carry, level.steps, level=first_level + i)
+            progress = progress or steps_lib.Progress()
+            carry, trace = progress.run(run_chunk, carry, level.steps, level=first_level + i)
         theta = carry[0]
         traces.append(trace)
     world, matrix = _matrices(theta, com_fixed, radius, jnp.asarray(spacing, dtype), transform=transform,

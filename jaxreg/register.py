@@ -42,6 +42,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreg import _objective
+from jaxreg import _steps as steps_lib
 from jaxreg import optimize as optimize_lib
 from jaxreg import optimize_affine as affine_lib
 from jaxreg.traceable import (AFFINE_STAGES, Clock, Registration, affine_stage, check_not_channels_2d, check_stage,
@@ -324,7 +325,7 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     normalise = per_pair(_objective.normalise, batch)
     fixed_n, moving_n = normalise(fixed), normalise(moving)
     clock.lap("prepare")
-    progress = _objective.Progress(callback)
+    progress = steps_lib.Progress(callback)
     matrix, stage_info = affine_stage(fixed_n, moving_n, weight_map, stage=stage, affine_options=affine_options,
                                       options=options, spacing=spacing, batch=batch, progress=progress)
     info.update(stage_info)
@@ -349,7 +350,7 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     progress.flush()
     for name in ("affine_losses", "losses"):  # the chunks of the loss traces, now on the host
         if name in info:
-            info[name] = _objective.host_trace(info[name])
+            info[name] = steps_lib.host_trace(info[name])
     jax.block_until_ready(warped)
     clock.lap("deformable")
     timings = clock.read()

@@ -16,7 +16,7 @@ objective, and the large levels use a first-order gradient of ``exp`` (:mod:`jax
 so the stationarity condition that an implicit gradient needs holds for neither. The gradient
 through the steps is the exact derivative of the field the call returns (it matches central
 finite differences). Memory stays bounded: every step is recomputed in the backward pass and
-each level's scan is nested ``√n × √n`` with checkpoints (:func:`jaxreg._objective.run_steps`),
+each level's scan is nested ``√n × √n`` with checkpoints (:func:`jaxreg._steps.run_steps`),
 so the backward pass keeps about ``2·√n`` copies of a level's parameters and Adam moments for
 ``n`` steps, and none of a step's intermediates (warps, LNCC box sums).
 
@@ -208,8 +208,8 @@ def affine_stage(fixed_n, moving_n, weight_map, *, stage, affine_options, option
                  traced=False, progress=None) -> tuple[jax.Array, dict]:
     """The affine stage on normalised images: ``(voxel matrix (..., ndim + 1, ndim + 1), info)``;
     the identity (and empty info) when ``stage`` is ``None``. The driver (``traced=False``) passes
-    a :class:`jaxreg._objective.Progress`; its ``affine_losses`` are then the levels' chunks
-    (:func:`jaxreg._objective.host_trace`), so that nothing waits for the device."""
+    a :class:`jaxreg._steps.Progress`; its ``affine_losses`` are then the levels' chunks
+    (:func:`jaxreg._steps.host_trace`), so that nothing waits for the device."""
     lead = fixed_n.shape[:1] if batch else ()
     ndim = fixed_n.ndim - 1 - len(lead)
     if stage is None:

@@ -38,8 +38,8 @@ LAYERS = (
     ("methods", {"jaxreg.methods"}),
     ("the papers' methods and the optimiser", {"jaxreg.deq", "jaxreg.diffusion", "jaxreg.optimize"}),
     ("networks and the affine optimiser", {"jaxreg.models", "jaxreg.optimize_affine"}),
-    ("data and shared pieces", {"jaxreg.data", "jaxreg._objective", "jaxreg.scoring", "jaxreg.sharding",
-                                "jaxreg.transform"}),
+    ("data and shared pieces", {"jaxreg.data", "jaxreg._objective", "jaxreg._steps", "jaxreg.scoring",
+                                "jaxreg.sharding", "jaxreg.transform"}),
     ("leaves", {"jaxreg.spatial", "jaxreg.losses", "jaxreg.metrics", "jaxreg.io"}),
     ("private helpers", {"jaxreg._checks", "jaxreg._nifti_geometry", "jaxreg._progress"}),
 )
