@@ -134,6 +134,7 @@ def registered(tmp_path_factory):
 OVERVIEW = {}  # filled by the `registered` fixture
 
 
+@pytest.mark.xdist_group("cli_registered")  # one `registered` fixture for all
 def test_register_overview_uses_spacing_fixed_labels_and_three_slices(registered):
     tmp, out, paths, (fixed, moving, labels, moving_labels) = registered
     assert OVERVIEW["kwargs"]["spacing"] == (1.5, 1.5, 2.0)  # the header's voxel size (AFFINE)
@@ -147,6 +148,7 @@ def test_register_overview_uses_spacing_fixed_labels_and_three_slices(registered
     assert (out / "overview.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.xdist_group("cli_registered")  # one `registered` fixture for all
 def test_register_writes_every_output_consistently(registered):
     tmp, out, paths, (fixed, moving, labels, moving_labels) = registered
     assert {p.name for p in out.iterdir()} >= {"warped.nii.gz", "disp.nii.gz", "warped_labels.nii.gz", "overview.png",
@@ -171,6 +173,7 @@ def test_register_writes_every_output_consistently(registered):
 PHASES = ("import", "read", "register", "inverse", "outputs", "figure")
 
 
+@pytest.mark.xdist_group("cli_registered")  # one `registered` fixture for all
 def test_info_json_timings_add_up_to_the_total(registered):
     tmp, out, paths, _ = registered
     timings = json.loads((out / "info.json").read_text())["timings"]
@@ -234,6 +237,7 @@ def test_written_fields_match_scipy_from_the_written_transform(fake, tmp_path):
     assert np.mean(nib.load(str(out / "warped_labels.nii.gz")).get_fdata() == nearest) > 0.999  # ties at .5
 
 
+@pytest.mark.xdist_group("cli_registered")  # one `registered` fixture for all
 def test_apply_reproduces_warped_and_warped_labels(registered):
     tmp, out, paths, _ = registered
     code = cli.main(["apply", "--transform", str(out), "--image", paths["m"], "--out", str(tmp / "a.nii.gz")])

@@ -41,7 +41,7 @@ def _options(ndim, affine):
     return OPTIONS[ndim] | ({} if affine else {"affine": False})
 
 
-TWO_D = [pytest.param(2, True, id="2d-affine"), pytest.param(2, False, id="2d-deformable")]
+TWO_D = [pytest.param(2, True, id="2d-affine", marks=pytest.mark.slow), pytest.param(2, False, id="2d-deformable")]
 SLOW_2D = [pytest.param(2, True, id="2d-affine", marks=pytest.mark.slow),
            pytest.param(2, False, id="2d-deformable", marks=pytest.mark.slow)]
 THREE_D = [pytest.param(3, True, id="3d-affine", marks=pytest.mark.slow),

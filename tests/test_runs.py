@@ -46,6 +46,7 @@ def _assert_same_tree(got, want):
 
 
 @pytest.mark.slow
+@pytest.mark.xdist_group("runs_workdir")  # one trained `workdir` for all
 def test_load_run_gives_the_saved_parameters_of_each_step(workdir):
     steps = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert len(steps) >= 2
@@ -60,6 +61,7 @@ def test_load_run_gives_the_saved_parameters_of_each_step(workdir):
     assert any(not np.array_equal(a, b) for a, b in zip(first, jax.tree.leaves(latest.params)))
 
 
+@pytest.mark.xdist_group("runs_workdir")  # one trained `workdir` for all
 def test_load_run_needs_neither_the_training_data_nor_the_optimiser(workdir, tmp_path):
     moved = tmp_path / "moved"
     shutil.copytree(workdir, moved)
@@ -74,6 +76,7 @@ def test_load_run_needs_neither_the_training_data_nor_the_optimiser(workdir, tmp
     assert model.step == run.step and model.workdir == moved
 
 
+@pytest.mark.xdist_group("runs_workdir")  # one trained `workdir` for all
 def test_params_are_replicated_on_the_mesh(workdir):
     from jaxreg import sharding
 
@@ -83,6 +86,7 @@ def test_params_are_replicated_on_the_mesh(workdir):
         assert leaf.sharding.is_fully_replicated and set(leaf.sharding.device_set) == set(mesh.devices.flat)
 
 
+@pytest.mark.xdist_group("runs_workdir")  # one trained `workdir` for all
 def test_bad_workdirs_and_steps_say_what_is_wrong(workdir, tmp_path):
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_run(tmp_path / "nothing")
