@@ -282,6 +282,7 @@ def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequ
     params, previous = jnp.zeros(lead + levels[0].shape + (ndim,), fixed.dtype), _NONE
     reg_weight = jnp.asarray(weight, fixed.dtype)
     learning_rate = jnp.asarray(learning_rate, fixed.dtype)
+    progress = progress or steps_lib.Progress()
     traces = []
     for i, level in enumerate(levels):
         carry = _start_level(params, shape=level.shape, relative=level.relative, previous=previous, batch=batch)
@@ -298,7 +299,6 @@ def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequ
                 return _level_chunk(carry, f, m, w, reg_weight, learning_rate, jnp.int32(level.steps), start,
                                     length=length, batch=batch, **level.options)
 
-            progress = progress or steps_lib.Progress()
             carry, trace = progress.run(run_chunk, carry, level.steps, level=first_level + i)
         traces.append(trace)
         params, previous = carry[0], level.relative

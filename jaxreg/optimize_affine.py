@@ -329,6 +329,7 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     coarse = tuple(max(sides) for sides in zip(*(level.shape for level in plan[:-1]))) if len(plan) > 2 else finest
     ones = jnp.ones(lead + shape, dtype) if weight_map is None else weight_map
     static = {"transform": transform, "similarity": similarity, "bins": int(bins), "batch": batch}
+    progress = progress or steps_lib.Progress()
     traces = []
     for i, level in enumerate(plan):
         carry = _start_level(theta)
@@ -346,7 +347,6 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
                 return _level_chunk(carry, *arrays, jnp.int32(level.steps), start, length=length,
                                     window=level.window, **static)
 
-            progress = progress or steps_lib.Progress()
             carry, trace = progress.run(run_chunk, carry, level.steps, level=first_level + i)
         theta = carry[0]
         traces.append(trace)

@@ -45,7 +45,7 @@ from jaxreg import _objective
 from jaxreg import _steps as steps_lib
 from jaxreg import optimize as optimize_lib
 from jaxreg import optimize_affine as affine_lib
-from jaxreg.traceable import (AFFINE_STAGES, Clock, Registration, affine_stage, check_not_channels_2d, check_stage,
+from jaxreg.traceable import (AFFINE_STAGES, Registration, affine_stage, check_not_channels_2d, check_stage,
                               deformable_stage, is_traced, per_pair, register_traceable, total_field, warp_affine,
                               warp_outputs)
 
@@ -112,6 +112,46 @@ class Model(NamedTuple):
     config: Any
     workdir: Path
     step: int
+
+
+class Clock:
+    """Wall seconds of the driver's phases, and of JAX's compiling (or loading from the cache) and
+    tracing, read from ``jax.monitoring`` events."""
+
+    _totals = {"compile": 0.0, "cache_load": 0.0, "trace": 0.0}
+    _listening = False
+    # JAX's backend-compile event spans a load from the persistent cache too: the cache's own
+    # retrieval event is subtracted from it in read().
+    _EVENTS = {"/jax/core/compile/backend_compile_duration": "compile",
+               "/jax/compilation_cache/cache_retrieval_time_sec": "cache_load",
+               "/jax/core/compile/jaxpr_trace_duration": "trace",
+               "/jax/core/compile/jaxpr_to_mlir_module_duration": "trace"}
+
+    def __init__(self):
+        if not Clock._listening:
+            jax.monitoring.register_event_duration_secs_listener(Clock._listen)
+            Clock._listening = True
+        self.start = self.last = time.perf_counter()
+        self.base = dict(Clock._totals)
+        self.timings: dict[str, float] = {}
+
+    @staticmethod
+    def _listen(event, duration, **_):
+        name = Clock._EVENTS.get(event)
+        if name is not None:
+            Clock._totals[name] += duration
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.timings[name] = self.timings.get(name, 0.0) + now - self.last
+        self.last = now
+
+    def read(self) -> dict[str, float]:
+        """The phases' seconds, ``compile`` (XLA compiling programs the cache did not hold),
+        ``cache_load`` (loading the others from it) and ``trace`` (tracing and lowering)."""
+        spent = {k: Clock._totals[k] - self.base[k] for k in Clock._totals}
+        spent["compile"] = max(spent["compile"] - spent["cache_load"], 0.0)
+        return self.timings | spent
 
 
 def load_model(workdir: str | os.PathLike, *, step: int | str = "latest") -> Model:
@@ -202,21 +242,17 @@ def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine"
     shape = tuple(int(s) for s in shape)
     spacing = _objective.check_spacing(spacing, len(shape))
     stage, affine_options = check_stage(affine, affine_options, options, model)
+    def affine_plan(given):  # the same planner optimize_affine runs
+        steps = _given(given, "steps", affine_lib.STEPS_PER_LEVEL)
+        return affine_lib.plan_levels(shape, spacing, levels=given.get("levels"), steps=steps)[:2]
+
     out = []
     if stage is not None:
-        levels = affine_options.get("levels")
-        default = affine_lib.affine_levels(shape, spacing) if levels is None else None
-        levels, steps, _, _ = _objective.plan_levels(shape, levels, _given(affine_options, "steps", affine_lib.STEPS_PER_LEVEL),
-                                                     spacing, default_levels=default)
-        out.append((stage, levels, steps))
+        out.append((stage, *affine_plan(affine_options)))
     if model is not None:
         out.append(("model", (), ()))
     elif options.get("transform") in AFFINE_STAGES:
-        levels = options.get("levels")
-        default = affine_lib.affine_levels(shape, spacing) if levels is None else None
-        levels, steps, _, _ = _objective.plan_levels(shape, levels, _given(options, "steps", affine_lib.STEPS_PER_LEVEL),
-                                                     spacing, default_levels=default)
-        out.append((options["transform"], levels, steps))
+        out.append((options["transform"], *affine_plan(options)))
     else:
         levels, steps = optimize_lib.pyramid(shape, options.get("levels"),
                                              _given(options, "steps", optimize_lib.STEPS_PER_LEVEL), spacing=spacing)

@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import inspect
 import numbers
-import time
 from collections.abc import Mapping
 from functools import partial
 from typing import Any, NamedTuple
@@ -347,43 +346,3 @@ def register_traceable(fixed, moving, *, fixed_mask=None, moving_labels=None, sp
     warped, warped_labels = warp_outputs(moving, moving_labels, ddf)
     return Registration(ddf, warped.reshape(moving_shape), warped_labels, info, matrix, deformation, velocity,
                         spacing)
-
-
-class Clock:
-    """Wall seconds of the driver's phases, and of JAX's compiling (or loading from the cache) and
-    tracing, read from ``jax.monitoring`` events."""
-
-    _totals = {"compile": 0.0, "cache_load": 0.0, "trace": 0.0}
-    _listening = False
-    # JAX's backend-compile event spans a load from the persistent cache too: the cache's own
-    # retrieval event is subtracted from it in read().
-    _EVENTS = {"/jax/core/compile/backend_compile_duration": "compile",
-               "/jax/compilation_cache/cache_retrieval_time_sec": "cache_load",
-               "/jax/core/compile/jaxpr_trace_duration": "trace",
-               "/jax/core/compile/jaxpr_to_mlir_module_duration": "trace"}
-
-    def __init__(self):
-        if not Clock._listening:
-            jax.monitoring.register_event_duration_secs_listener(Clock._listen)
-            Clock._listening = True
-        self.start = self.last = time.perf_counter()
-        self.base = dict(Clock._totals)
-        self.timings: dict[str, float] = {}
-
-    @staticmethod
-    def _listen(event, duration, **_):
-        name = Clock._EVENTS.get(event)
-        if name is not None:
-            Clock._totals[name] += duration
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.timings[name] = self.timings.get(name, 0.0) + now - self.last
-        self.last = now
-
-    def read(self) -> dict[str, float]:
-        """The phases' seconds, ``compile`` (XLA compiling programs the cache did not hold),
-        ``cache_load`` (loading the others from it) and ``trace`` (tracing and lowering)."""
-        spent = {k: Clock._totals[k] - self.base[k] for k in Clock._totals}
-        spent["compile"] = max(spent["compile"] - spent["cache_load"], 0.0)
-        return self.timings | spent
