@@ -35,9 +35,9 @@ def get_config(arg=None):
 
     # ε-prediction's x̂₀ = (x_t − √(1−ᾱ)ε̂)/√ᾱ amplifies ε̂'s error up to 150× at large t: its
     # consistency terms swamped the loss (smoothness ~4000 at step 30) and, weighted down by ᾱ_t
-    # instead, DDIM-50 from noise locked onto a wrong early x̂₀ (5 voxels off the teacher after
-    # 500 steps). v-prediction (loss MSE(v̂, v) + the paper's consistency terms) gives x̂₀
-    # without the division. With MSE(ε̂, ε) on top of v̂ instead, nothing but SSIM taught x̂₀ at
+    # instead, DDIM-50 from noise locked onto a wrong early x̂₀ (the numbers: docs/diffusereg.md,
+    # "Why the demo predicts v"). v-prediction (loss MSE(v̂, v) + the paper's consistency terms)
+    # gives x̂₀ without the division. With MSE(ε̂, ε) on top of v̂ instead, nothing but SSIM taught x̂₀ at
     # large t, and DDIM-50 stayed at val Dice 0.848 after 3000 steps (teacher: 0.884).
 
     config.diffusion = diffusion = default.diffusion_section()

@@ -23,6 +23,8 @@ import os
 import shutil
 import tempfile
 
+import pytest
+
 _OWNED = "_JAXREG_TEST_CACHE_OWNED"
 
 CACHE_SETTINGS = {
@@ -66,3 +68,26 @@ def pytest_unconfigure(config):
     owned = os.environ.pop(_OWNED, None)
     if owned:
         shutil.rmtree(owned, ignore_errors=True)
+
+
+
+def pytest_collection_finish(session):
+    """Finds the grouped tests whose ``xdist_group`` a ``--dist loadgroup`` worker would ignore.
+
+    The tiers run ``-n 2 --dist loadgroup``: the tests sharing an expensive module fixture carry
+    one ``xdist_group`` so that one worker builds it once. pytest-xdist marks a grouped test by
+    appending ``@group`` to its node id on the worker; when a pytest/xdist pair stops honouring
+    that (pytest 9.2 with xdist 3.8), every such fixture is silently built on both workers.
+    Such tests fail in setup with the reason (a worker cannot stop the run with a message).
+    """
+    config = session.config
+    if hasattr(config, "workerinput") and config.getvalue("loadgroup"):
+        config._jaxreg_ungrouped = {item.nodeid for item in session.items
+                                    if item.get_closest_marker("xdist_group") and "@" not in item.nodeid}
+
+
+def pytest_runtest_setup(item):
+    if item.nodeid in getattr(item.config, "_jaxreg_ungrouped", ()):
+        pytest.fail("--dist loadgroup ignores this test's xdist_group: this pytest/pytest-xdist pair does not "
+                    "group tests (its module fixture would be built on every worker); see pyproject.toml's pins",
+                    pytrace=False)

@@ -13,6 +13,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TINY = str(ROOT / "tests" / "configs" / "tiny.py")
 TINY_DR = str(ROOT / "tests" / "configs" / "tiny_diffusereg.py")
 
+# Every test uses the `runs` module fixture (two train.py runs): one worker builds it once.
+pytestmark = pytest.mark.xdist_group("test_diffusereg_workdir.runs")
+
 
 def _run(script, *args):
     env = dict(os.environ, JAX_PLATFORMS="cpu")

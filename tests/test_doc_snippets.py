@@ -192,7 +192,11 @@ def run_steps(steps: list[dict], cwd: Path, *, cache: Path | None = None, timeou
     cwd.mkdir(parents=True, exist_ok=True)
     script = cwd.parent / f"{cwd.name}_steps.json"
     script.write_text(json.dumps(steps), encoding="utf-8")
-    env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg",
+    # XLA's default optimisation level, as a reader's process has: the docs' registrations run
+    # hundreds of optimiser steps, which level 0 (the test run's, conftest.py) makes slow: the
+    # quickstart's page took 198 s at level 0 and 117 s at level 1, alone on the 2-core CPU.
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_backend_optimization_level" not in f)
+    env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg", XLA_FLAGS=flags,
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p))
     if cache is not None:

@@ -52,6 +52,7 @@ def written(tmp_path_factory):
     return root, paths
 
 
+@pytest.mark.xdist_group("test_example.written")  # one worker builds the module fixture once
 def test_files_are_a_1mm_brain_pair_with_labels(written):
     root, paths = written
     assert set(paths["a"]) == set(NAMES)
@@ -82,6 +83,7 @@ def test_files_are_a_1mm_brain_pair_with_labels(written):
     assert 0.0 < _mean_dice(a["fixed_labels"], a["moving_labels"]) < 1.0
 
 
+@pytest.mark.xdist_group("test_example.written")  # one worker builds the module fixture once
 def test_same_seed_same_files_other_seed_other_files(written):
     root, _ = written
     a, again, other = (_arrays(root / name) for name in ("a", "again", "other"))
@@ -175,6 +177,7 @@ def test_command_help_lists_example_with_its_default_shape(capsys):
     assert "--seed" in text and ":func:" not in text and "``" not in text
 
 
+@pytest.mark.xdist_group("test_example.written")  # one worker builds the module fixture once
 def test_command_writes_the_pair_and_prints_a_register_command_that_parses(written, tmp_path, capsys):
     root, _ = written
     out = tmp_path / "my example"  # a space: the printed command must quote it

@@ -17,6 +17,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -41,27 +42,35 @@ def _env(devices: int = 1) -> dict:
 
 
 def _launch(script: str, args: list[str], *, processes: int, timeout: int = TIMEOUT, extra=None):
-    """Runs ``script`` in ``processes`` processes joined on a free port; returns their (rc, stdout, stderr)."""
+    """Runs ``script`` in ``processes`` processes joined on a free port; returns their (rc, stdout, stderr).
+
+    Each process writes to its own files, not a pipe: a process whose pipe is full (a verbose log)
+    would block, and its peers with it in their next collective, while the first is waited on.
+    """
     port = _free_port()
-    procs = []
+    procs, logs = [], []
     for index in range(processes):
         dist = [] if processes == 1 else [
             "--config.training.distributed=True", f"--config.training.coordinator_address=127.0.0.1:{port}",
             f"--config.training.num_processes={processes}", f"--config.training.process_id={index}",
             "--config.training.coordinator_timeout=120"]
+        out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+        logs.append((out, err))
         procs.append(subprocess.Popen([sys.executable, str(ROOT / script), *args, *dist, *(extra or [])], cwd=ROOT,
-                                      env=_env(1 if processes > 1 else 2), stdout=subprocess.PIPE,
-                                      stderr=subprocess.PIPE, text=True))
+                                      env=_env(1 if processes > 1 else 2), stdout=out, stderr=err, text=True))
     results = []
     try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            results.append((proc.returncode, out, err))
+        for proc, (out, err) in zip(procs, logs):
+            proc.wait(timeout=timeout)
+            out.seek(0), err.seek(0)
+            results.append((proc.returncode, out.read(), err.read()))
     finally:
         for proc in procs:  # never leave a process behind, whatever failed
             if proc.poll() is None:
                 proc.kill()
-                proc.communicate()
+                proc.wait()
+        for out, err in logs:
+            out.close(), err.close()
     return results
 
 

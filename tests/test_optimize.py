@@ -62,6 +62,7 @@ def svf_result(pair):
     return optimize(fixed, moving, **FAST)
 
 
+@pytest.mark.xdist_group("test_optimize.svf_result")  # one worker builds the module fixture once
 def test_recovers_known_displacement(pair, svf_result):
     _, _, u, _, _ = pair
     ddf = np.asarray(svf_result.ddf)
@@ -74,6 +75,7 @@ def test_recovers_known_displacement(pair, svf_result):
     assert np.median(error) < 0.5
 
 
+@pytest.mark.xdist_group("test_optimize.svf_result")  # one worker builds the module fixture once
 def test_raises_dice_and_lowers_mse(pair, svf_result):
     fixed, moving, _, fixed_labels, moving_labels = pair
     ddf = np.asarray(svf_result.ddf)
@@ -85,11 +87,13 @@ def test_raises_dice_and_lowers_mse(pair, svf_result):
     assert mse_after < 0.3 * mse_before, (mse_before, mse_after)
 
 
+@pytest.mark.xdist_group("test_optimize.svf_result")  # one worker builds the module fixture once
 def test_svf_does_not_fold(svf_result):
     ddf = np.asarray(svf_result.ddf)
     assert np.all(_np_jacobian_det_2d(ddf) > 0)
 
 
+@pytest.mark.xdist_group("test_optimize.svf_result")  # one worker builds the module fixture once
 def test_result_bookkeeping(svf_result):
     assert svf_result.steps == FAST["steps"] and svf_result.levels == FAST["levels"]
     assert isinstance(svf_result.losses, np.ndarray) and svf_result.losses.shape == (sum(FAST["steps"]),)
@@ -146,6 +150,7 @@ def test_3d_smoke():
     assert np.mean(np.asarray(result.ddf)[4:-4, 4:-4, 4:-4, 0]) > 0.3
 
 
+@pytest.mark.xdist_group("test_optimize.svf_result")  # one worker builds the module fixture once
 def test_second_call_does_not_recompile(pair, svf_result):
     fixed, moving, *_ = pair
     before = optimize_module._level_chunk._cache_size()  # svf_result compiled FAST's levels
