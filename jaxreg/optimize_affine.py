@@ -6,10 +6,13 @@ points in **mm** (``p = spacing · x`` for a voxel ``x``, array axis order) that
 
 * **Parameters.** Rigid: a rotation (an angle in 2-D; a rotation vector ``ω``, axis ×
   angle, in 3-D, ``A = exp([ω]×)`` by Rodrigues' formula) and a translation ``t``.
-  Affine: ``A = I + B`` with a free ``ndim × ndim`` matrix ``B`` and ``t``. The rotation
-  or ``B`` is scaled by the image's radius ``R`` (the intensity-weighted RMS distance of
-  the fixed image from ``c``), so every parameter moves a point at distance ``R`` by about
-  one mm per unit: Adam's equal steps are then balanced (preconditioning).
+  Affine: ``A = Rot · exp(S)`` (the polar form) with a rotation and a symmetric log-stretch
+  ``S`` (scales and shears), and ``t``: ``det A = exp(tr S) > 0``, so the map is never a
+  reflection, and a prior ``scale_prior · ‖S‖²`` added to the similarity keeps the scale of
+  an axis the images cannot see (a thick-slice stack's through-plane axis) near 1. The
+  rotation and ``S`` are scaled by the image's radius ``R`` (the intensity-weighted RMS
+  distance of the fixed image from ``c``), so every parameter moves a point at distance ``R``
+  by about one mm per unit: Adam's equal steps are then balanced (preconditioning).
 * **Centre and start.** ``c`` is the intensity centre of mass of the fixed image;
   ``init="com"`` starts ``t`` at the difference of the two centres of mass (a pure shift),
   ``"identity"`` at 0. Rotating about the centre of mass decouples rotation from
@@ -58,6 +61,7 @@ AFFINE_TRANSFORMS = ("rigid", "affine")
 INITS = ("com", "identity")
 STEPS_PER_LEVEL = 50  # default Adam steps at each level (the loss is flat after ~40 on brains)
 LEARNING_RATE = 0.25  # default Adam step: voxels of the level's finest axis, per step
+SCALE_PRIOR = 0.2  # default weight of ‖S‖² (the affine log-stretch) added to the similarity
 # The finest default level is the finest with at most this many voxels (the deformable stage that
 # follows refines the rest).
 MAX_VOXELS = 3 * 2**16
@@ -75,8 +79,9 @@ class AffineResult(NamedTuple):
       steps: steps run at each level.
       levels: downsampling factors used, coarse to fine.
       shape: the spatial shape of the fixed grid.
-      parameters: the final parameter vector (rotation or matrix entries × radius in mm,
-        then the translation in mm).
+      parameters: the final parameter vector: the rotation (an angle, or a rotation vector in
+        3-D) and, for ``"affine"``, the upper triangle of ``S`` (row by row), each × the radius
+        in mm; then the translation in mm.
     """
 
     matrix: np.ndarray
@@ -104,18 +109,35 @@ def _rotation(w: jax.Array, ndim: int) -> jax.Array:
     return jnp.eye(3) + a * k + b * (k @ k)
 
 
+def _n_rotation(ndim: int) -> int:
+    return 1 if ndim == 2 else 3
+
+
 def _n_linear(transform: str, ndim: int) -> int:
-    return (1 if ndim == 2 else 3) if transform == "rigid" else ndim * ndim
+    # affine: a rotation and the ndim·(ndim + 1)/2 entries of a symmetric log-stretch (4 / 9)
+    return _n_rotation(ndim) if transform == "rigid" else ndim * ndim
+
+
+def _log_stretch(theta, radius, ndim: int) -> jax.Array:
+    """The symmetric ``(ndim, ndim)`` log-stretch ``S`` (dimensionless) of affine parameters."""
+    r = _n_rotation(ndim)
+    rows, cols = np.triu_indices(ndim)
+    upper = jnp.zeros((ndim, ndim), theta.dtype).at[rows, cols].set(theta[r:ndim * ndim] / radius)
+    return upper + upper.T - jnp.diag(jnp.diag(upper))
+
+
+def _linear(theta, radius, *, transform: str, ndim: int) -> jax.Array:
+    """``A``: the rotation (rigid) or ``R · exp(S)`` (affine), whose determinant is ``exp(tr S) > 0``."""
+    rotation = _rotation(theta[:_n_rotation(ndim)] / radius, ndim)
+    if transform == "rigid":
+        return rotation
+    return rotation @ jax.scipy.linalg.expm(_log_stretch(theta, radius, ndim))
 
 
 def _world(theta, centre, radius, *, transform: str, ndim: int) -> jax.Array:
     """``(ndim + 1, ndim + 1)`` homogeneous map of mm points, fixed → moving."""
-    k = _n_linear(transform, ndim)
-    if transform == "rigid":
-        a = _rotation(theta[:k] / radius, ndim)
-    else:
-        a = jnp.eye(ndim) + theta[:k].reshape(ndim, ndim) / radius
-    t = theta[k:]
+    a = _linear(theta, radius, transform=transform, ndim=ndim)
+    t = theta[_n_linear(transform, ndim):]
     top = jnp.concatenate([a, ((jnp.eye(ndim) - a) @ centre + t)[:, None]], axis=1)
     return jnp.concatenate([top, jnp.eye(ndim + 1)[ndim:]], axis=0)
 
@@ -132,13 +154,14 @@ def _padded(image, shape, work, weight=False, batch=False):
 
 
 # ----------------------------------------------------------------------------- levels
-def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_rate, total, start, *, length,
-           transform, similarity, window, bins, batch=False, remat=False):
+def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_rate, scale_prior, total, start, *,
+           length, transform, similarity, window, bins, batch=False, remat=False):
     """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps; returns
     ``(carry, (length,) loss trace)`` (:func:`jaxreg._steps.run_steps`).
 
     ``carry`` is ``(theta, Adam state)``. ``level_to_mm`` ``(ndim + 1, ndim + 1)`` maps a voxel
     of this level to mm; the level's voxel matrix is ``level_to_mm⁻¹ · world(theta) · level_to_mm``.
+    The loss is the similarity plus ``scale_prior · ‖S‖²`` (affine: ``S`` the log-stretch).
     ``batch``: ``theta``, the images, ``weight``, ``centre`` and ``radius`` have a leading pair
     axis, each pair is optimised as alone (its own loss, gradient and Adam moments) and the trace
     is ``(length, B)``.
@@ -150,7 +173,10 @@ def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_r
     def objective(th, fixed, moving, weight, centre, radius):
         m = mm_to_level @ _world(th, centre, radius, transform=transform, ndim=ndim) @ level_to_mm
         warped = spatial.warp(moving, spatial.affine_ddf(m, shape), order=1, mode="nearest")
-        return obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
+        loss = obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
+        if transform == "rigid":
+            return loss
+        return loss + scale_prior * jnp.sum(_log_stretch(th, radius, ndim) ** 2)
 
     loss_and_grad = obj.per_pair_value_and_grad(objective, batch)
     opt = steps_lib.optimizer(learning_rate, total)
@@ -215,6 +241,7 @@ def optimize_affine(
     levels: Sequence[int] | None = None,
     steps: int | Sequence[int] = STEPS_PER_LEVEL,
     learning_rate: float | None = None,
+    scale_prior: float = SCALE_PRIOR,
     init: str = "com",
     callback: Callable[[int, int, float], None] | None = None,
     batch: bool = False,
@@ -231,6 +258,10 @@ def optimize_affine(
       levels: downsampling factors, coarse to fine; ``None``: :func:`affine_levels`.
       steps: Adam steps at each level (one number or one per level).
       learning_rate: Adam step in voxels of the level's finest axis (``None``: 0.25).
+      scale_prior: weight of ``‖S‖²``, the squared log-stretch of the affine map (scales and
+        shears; not rotation or translation), added to the similarity: it keeps the scale of an
+        axis the images cannot see (the through-plane axis of a thick-slice stack) near 1.
+        ``0`` for none; ignored for ``"rigid"``.
       init: ``"com"`` (translation by the intensity centres of mass) or ``"identity"``.
       callback: optional ``callback(level_index, step, loss)`` between compiled chunks of 10
         steps (as :func:`jaxreg.optimize.optimize`; with ``batch``: the mean loss of the pairs).
@@ -261,7 +292,7 @@ def optimize_affine(
     progress = steps_lib.Progress(callback)
     theta, matrix, world, chunks = run_levels(
         fixed, moving, weight_map, plan=plan, spacing=spacing, transform=transform, similarity=similarity,
-        bins=bins, init=init, learning_rate=learning_rate, batch=batch, progress=progress)
+        bins=bins, init=init, learning_rate=learning_rate, scale_prior=scale_prior, batch=batch, progress=progress)
     progress.flush()
     return AffineResult(np.asarray(matrix, np.float64), np.asarray(world, np.float64), steps_lib.host_trace(chunks),
                         steps, levels, shape, np.asarray(theta))
@@ -294,8 +325,8 @@ def plan_levels(shape, spacing, *, levels=None, steps=STEPS_PER_LEVEL, window=5)
 
 
 def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, transform: str, similarity: str,
-               bins: int, init: str, learning_rate=None, batch: bool = False, traced: bool = False,
-               progress: steps_lib.Progress | None = None, first_level: int = 0):
+               bins: int, init: str, learning_rate=None, scale_prior=SCALE_PRIOR, batch: bool = False,
+               traced: bool = False, progress: steps_lib.Progress | None = None, first_level: int = 0):
     """Runs the affine pyramid on normalised ``(*S, C)`` images (``batch``: ``(B, *S, C)``).
 
     ``traced=False`` (the driver): each level is ``ceil(steps / CHUNK)`` dispatches of one compiled
@@ -313,6 +344,8 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     ndim = len(shape)
     dtype = fixed.dtype
     learning_rate = LEARNING_RATE if learning_rate is None else learning_rate
+    if isinstance(scale_prior, (int, float, np.number)) and not (math.isfinite(scale_prior) and scale_prior >= 0):
+        raise ValueError(f"`scale_prior` must be a finite number >= 0; got {scale_prior!r}.")
     spacing_arr = jnp.asarray(spacing, dtype)
     com_fixed, radius = _moments(fixed, spacing_arr, batch=batch)
     com_moving, _ = _moments(moving, spacing_arr, batch=batch)
@@ -337,7 +370,7 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
         arrays = (_padded(fixed, level.shape, work, batch=batch), _padded(moving, level.shape, work, batch=batch),
                   _padded(ones[..., None], level.shape, work, weight=True, batch=batch)[..., 0],
                   jnp.asarray(level.level_to_mm, dtype), com_fixed, radius,
-                  jnp.asarray(learning_rate, dtype) * level.step_mm)
+                  jnp.asarray(learning_rate, dtype) * level.step_mm, jnp.asarray(scale_prior, dtype))
         if traced:
             carry, trace = _level(carry, *arrays, level.steps, 0, length=level.steps, window=level.window,
                                   remat=True, **static)

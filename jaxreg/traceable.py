@@ -221,8 +221,8 @@ def affine_stage(fixed_n, moving_n, weight_map, *, stage, affine_options, option
                                                  window=o["window"])
     _, matrix, _, trace = affine_lib.run_levels(
         fixed_n, moving_n, weight_map, plan=plan, spacing=spacing, transform=stage, similarity=o["similarity"],
-        bins=o["bins"], init=o["init"], learning_rate=o["learning_rate"], batch=batch, traced=traced,
-        progress=progress)
+        bins=o["bins"], init=o["init"], learning_rate=o["learning_rate"], scale_prior=o["scale_prior"], batch=batch,
+        traced=traced, progress=progress)
     return matrix, {"affine_levels": levels, "affine_steps": steps, "affine_losses": trace}
 
 

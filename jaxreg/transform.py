@@ -134,9 +134,16 @@ def _checked(t: Transform) -> Transform:
     deformation = _checked_field(t.deformation, fixed_shape, "deformation")
     if deformation is None and velocity is not None:
         deformation = np.asarray(_exp(velocity, steps=steps), np.float32)
-    return Transform(_checked_matrix(t.matrix, ndim), deformation, velocity, fixed_shape,
-                     _checked_affine(t.fixed_affine, "fixed_affine"), moving_shape,
-                     _checked_affine(t.moving_affine, "moving_affine"), steps)
+    matrix = _checked_matrix(t.matrix, ndim)
+    fixed_affine = _checked_affine(t.fixed_affine, "fixed_affine")
+    moving_affine = _checked_affine(t.moving_affine, "moving_affine")
+    # A voxel matrix may flip axes (two headers of opposite handedness); the map between the two
+    # bodies in world space never should: a registration that mirrors anatomy is wrong.
+    det = np.linalg.det(world_matrix(matrix, fixed_affine, moving_affine)[:3, :3])
+    if det <= 0:
+        raise ValueError(f"`matrix` is a reflection in world space (determinant {det:.3g} of the fixed-to-moving "
+                         "map in mm, through the two grids' affines); a registration never mirrors anatomy.")
+    return Transform(matrix, deformation, velocity, fixed_shape, fixed_affine, moving_shape, moving_affine, steps)
 
 
 def from_registration(result, *, fixed_affine=None, moving_affine=None, moving_shape=None, premultiply=None,

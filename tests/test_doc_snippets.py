@@ -187,15 +187,15 @@ def program(blocks: list[Block], run: dict) -> list[dict]:
     return steps
 
 
-def run_steps(steps: list[dict], cwd: Path, *, cache: Path | None = None, timeout: float = 1800):
+def run_steps(steps: list[dict], cwd: Path, *, cache: Path | None = None, timeout: float = 1800,
+              default_xla: bool = False):
     """Runs the steps in one fresh Python process in ``cwd``; returns the CompletedProcess."""
     cwd.mkdir(parents=True, exist_ok=True)
     script = cwd.parent / f"{cwd.name}_steps.json"
     script.write_text(json.dumps(steps), encoding="utf-8")
-    # XLA's default optimisation level, as a reader's process has: the docs' registrations run
-    # hundreds of optimiser steps, which level 0 (the test run's, conftest.py) makes slow: the
-    # quickstart's page took 198 s at level 0 and 117 s at level 1, alone on the 2-core CPU.
-    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "xla_backend_optimization_level" not in f)
+    flags = os.environ.get("XLA_FLAGS", "")
+    if default_xla:  # XLA's default optimisation level instead of the test run's (conftest.py)
+        flags = " ".join(f for f in flags.split() if "xla_backend_optimization_level" not in f)
     env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg", XLA_FLAGS=flags,
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p))
@@ -433,6 +433,14 @@ def _docs_with_runs() -> list[str]:
     return sorted({doc for doc, _ in RUN})
 
 
+# Pages whose time is optimiser steps (registrations) run at XLA's default optimisation level:
+# level 0, the test run's (conftest.py), compiles faster but runs such loops slower. The
+# quickstart's page took 198 s at level 0 and 117 s at level 1 alone on the 2-core CPU; the
+# pages that compile large programs (jax.md's gradient, data.md, diffusereg.md, deqreg.md) were
+# 20-30 s slower each at the default level in the slow tier.
+DEFAULT_XLA = {"README.md", "docs/quickstart.md"}
+
+
 @pytest.fixture(scope="module")
 def compilation_cache(tmp_path_factory):
     """One persistent compilation cache for all documents (and the CLI processes they start)."""
@@ -446,7 +454,7 @@ def test_snippets_run(doc, tmp_path, compilation_cache):
     steps = program(blocks, RUN)
     assert steps, doc
     start = time.perf_counter()
-    out = run_steps(steps, tmp_path / "work", cache=compilation_cache)
+    out = run_steps(steps, tmp_path / "work", cache=compilation_cache, default_xla=doc in DEFAULT_XLA)
     log = out.stderr[-8000:] + out.stdout[-2000:]
     assert out.returncode == 0, f"{doc}: a snippet failed ({time.perf_counter() - start:.0f} s)\n{log}"
     assert "ALL OK" in out.stderr, log

@@ -52,7 +52,8 @@ def case():
     fixed_affine[:3, :3] = _rotation(0.3) @ np.diag([-1.2, 1.0, 1.5])  # an x flip, like a radiological header
     fixed_affine[:3, 3] = [12.0, -8.0, 4.0]
     moving_affine = np.eye(4)
-    moving_affine[:3, :3] = _rotation(-0.2, (0, 2)) @ np.diag([1.1, 1.3, 1.6])
+    # also flipped: a transform between two bodies never mirrors them in world space
+    moving_affine[:3, :3] = _rotation(-0.2, (0, 2)) @ np.diag([-1.1, 1.3, 1.6])
     moving_affine[:3, 3] = [-5.0, 3.0, -2.0]
     velocity = np.stack([_smooth(FIXED_SHAPE, k, 3.0, 1.5) for k in range(3)], -1)
     deformation = np.asarray(spatial.integrate_velocity(velocity, steps=7))
@@ -222,6 +223,9 @@ def test_folder_round_trip_and_bad_files(case, tmp_path):
         tx.load_transform(broken("kind", format="something-else"))
     with pytest.raises(ValueError, match=r"matrix.*\(4, 4\)"):
         tx.load_transform(broken("matrix", matrix=np.eye(3).tolist()))
+    mirrored = np.asarray(description["matrix"]) @ np.diag([1.0, -1.0, 1.0, 1.0])  # a reflection in world space
+    with pytest.raises(ValueError, match="reflection in world space"):
+        tx.load_transform(broken("mirror", matrix=mirrored.tolist()))
     with pytest.raises(ValueError, match="fixed grid"):
         tx.load_transform(broken("shape", fixed={"shape": [20, 18, 15], "affine": description["fixed"]["affine"]}))
     with pytest.raises(FileNotFoundError, match="absent.nii.gz"):
