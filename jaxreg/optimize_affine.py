@@ -61,7 +61,7 @@ AFFINE_TRANSFORMS = ("rigid", "affine")
 INITS = ("com", "identity")
 STEPS_PER_LEVEL = 50  # default Adam steps at each level (the loss is flat after ~40 on brains)
 LEARNING_RATE = 0.25  # default Adam step: voxels of the level's finest axis, per step
-SCALE_PRIOR = 0.2  # default weight of ‖S‖² (the affine log-stretch) added to the similarity
+SCALE_PRIOR = 0.1  # default weight of ‖S‖² (the affine log-stretch) added to the similarity
 # The finest default level is the finest with at most this many voxels (the deformable stage that
 # follows refines the rest).
 MAX_VOXELS = 3 * 2**16
