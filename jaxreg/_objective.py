@@ -99,6 +99,12 @@ def check_choice(value, choices, name: str) -> None:
         raise ValueError(f"`{name}` must be one of {choices}; got {value!r}.")
 
 
+def check_non_negative(value, name: str) -> None:
+    """Raises a ``ValueError`` naming ``name`` unless ``value`` is a finite real number >= 0."""
+    if not isinstance(value, numbers.Real) or not np.isfinite(value) or value < 0:
+        raise ValueError(f"`{name}` must be a finite number >= 0; got {value!r}.")
+
+
 def check_options(*, transform, similarity, regularizer, window, bins, weight, learning_rate,
                    integration_steps, callback) -> None:
     """Checks the options shared by :func:`jaxreg.optimize.optimize` and :func:`jaxreg.optimize_affine.optimize_affine`."""
@@ -109,8 +115,7 @@ def check_options(*, transform, similarity, regularizer, window, bins, weight, l
         raise ValueError(f"`window` must be a positive odd integer; got {window!r}.")
     if not isinstance(bins, numbers.Integral) or bins < 2:
         raise ValueError(f"`bins` must be an integer >= 2; got {bins!r}.")
-    if not isinstance(weight, numbers.Real) or not np.isfinite(weight) or weight < 0:
-        raise ValueError(f"`weight` must be a finite number >= 0; got {weight!r}.")
+    check_non_negative(weight, "weight")
     if learning_rate is not None and (not isinstance(learning_rate, numbers.Real) or not np.isfinite(learning_rate)
                                       or learning_rate <= 0):
         raise ValueError(f"`learning_rate` must be a finite number > 0; got {learning_rate!r}.")

@@ -344,8 +344,7 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     ndim = len(shape)
     dtype = fixed.dtype
     learning_rate = LEARNING_RATE if learning_rate is None else learning_rate
-    if isinstance(scale_prior, (int, float, np.number)) and not (math.isfinite(scale_prior) and scale_prior >= 0):
-        raise ValueError(f"`scale_prior` must be a finite number >= 0; got {scale_prior!r}.")
+    obj.check_non_negative(scale_prior, "scale_prior")
     spacing_arr = jnp.asarray(spacing, dtype)
     com_fixed, radius = _moments(fixed, spacing_arr, batch=batch)
     com_moving, _ = _moments(moving, spacing_arr, batch=batch)

@@ -26,6 +26,7 @@ import tempfile
 import pytest
 
 _OWNED = "_JAXREG_TEST_CACHE_OWNED"
+_UNGROUPED = pytest.StashKey[set]()  # node ids of grouped tests that a worker would not group
 
 CACHE_SETTINGS = {
     # Programs that compile in less than this are cheaper to compile again than to store and look
@@ -82,12 +83,12 @@ def pytest_collection_finish(session):
     """
     config = session.config
     if hasattr(config, "workerinput") and config.getvalue("loadgroup"):
-        config._jaxreg_ungrouped = {item.nodeid for item in session.items
+        config.stash[_UNGROUPED] = {item.nodeid for item in session.items
                                     if item.get_closest_marker("xdist_group") and "@" not in item.nodeid}
 
 
 def pytest_runtest_setup(item):
-    if item.nodeid in getattr(item.config, "_jaxreg_ungrouped", ()):
+    if item.nodeid in item.config.stash.get(_UNGROUPED, set()):
         pytest.fail("--dist loadgroup ignores this test's xdist_group: this pytest/pytest-xdist pair does not "
                     "group tests (its module fixture would be built on every worker); see pyproject.toml's pins",
                     pytrace=False)

@@ -62,15 +62,16 @@ def _launch(script: str, args: list[str], *, processes: int, timeout: int = TIME
     try:
         for proc, (out, err) in zip(procs, logs):
             proc.wait(timeout=timeout)
-            out.seek(0), err.seek(0)
+            out.seek(0)
+            err.seek(0)
             results.append((proc.returncode, out.read(), err.read()))
     finally:
         for proc in procs:  # never leave a process behind, whatever failed
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
-        for out, err in logs:
-            out.close(), err.close()
+        for log in (f for pair in logs for f in pair):
+            log.close()
     return results
 
 

@@ -320,5 +320,6 @@ def test_thick_slice_3d_stack_keeps_its_through_plane_scale():
 
 def test_scale_prior_must_be_a_non_negative_number():
     image = np.random.default_rng(0).random((16, 16)).astype(np.float32)
-    with pytest.raises(ValueError, match="`scale_prior`"):
-        optimize_affine(image, image, scale_prior=-1.0)
+    for bad in (-1.0, float("nan"), "0.1"):
+        with pytest.raises(ValueError, match="`scale_prior`"):
+            optimize_affine(image, image, scale_prior=bad)
