@@ -23,6 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxreg import losses
+from jaxreg._programs import stored_jit
 
 TRANSFORMS = ("svf", "ddf", "rigid", "affine")
 SIMILARITIES = ("lncc", "mse", "mi")
@@ -155,7 +156,7 @@ def prepare_pair(fixed, moving) -> tuple[jax.Array, jax.Array]:
     return normalise(fixed), normalise(moving)
 
 
-@jax.jit
+@stored_jit
 def normalise(image: jax.Array) -> jax.Array:
     """``(*S, C)`` → float32, each channel's 0.5/99.5 percentiles mapped to 0/1, clipped."""
     axes = tuple(range(image.ndim - 1))
@@ -169,7 +170,7 @@ def normalise(image: jax.Array) -> jax.Array:
     return jnp.clip((image - lo) / jnp.maximum(hi - lo, 1e-12), 0.0, 1.0)
 
 
-@jax.jit(static_argnames=("shape", "batch"))
+@stored_jit(static_argnames=("shape", "batch"))
 def downsample(image: jax.Array, *, shape: tuple[int, ...], batch: bool = False) -> jax.Array:
     """Anti-aliased (area-weighted linear) resize of ``(*S, C)`` to ``(*shape, C)`` (``batch``:
     of each image of a ``(B, *S, C)`` stack)."""

@@ -58,6 +58,7 @@ from jaxreg import _objective as obj
 from jaxreg import _steps as steps_lib
 from jaxreg import losses, spatial
 from jaxreg import optimize_affine
+from jaxreg._programs import stored_jit
 from jaxreg._objective import check_options, check_pair
 from jaxreg._objective import MIN_LEVEL_SIDE  # noqa: F401  (re-exported)
 
@@ -135,7 +136,7 @@ def _scale(relative, dtype):
 _NONE = "none"
 
 
-@jax.jit(static_argnames=("shape", "relative", "previous", "batch"))
+@stored_jit(static_argnames=("shape", "relative", "previous", "batch"))
 def _start_level(params, *, shape, relative, previous=_NONE, batch=False):
     """The carry ``(params, Adam state)`` of a level of spatial ``shape``.
 
@@ -154,7 +155,7 @@ def _start_level(params, *, shape, relative, previous=_NONE, batch=False):
     return params, steps_lib.optimizer(1.0, 1).init(params)
 
 
-@jax.jit(static_argnames=("relative", "shape", "integration_steps", "transform", "batch"))
+@stored_jit(static_argnames=("relative", "shape", "integration_steps", "transform", "batch"))
 def _final_field(params, *, relative, shape, integration_steps, transform, batch=False):
     """The finest level's field ``smooth(params)`` at full resolution: ``(ddf, velocity or None)``."""
     def one(p):
@@ -258,7 +259,7 @@ def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start
 
 
 # One compiled chunk of a level: the driver dispatches it ceil(steps / CHUNK) times.
-_level_chunk = jax.jit(_level, static_argnames=("length", "transform", "similarity", "window", "bins", "regularizer",
+_level_chunk = stored_jit(_level, static_argnames=("length", "transform", "similarity", "window", "bins", "regularizer",
                                                 "integration_steps", "exact_gradient", "relative", "batch", "remat"))
 
 

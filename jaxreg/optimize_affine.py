@@ -53,6 +53,7 @@ import optax
 from jaxreg import _objective as obj
 from jaxreg import _steps as steps_lib
 from jaxreg import spatial
+from jaxreg._programs import stored_jit
 from jaxreg._objective import check_options
 
 __all__ = ["AffineResult", "affine_levels", "optimize_affine"]
@@ -142,7 +143,7 @@ def _world(theta, centre, radius, *, transform: str, ndim: int) -> jax.Array:
     return jnp.concatenate([top, jnp.eye(ndim + 1)[ndim:]], axis=0)
 
 
-@jax.jit(static_argnames=("shape", "work", "weight", "batch"))
+@stored_jit(static_argnames=("shape", "work", "weight", "batch"))
 def _padded(image, shape, work, weight=False, batch=False):
     """``image`` ``(*S, C)`` downsampled to ``shape`` and padded to ``work`` at the far ends
     (edges repeated; zeros for a ``weight`` map); ``batch``: each of a ``(B, *S, C)`` stack."""
@@ -191,16 +192,16 @@ def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_r
 
 
 # One compiled chunk of a level; every level of every spacing runs it (module docstring).
-_level_chunk = jax.jit(_level, static_argnames=("length", "transform", "similarity", "window", "bins", "batch",
+_level_chunk = stored_jit(_level, static_argnames=("length", "transform", "similarity", "window", "bins", "batch",
                                                 "remat"))
 
 
-@jax.jit
+@stored_jit
 def _start_level(theta):
     return theta, steps_lib.optimizer(1.0, 1).init(theta)
 
 
-@jax.jit(static_argnames="batch")
+@stored_jit(static_argnames=("batch",))
 def _moments(image, spacing, *, batch=False):
     """Intensity centre of mass (mm) and RMS radius about it (mm) of a ``(*S, C)`` image
     (``batch``: of each image of a stack, ``(B, ndim)`` and ``(B,)``)."""
@@ -387,7 +388,7 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     return theta, matrix, world, (jnp.concatenate(traces, axis=-1) if traced else traces)
 
 
-@jax.jit(static_argnames=("transform", "batch"))
+@stored_jit(static_argnames=("transform", "batch"))
 def _matrices(theta, centre, radius, spacing, *, transform, batch=False):
     """``(world, voxel matrix)`` of the parameters: ``M = S⁻¹ · world · S``, ``S = diag(spacing, 1)``."""
     ndim = spacing.shape[0]

@@ -41,6 +41,7 @@ from jaxreg import _objective as obj
 from jaxreg import optimize as optimize_lib
 from jaxreg import optimize_affine as affine_lib
 from jaxreg import spatial
+from jaxreg._programs import stored_jit
 
 __all__ = ["Registration", "is_traced", "register_traceable"]
 
@@ -175,25 +176,25 @@ def _check_values(options: dict, traced: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- the stages
-@jax.jit
+@stored_jit
 def warp_affine(image, matrix):
     """``(*S, C)`` resampled through the voxel ``matrix`` (linear, edges repeated)."""
     return spatial.warp(image, spatial.affine_ddf(matrix, image.shape[:-1]))
 
 
-@jax.jit
+@stored_jit
 def _affine_ddf(matrix, like):
     return spatial.affine_ddf(matrix, like.shape[:-1])
 
 
-@jax.jit
+@stored_jit
 def _compose_affine(matrix, u):
     """``matrix · [x + u(x), 1] − x``: the total displacement of ``u`` then ``matrix``."""
     ndim = u.shape[-1]
     return spatial.affine_ddf(matrix, u.shape[:-1]) + jnp.einsum("...j,ij->...i", u, matrix[:ndim, :ndim])
 
 
-@jax.jit(static_argnames="order")
+@stored_jit(static_argnames=("order",))
 def _warp(image, ddf, *, order=1):
     return spatial.warp(image, ddf, order=order)
 

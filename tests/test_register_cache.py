@@ -1,4 +1,5 @@
-"""A second process loads every program of ``register`` from the persistent cache, progress bar or not.
+"""A second process loads every program of ``register`` from the persistent cache, progress bar or not,
+and traces none of the registration's programs again (``jaxreg._programs``).
 
 JAX never stores a program that contains a host callback, so progress reported from inside the
 compiled loop made every process compile every level again. ``register`` now reads the loss
@@ -35,7 +36,8 @@ calls = []
 callback = (lambda *a: calls.append(a)) if sys.argv[1] == "progress" else None
 result = jaxreg.register(fixed, moving, levels=(2, 1), steps=(20, 20), affine_options={"steps": 20},
                          callback=callback)
-print(json.dumps(counts | {"calls": len(calls), "compile_s": result.info["timings"]["compile"]}))
+from jaxreg import _programs
+print(json.dumps(counts | _programs.COUNTS | {"calls": len(calls), "compile_s": result.info["timings"]["compile"]}))
 """
 
 
@@ -57,3 +59,6 @@ def test_a_second_process_compiles_nothing(tmp_path, first, second):
     assert two["misses"] == 0, (one, two)
     assert two["hits"] >= one["misses"] - 2 and two["compile_s"] < 1.0, (one, two)
     assert (two["calls"] > 0) == (second == "progress")
+    # Nor does it trace the registration's programs again: it loads what the first one stored.
+    assert one["exported"] > 5 and one["loaded"] == 0, one
+    assert two["exported"] == 0 and two["loaded"] == one["exported"], (one, two)
