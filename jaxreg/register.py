@@ -61,7 +61,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
 
     On a 2-core CPU compiling the programs of one registration takes ~20 s, often more than
     running them; with the cache a later process with images of the same shapes loads them
-    instead. :func:`register` calls this on its first call. Nothing changes when JAX already
+    instead; the traced programs are kept beside it (``jaxreg-programs/``), so that process does
+    not trace them again either. :func:`register` calls this on its first call. Nothing changes when JAX already
     has a cache directory (``jax_compilation_cache_dir``) or when the environment variable
     ``JAXREG_COMPILATION_CACHE`` is ``0``, ``off`` or ``false``.
 
