@@ -16,7 +16,14 @@ points in **mm** (``p = spacing · x`` for a voxel ``x``, array axis order) that
 * **Centre and start.** ``c`` is the intensity centre of mass of the fixed image;
   ``init="com"`` starts ``t`` at the difference of the two centres of mass (a pure shift),
   ``"identity"`` at 0. Rotating about the centre of mass decouples rotation from
-  translation.
+  translation. ``init="search"`` also starts the rotation at the best of a search, as ANTs'
+  ``antsAI``: the principal axes of the two images (intensity moments) and a grid of rotations
+  (every 30° in 3-D, 15° in 2-D), then offsets of 7.5° (3°) within ±15° around the best,
+  each scored by the similarity at the coarsest level (a synthetic object rotated 30°, 60°,
+  90° is recovered within 0.3° and 0.05 voxel, where ``"com"`` stays 69° off at 90°). It is
+  not the default: on a nearly symmetric anatomy the coarse level can prefer a turned copy
+  (the 256×216×10 cine stack: a 180° in-plane turn, Dice 0.856 against 0.870 with ``"com"``;
+  the brain cases of ``docs/register.md`` are unchanged).
 * **Levels.** As :func:`jaxreg.optimize.optimize`: anti-aliased downsampling with per-axis
   shrink factors from the spacing (ANTs' rule), one jitted ``lax.scan`` per level, images
   passed as arguments, each level dispatched in chunks of 10 steps. Every level runs on the
@@ -52,6 +59,7 @@ import optax
 
 from jaxreg import _objective as obj
 from jaxreg import _steps as steps_lib
+from jaxreg import _rotations as rotations
 from jaxreg import spatial
 from jaxreg._programs import stored_jit
 from jaxreg._objective import check_options
@@ -59,7 +67,7 @@ from jaxreg._objective import check_options
 __all__ = ["AffineResult", "affine_levels", "optimize_affine"]
 
 AFFINE_TRANSFORMS = ("rigid", "affine")
-INITS = ("com", "identity")
+INITS = ("com", "search", "identity")
 STEPS_PER_LEVEL = 50  # default Adam steps at each level (the loss is flat after ~40 on brains)
 LEARNING_RATE = 0.25  # default Adam step: voxels of the level's finest axis, per step
 SCALE_PRIOR = 0.1  # default weight of ‖S‖² (the affine log-stretch) added to the similarity
@@ -95,21 +103,6 @@ class AffineResult(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- geometry
-def _rotation(w: jax.Array, ndim: int) -> jax.Array:
-    """A rotation matrix: angle ``w[0]`` (2-D) or the exponential of the rotation vector ``w`` (3-D)."""
-    if ndim == 2:
-        c, s = jnp.cos(w[0]), jnp.sin(w[0])
-        return jnp.array([[c, -s], [s, c]])
-    t2 = jnp.sum(w * w)
-    small = t2 < 1e-8
-    safe = jnp.where(small, 1.0, t2)
-    th = jnp.sqrt(safe)
-    a = jnp.where(small, 1.0 - t2 / 6.0, jnp.sin(th) / th)
-    b = jnp.where(small, 0.5 - t2 / 24.0, (1.0 - jnp.cos(th)) / safe)
-    k = jnp.array([[0.0, -w[2], w[1]], [w[2], 0.0, -w[0]], [-w[1], w[0], 0.0]])
-    return jnp.eye(3) + a * k + b * (k @ k)
-
-
 def _n_rotation(ndim: int) -> int:
     return 1 if ndim == 2 else 3
 
@@ -129,7 +122,7 @@ def _log_stretch(theta, radius, ndim: int) -> jax.Array:
 
 def _linear(theta, radius, *, transform: str, ndim: int) -> jax.Array:
     """``A``: the rotation (rigid) or ``R · exp(S)`` (affine), whose determinant is ``exp(tr S) > 0``."""
-    rotation = _rotation(theta[:_n_rotation(ndim)] / radius, ndim)
+    rotation = rotations.rotation(theta[:_n_rotation(ndim)] / radius, ndim)
     if transform == "rigid":
         return rotation
     return rotation @ jax.scipy.linalg.expm(_log_stretch(theta, radius, ndim))
@@ -203,8 +196,8 @@ def _start_level(theta):
 
 @stored_jit(static_argnames=("batch",))
 def _moments(image, spacing, *, batch=False):
-    """Intensity centre of mass (mm) and RMS radius about it (mm) of a ``(*S, C)`` image
-    (``batch``: of each image of a stack, ``(B, ndim)`` and ``(B,)``)."""
+    """Intensity centre of mass (mm), RMS radius about it (mm) and second moments about it
+    (mm², ``(ndim, ndim)``) of a ``(*S, C)`` image (``batch``: of each image of a stack)."""
     if batch:
         return jax.vmap(lambda x: _moments(x, spacing))(image)
     ndim = image.ndim - 1
@@ -212,8 +205,9 @@ def _moments(image, spacing, *, batch=False):
     total = jnp.maximum(jnp.sum(mass), 1e-12)
     coords = [jax.lax.broadcasted_iota(jnp.float32, mass.shape, k) * spacing[k] for k in range(ndim)]
     com = jnp.stack([jnp.sum(mass * c) for c in coords]) / total
-    spread = sum(jnp.sum(mass * (c - com[k]) ** 2) for k, c in enumerate(coords)) / total
-    return com, jnp.sqrt(spread)
+    centred = [c - com[k] for k, c in enumerate(coords)]
+    cov = jnp.stack([jnp.stack([jnp.sum(mass * a * b) for b in centred]) for a in centred]) / total
+    return com, jnp.sqrt(jnp.trace(cov)), cov
 
 
 # ----------------------------------------------------------------------------- public
@@ -263,7 +257,9 @@ def optimize_affine(
         shears; not rotation or translation), added to the similarity: it keeps the scale of an
         axis the images cannot see (the through-plane axis of a thick-slice stack) near 1.
         ``0`` for none; ignored for ``"rigid"``.
-      init: ``"com"`` (translation by the intensity centres of mass) or ``"identity"``.
+      init: ``"com"`` (translation by the intensity centres of mass), ``"search"`` (that and the
+        best rotation of a search over principal axes and a grid of rotations: for
+        misalignments of 30° and more) or ``"identity"``.
       callback: optional ``callback(level_index, step, loss)`` between compiled chunks of 10
         steps (as :func:`jaxreg.optimize.optimize`; with ``batch``: the mean loss of the pairs).
       batch: stacks ``(B, *S[, C])`` of B pairs, optimised together in one compiled loop, each
@@ -347,11 +343,11 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     learning_rate = LEARNING_RATE if learning_rate is None else learning_rate
     obj.check_non_negative(scale_prior, "scale_prior")
     spacing_arr = jnp.asarray(spacing, dtype)
-    com_fixed, radius = _moments(fixed, spacing_arr, batch=batch)
-    com_moving, _ = _moments(moving, spacing_arr, batch=batch)
+    com_fixed, radius, cov_fixed = _moments(fixed, spacing_arr, batch=batch)
+    com_moving, _, cov_moving = _moments(moving, spacing_arr, batch=batch)
     radius = jnp.maximum(radius, 4.0 * min(spacing))
     theta = jnp.zeros(lead + (_n_linear(transform, ndim) + ndim,), dtype)
-    if init == "com":
+    if init != "identity":
         theta = theta.at[..., -ndim:].set(com_moving - com_fixed)
     # Every level runs on the grid of the finest one, its images in the corner, edges repeated,
     # with similarity weight 0 outside: one compiled program serves all levels. With three levels
@@ -365,12 +361,17 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     progress = progress or steps_lib.Progress()
     traces = []
     for i, level in enumerate(plan):
-        carry = _start_level(theta)
         work = finest if i == len(plan) - 1 else coarse
         arrays = (_padded(fixed, level.shape, work, batch=batch), _padded(moving, level.shape, work, batch=batch),
                   _padded(ones[..., None], level.shape, work, weight=True, batch=batch)[..., 0],
                   jnp.asarray(level.level_to_mm, dtype), com_fixed, radius,
                   jnp.asarray(learning_rate, dtype) * level.step_mm, jnp.asarray(scale_prior, dtype))
+        if i == 0 and init == "search":
+            start = _search(*arrays[:4], com_fixed, com_moving - com_fixed, cov_fixed, cov_moving,
+                            jnp.asarray(rotations.coarse_grid(ndim)), jnp.asarray(rotations.fine_grid(ndim)),
+                            window=level.window, similarity=similarity, bins=int(bins), batch=batch)
+            theta = theta.at[..., :_n_rotation(ndim)].set(start * radius[..., None])
+        carry = _start_level(theta)
         if traced:
             carry, trace = _level(carry, *arrays, level.steps, 0, length=level.steps, window=level.window,
                                   remat=True, **static)
@@ -386,6 +387,44 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     world, matrix = _matrices(theta, com_fixed, radius, jnp.asarray(spacing, dtype), transform=transform,
                               batch=batch)
     return theta, matrix, world, (jnp.concatenate(traces, axis=-1) if traced else traces)
+
+
+@stored_jit(static_argnames=("window", "similarity", "bins", "batch"))
+def _search(fixed, moving, weight, level_to_mm, centre, shift, cov_fixed, cov_moving, coarse, fine, *, window,
+            similarity, bins, batch=False):
+    """The start rotation of ``init="search"``: ``(r,)`` radians (``batch``: ``(B, r)``).
+
+    Each candidate is the rigid map "rotate about the fixed centre of mass ``centre``, then shift
+    by ``shift``" (mm), scored by the similarity of the level's images (lower is better). The
+    candidates: the ``coarse`` grid ``(K, r)`` (the identity first: it wins ties) and the
+    principal-axes rotations (:func:`jaxreg._rotations.principal_rotations`); then the best plus
+    each offset of ``fine`` ``(L, r)``. As ANTs' ``antsAI``, without its local optimisation of
+    each candidate: the pyramid that follows refines the best.
+    """
+    if batch:
+        def one(f, m, w, c, s, cf, cm):
+            return _search(f, m, w, level_to_mm, c, s, cf, cm, coarse, fine, window=window, similarity=similarity,
+                           bins=bins)
+
+        return jax.vmap(one)(fixed, moving, weight, centre, shift, cov_fixed, cov_moving)
+    ndim = fixed.ndim - 1
+    shape = fixed.shape[:-1]
+    mm_to_level = jnp.linalg.inv(level_to_mm)
+
+    def score(w):
+        a = rotations.rotation(w, ndim)
+        top = jnp.concatenate([a, ((jnp.eye(ndim) - a) @ centre + shift)[:, None]], axis=1)
+        world = jnp.concatenate([top, jnp.eye(ndim + 1)[ndim:]], axis=0)
+        m = mm_to_level @ world @ level_to_mm
+        warped = spatial.warp(moving, spatial.affine_ddf(m, shape), order=1, mode="nearest")
+        return obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
+
+    def best(candidates):
+        scores = jax.lax.map(score, candidates, batch_size=32)
+        return candidates[jnp.argmin(scores)]  # the first of equal scores
+
+    first = best(jnp.concatenate([coarse, rotations.principal_rotations(cov_fixed, cov_moving)]))
+    return best(first + fine)
 
 
 @stored_jit(static_argnames=("transform", "batch"))
