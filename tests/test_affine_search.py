@@ -80,7 +80,7 @@ def test_the_coarse_grid_leaves_no_rotation_further_than_27_degrees():
 # ----------------------------------------------------------------------------- recovery
 @pytest.fixture(scope="module")
 def volume():
-    return _textured_object((28, 28, 28))
+    return _textured_object((20, 20, 20))
 
 
 def _errors(result, truth, inside):
@@ -116,7 +116,7 @@ def test_search_recovers_a_2d_rotation_of_150_degrees_with_the_affine_transform(
 
 def test_search_in_a_batch_gives_each_pair_its_own_start(volume):
     fixed, _ = volume
-    fixed = fixed[::2, ::2, ::2]  # 14³: two pairs, quickly
+    fixed = fixed[::2, ::2, ::2]  # 10³: two pairs, quickly
     movings = [_moving_for(fixed, _about_centre(Rotation.from_rotvec(np.deg2rad(d) * AXIS).as_matrix(), (0, 0, 0),
                                                 fixed.shape)) for d in (0.0, 90.0)]
     # One step of a vanishing size: the matrices are the starts the search chose.
