@@ -3,7 +3,7 @@
     jaxreg register --fixed F.nii.gz --moving M.nii.gz --out DIR [--model W]
         [--moving-labels L.nii.gz [--fixed-labels K.nii.gz]] [--fixed-mask K.nii.gz]
         [--spacing 1,1,2.5] [--option levels=(4,2,1) --option similarity=mi ...]
-    jaxreg apply --transform DIR --image X.nii.gz [--labels] [--inverse] [--outside zero] --out Y.nii.gz
+    jaxreg apply --transform DIR --image X.nii.gz [--labels [linear]] [--inverse] [--outside zero|edge] --out Y.nii.gz
     jaxreg example --out DIR [--seed N] [--shape X,Y,Z]
 
 ``register`` reads NIfTI files (headers checked before reading; geometry as ITK reads it),
@@ -112,12 +112,14 @@ def _parser() -> argparse.ArgumentParser:
                      help="a `jaxreg register` output folder, its transform/ folder, or transform/transform.json")
     app.add_argument("--image", required=True, help="image on the moving grid (.nii or .nii.gz)")
     app.add_argument("--out", required=True, help="output .nii.gz (replaced atomically)")
-    app.add_argument("--labels", action="store_true", help="a label map: nearest-neighbour, integer output")
+    app.add_argument("--labels", nargs="?", const="nearest", choices=("nearest", "linear"), default=None,
+                     help="a label map, integer output: nearest neighbour (default), or 'linear' (each label "
+                          "interpolated, the largest wins, as ANTs' genericLabel); zero outside unless --outside edge")
     app.add_argument("--inverse", action="store_true",
                      help="the inverse transform (diffeomorphic path): an image on the fixed grid onto the moving grid")
-    app.add_argument("--outside", choices=("edge", "zero"), default="edge",
-                     help="where the transform reads outside the image: its edge values (default, as `register` "
-                          "writes warped.nii.gz) or zero (as ANTs and ITK)")
+    app.add_argument("--outside", choices=("edge", "zero"), default=None,
+                     help="where the transform reads outside the image: its edge values (the default for images, "
+                          "as `register` writes warped.nii.gz) or zero (the default for --labels, as ANTs and ITK)")
     ex = commands.add_parser("example", help="write a synthetic 3-D brain pair with label maps to register",
                              description=_plain(__doc__.split("\n\n")[5]))
     ex.add_argument("--out", required=True, help="output folder: must not exist or be empty")
@@ -377,8 +379,8 @@ def register_files(args: argparse.Namespace) -> dict:
     # Each field once; warped and warped_labels through the field and program `jaxreg apply` uses.
     disp = transform_lib.total_ddf(transform.matrix, transform.deformation, shape=fixed.shape)
     warped = np.asarray(transform_lib.apply(transform, moving.array, ddf=disp))
-    warped_labels = None if labels is None else np.rint(
-        np.asarray(transform_lib.apply(transform, labels, order=0, ddf=disp))).astype(np.int32)
+    warped_labels = None if labels is None else np.asarray(transform_lib.apply(
+        transform, np.rint(labels).astype(np.int32), labels=options.get("label_interpolation", "nearest"), ddf=disp))
     disp = np.asarray(disp)
     jacobian = np.asarray(jax.jit(metrics.jacobian_determinant)(result.ddf))  # for folding % and the figure
     folding = float(np.count_nonzero(jacobian <= 0) / jacobian.size) * 100
@@ -454,8 +456,10 @@ def apply_file(args: argparse.Namespace) -> Path:
     transform = transform_lib.load_transform(args.transform)
     image = _load(args.image, "image", channels=not args.labels)
     try:
-        warped = transform_lib.apply(transform, image.array, affine=image.affine, order=0 if args.labels else 1,
-                                     mode="nearest" if args.outside == "edge" else "constant", inverse=args.inverse)
+        mode = None if args.outside is None else ("nearest" if args.outside == "edge" else "constant")
+        array = np.rint(image.array).astype(np.int32) if args.labels else image.array
+        warped = transform_lib.apply(transform, array, affine=image.affine, mode=mode, inverse=args.inverse,
+                                     labels=args.labels)
     except ValueError as err:
         if not str(err).startswith("`image`"):
             raise

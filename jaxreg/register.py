@@ -45,8 +45,8 @@ from jaxreg import _objective
 from jaxreg import _steps as steps_lib
 from jaxreg import optimize as optimize_lib
 from jaxreg import optimize_affine as affine_lib
-from jaxreg.traceable import (AFFINE_STAGES, Registration, affine_stage, check_not_channels_2d, check_stage,
-                              deformable_stage, is_traced, per_pair, register_traceable, total_field, warp_affine,
+from jaxreg.traceable import (AFFINE_STAGES, LABEL_INTERPOLATIONS, Registration, affine_stage,
+                              check_not_channels_2d, check_stage, deformable_stage, is_traced, per_pair, register_traceable, total_field, warp_affine,
                               warp_outputs)
 
 __all__ = ["Model", "Registration", "enable_compilation_cache", "load_model", "register", "register_stages",
@@ -263,8 +263,8 @@ def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine"
 
 def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, spacing=None,
              affine: str | bool | None = "affine", affine_options: Mapping | None = None, fixed_mask=None,
-             moving_labels=None, key: jax.Array | None = None, callback: Callable | None = None,
-             batch: bool = False, **options) -> Registration:
+             moving_labels=None, label_interpolation: str = "nearest", key: jax.Array | None = None,
+             callback: Callable | None = None, batch: bool = False, **options) -> Registration:
     """Registers ``moving`` onto ``fixed``: an affine stage, then a deformable one.
 
     Args:
@@ -283,9 +283,12 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         similarity, window and bins default to those of the deformable stage.
       fixed_mask: optional ``(*S)`` mask on the fixed grid; the similarity counts only
         where it is nonzero (classical path and the affine stage).
-      moving_labels: optional ``(*S)`` integer label map of ``moving``, warped with
-        nearest-neighbour interpolation into ``warped_labels``. A float map whose values are
-        all integers is cast to int32; other floats raise.
+      moving_labels: optional ``(*S)`` integer label map of ``moving``, warped into
+        ``warped_labels`` (0 where the field reads outside the moving grid). A float map whose
+        values are all integers is cast to int32; other floats raise.
+      label_interpolation: ``"nearest"`` (the nearest voxel's label) or ``"linear"`` (each label's
+        indicator interpolated linearly, the largest wins, as ANTs' ``genericLabel``:
+        :func:`jaxreg.spatial.warp_labels`).
       key: PRNG key of a sampling model's noise (DiffuseReg; default from its ``seed``);
         unused by the optimiser and deterministic models.
       callback: ``callback(level, step, loss)`` during optimisation (e.g. a progress bar);
@@ -320,11 +323,13 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         results = jaxreg.register(fixed_stack, moving_stack, batch=True)  # (B, *S): B pairs at once
         dice = jaxreg.metrics.dice(fixed_labels, jaxreg.warp(moving_labels, result.ddf, order=0))
     """
+    if label_interpolation not in LABEL_INTERPOLATIONS:
+        raise ValueError(f"`label_interpolation` must be one of {LABEL_INTERPOLATIONS}; got {label_interpolation!r}.")
     if model is None and is_traced(fixed, moving, fixed_mask, moving_labels, options.get("weight"),
                                    options.get("learning_rate")):
-        if batch or callback is not None or key is not None:
+        if batch or callback is not None or key is not None or label_interpolation != "nearest":
             raise ValueError("inside jit/vmap/grad, register runs register_traceable: it takes no `batch` (use "
-                             "jax.vmap), `callback` or `key`.")
+                             "jax.vmap), `callback`, `key` or `label_interpolation` (labels: nearest).")
         return register_traceable(fixed, moving, fixed_mask=fixed_mask, moving_labels=moving_labels,
                                   spacing=spacing, affine=affine, affine_options=affine_options, **options)
     if model is not None and is_traced(fixed, moving):
@@ -382,7 +387,8 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         deformation, model_info = _register_with_model(model, fixed, model_moving, shape, options, key, batch=batch)
         info.update(model_info)
     ddf = total_field(matrix, deformation, moving, affine_first=stage is not None, batch=batch)
-    warped, warped_labels = warp_outputs(moving, moving_labels, ddf, batch=batch)
+    warped, warped_labels = warp_outputs(moving, moving_labels, ddf, batch=batch,
+                                         label_interpolation=label_interpolation)
     warped = warped.reshape(np.shape(given[1]))  # shaped like the moving image given
     progress.flush()
     for name in ("affine_losses", "losses"):  # the chunks of the loss traces, now on the host

@@ -33,6 +33,7 @@ __all__ = [
     "integrate_velocity",
     "resize_ddf",
     "warp",
+    "warp_labels",
     "warp_points",
 ]
 
@@ -206,6 +207,56 @@ def warp(
         img = img.astype(ddf.dtype)
     out = _sample(img, _displaced_coordinates(ddf), order=order, mode=mode, cval=cval)
     return out[..., 0] if squeeze else out
+
+
+def warp_labels(
+    labels: jax.Array,
+    ddf: jax.Array,
+    *,
+    interpolation: str = "nearest",
+    mode: str = "constant",
+    values: Sequence[int] | None = None,
+) -> jax.Array:
+    """Warps an integer label map with a displacement field (pull convention), 0 outside by default.
+
+    Args:
+      labels: ``(*S_img)`` integer label map (0 = background).
+      ddf: ``(*S, ndim)`` displacement in voxels of ``labels``.
+      interpolation: ``"nearest"`` (the nearest voxel's label) or ``"linear"`` (as ANTs'
+        ``genericLabel``: each label's indicator is interpolated linearly and the label of the
+        largest weight wins, the background's weight being one minus the others': boundaries
+        as smooth as a linear warp's). Ties go to the background, then to the smaller label.
+      mode: outside ``labels``: ``"constant"`` (0, background) or ``"nearest"`` (edge labels).
+      values: the nonzero labels to consider for ``"linear"`` (``None``: those present, which
+        needs a concrete ``labels``, not a traced one).
+
+    Returns:
+      ``(*S)`` label map with ``labels``' dtype.
+    """
+    if interpolation not in ("nearest", "linear"):
+        raise ValueError(f"`interpolation` must be 'nearest' or 'linear'; got {interpolation!r}.")
+    if interpolation == "nearest":
+        return warp(labels, ddf, order=0, mode=mode)
+    if values is None:
+        if isinstance(labels, jax.core.Tracer):
+            raise ValueError("`values` must be given for interpolation='linear' of a traced label map.")
+        values = [int(v) for v in np.unique(np.asarray(labels)) if v != 0]
+    labels = jnp.asarray(labels)
+    ddf = jnp.asarray(ddf)
+    values = jnp.asarray(sorted(int(v) for v in values if int(v) != 0), labels.dtype)
+    if values.size == 0:
+        return jnp.zeros(ddf.shape[:-1], labels.dtype)
+
+    def one(carry, value):  # the running best label, its weight, and the sum of the weights
+        best, weight, total = carry
+        w = warp((labels == value).astype(jnp.float32), ddf, order=1, mode=mode)
+        better = w > weight
+        return (jnp.where(better, value, best), jnp.where(better, w, weight), total + w), None
+
+    start = (jnp.zeros(ddf.shape[:-1], labels.dtype), jnp.zeros(ddf.shape[:-1], jnp.float32),
+             jnp.zeros(ddf.shape[:-1], jnp.float32))
+    (best, weight, total), _ = jax.lax.scan(one, start, values)
+    return jnp.where(weight > 1.0 - total, best, jnp.zeros_like(best))
 
 
 def affine_ddf(matrix, shape: Sequence[int]) -> jax.Array:

@@ -267,10 +267,25 @@ def total_field(matrix, deformation, like, *, affine_first: bool, batch=False) -
     return per_pair(_compose_affine, batch)(matrix, deformation)
 
 
-def warp_outputs(moving, moving_labels, ddf, *, batch=False):
-    """``(warped (*S, C), warped labels or None)``."""
+LABEL_INTERPOLATIONS = ("nearest", "linear")
+
+
+@stored_jit(static_argnames=("interpolation", "values"))
+def _warp_labels(labels, ddf, *, interpolation="nearest", values=None):
+    return spatial.warp_labels(labels, ddf, interpolation=interpolation, mode="constant", values=values)
+
+
+def warp_outputs(moving, moving_labels, ddf, *, batch=False, label_interpolation="nearest"):
+    """``(warped (*S, C), warped labels or None)``; the labels are 0 where ``ddf`` reads outside
+    the moving grid. ``label_interpolation="linear"`` (:func:`jaxreg.spatial.warp_labels`) needs
+    concrete labels (their values are read on the host)."""
     warped = per_pair(_warp, batch)(moving, ddf)
-    labels = None if moving_labels is None else per_pair(partial(_warp, order=0), batch)(
+    if moving_labels is None:
+        return warped, None
+    values = None
+    if label_interpolation == "linear":
+        values = tuple(int(v) for v in np.unique(np.asarray(moving_labels)) if v != 0)
+    labels = per_pair(partial(_warp_labels, interpolation=label_interpolation, values=values), batch)(
         jnp.asarray(moving_labels), ddf)
     return warped, labels
 
@@ -292,7 +307,8 @@ def register_traceable(fixed, moving, *, fixed_mask=None, moving_labels=None, sp
       fixed: ``(H, W)``, ``(D, H, W)`` or ``(D, H, W, C)`` image.
       moving: an image of the same shape.
       fixed_mask: optional ``(*S)`` mask; the similarity counts where it is nonzero.
-      moving_labels: optional ``(*S)`` integer label map, warped with nearest neighbours.
+      moving_labels: optional ``(*S)`` integer label map, warped with nearest neighbours (0 outside
+        the moving grid).
       spacing: voxel size per array axis in mm (static), as for :func:`jaxreg.register`.
       affine: ``"affine"`` (default), ``"rigid"`` or ``False``/``None``.
       affine_options: options of :func:`jaxreg.optimize_affine.optimize_affine`.

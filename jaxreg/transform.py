@@ -232,7 +232,10 @@ def inverse_ddf(matrix, velocity=None, *, shape, steps: int = 7, deformation=Non
     """The inverse of :func:`total_ddf`, as a pull field on the moving grid.
 
     ``y ↦ φ⁻¹(matrix⁻¹ y)`` with ``φ⁻¹ = id + exp(−v)``: ``warp(fixed_image, inverse)`` brings a
-    fixed-grid image onto the moving grid, and ``compose(total, inverse) ≈ 0``.
+    fixed-grid image onto the moving grid, and ``compose(total, inverse) ≈ 0``. Where
+    ``matrix⁻¹ y`` falls more than half a voxel outside the fixed grid, ``exp(−v)`` counts 0 (the
+    affine part's inverse alone, not the edge's deformation carried outward), as ITK and ANTs
+    read a displacement field.
 
     Args:
       matrix: ``(ndim+1, ndim+1)`` fixed → moving voxel matrix.
@@ -263,10 +266,17 @@ def inverse_ddf(matrix, velocity=None, *, shape, steps: int = 7, deformation=Non
         raise ValueError(f"`velocity` must be a {len(shape)}-D field like `shape` {shape}; got {np.shape(velocity)}.")
     if inverse_deformation is None:
         inverse_deformation = _exp(jnp.asarray(velocity, jnp.float32), steps=_checked_steps(steps), inverse=True)
-    return _compose(jnp.asarray(inverse_deformation, jnp.float32), to_fixed)  # edge-clamped outside the fixed grid
+    return _compose_inside(jnp.asarray(inverse_deformation, jnp.float32), to_fixed)
 
 
-_compose = jax.jit(spatial.compose)
+@jax.jit
+def _compose_inside(u, v):
+    """``v + u(x + v)`` where ``x + v`` lies within half a voxel of ``u``'s grid (linear, edges
+    repeated up to there), ``v`` beyond: as ITK reads a displacement field, 0 outside its grid."""
+    shape = u.shape[:-1]
+    points = spatial.identity_grid(v.shape[:-1]) + v
+    inside = jnp.all((points >= -0.5) & (points <= jnp.asarray(shape, v.dtype) - 0.5), axis=-1)
+    return v + jnp.where(inside[..., None], spatial.warp(u, v, mode="nearest"), 0.0)
 
 
 def _embed(matrix: np.ndarray) -> np.ndarray:
@@ -303,19 +313,23 @@ def _grid_text(shape, affine) -> str:
     return f"shape {tuple(int(s) for s in shape)}, affine {rows}"
 
 
-def apply(transform, image, *, affine=None, order: int = 1, mode: str = "nearest", inverse: bool = False,
-          ddf=None):
+def apply(transform, image, *, affine=None, order: int = 1, mode: str | None = None, inverse: bool = False,
+          ddf=None, labels: str | None = None):
     """Warps ``image`` (on the moving grid) onto the fixed grid — or back with ``inverse=True``.
 
     Args:
       transform: a :class:`Transform`, or a path :func:`load_transform` accepts.
       image: ``(*S)`` or ``(*S, C)`` array on the moving grid (the fixed grid if ``inverse``).
       affine: the image's ``(4, 4)`` voxel-to-world matrix, checked against the grid's (optional).
-      order: 1 for linear, 0 for nearest neighbour (label maps keep their dtype).
-      mode: outside the image: ``"nearest"`` (edge values, as ``jaxreg.warp``) or ``"constant"`` (zero).
+      order: 1 for linear, 0 for nearest neighbour (keeps the dtype).
+      mode: outside the image: ``"nearest"`` (edge values, as ``jaxreg.warp``) or ``"constant"`` (zero);
+        ``None``: edge values for images, zero for ``labels``.
       inverse: apply the inverse (svf path only): fixed grid → moving grid.
       ddf: the transform's field when already computed (:func:`total_ddf`, or :func:`inverse_ddf`
         with ``inverse``), to warp several images with one field; computed here otherwise.
+      labels: ``image`` is an integer label map, warped by :func:`jaxreg.spatial.warp_labels` with
+        this interpolation, ``"nearest"`` or ``"linear"`` (ANTs' ``genericLabel``); ``order`` is
+        then unused.
 
     Returns:
       The warped image on the fixed grid (moving grid if ``inverse``), shaped ``(*S_out)`` or ``(*S_out, C)``.
@@ -342,10 +356,19 @@ def apply(transform, image, *, affine=None, order: int = 1, mode: str = "nearest
     elif np.shape(ddf) != (*target, ndim):
         raise ValueError(f"`ddf` must have shape {(*target, ndim)} (the {'moving' if inverse else 'fixed'} grid); "
                          f"got {np.shape(ddf)}.")
-    return _warp(image, jnp.asarray(ddf, jnp.float32), order=order, mode=mode)
+    ddf = jnp.asarray(ddf, jnp.float32)
+    if labels is None:
+        return _warp(image, ddf, order=order, mode=mode or "nearest")
+    if image.ndim != ndim:
+        raise ValueError(f"a label map must be {ndim}-D without channels; got shape {tuple(image.shape)}.")
+    values = None
+    if labels == "linear":
+        values = tuple(int(v) for v in np.unique(np.asarray(image)) if v != 0)
+    return _warp_labels(image, ddf, interpolation=labels, mode=mode or "constant", values=values)
 
 
 _warp = jax.jit(spatial.warp, static_argnames=("order", "mode"))
+_warp_labels = jax.jit(spatial.warp_labels, static_argnames=("interpolation", "mode", "values"))
 
 
 # --- the folder format -------------------------------------------------------------------------------------
