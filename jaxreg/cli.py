@@ -16,8 +16,10 @@ exist or be empty:
 * ``disp.nii.gz``: the whole transform as one displacement in voxels (pull:
   ``warped(x) = moving(x + disp(x))``, the moving file's voxels), Learn2Reg format when
   the grids agree;
-* ``inverse_disp.nii.gz`` (diffeomorphic path): the inverse, on the moving grid
-  (``fixed(y + inverse_disp(y))`` is the fixed image in moving space);
+* ``inverse_disp.nii.gz``: the inverse, on the moving grid (``fixed(y + inverse_disp(y))`` is
+  the fixed image in moving space): ``exp(−v)`` on the diffeomorphic path, else the
+  deformation inverted by fixed-point iteration (``info.json``: ``inverse_method``,
+  ``inverse_residual_voxels``);
 * ``warped_labels.nii.gz`` (with ``--moving-labels``);
 * ``transform/``: the transform (affine matrix, deformation, velocity) for ``jaxreg apply``
   and :func:`jaxreg.transform.load_transform`;
@@ -64,6 +66,8 @@ import numpy as np
 __all__ = ["main", "parse_option", "resample_to"]
 
 #: register() keywords the command sets itself (not ``--option``s).
+# info.json notes a fixed-point inverse (no velocity) that is off by more than this many voxels.
+INVERSE_WARNING_VOXELS = 0.1
 _SET_BY_COMMAND = {"model", "fixed_mask", "moving_labels", "key", "callback", "spacing"}
 
 
@@ -116,7 +120,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="a label map, integer output: nearest neighbour (default), or 'linear' (each label "
                           "interpolated, the largest wins, as ANTs' genericLabel); zero outside unless --outside edge")
     app.add_argument("--inverse", action="store_true",
-                     help="the inverse transform (diffeomorphic path): an image on the fixed grid onto the moving grid")
+                     help="the inverse transform: an image on the fixed grid onto the moving grid")
     app.add_argument("--outside", choices=("edge", "zero"), default=None,
                      help="where the transform reads outside the image: its edge values (the default for images, "
                           "as `register` writes warped.nii.gz) or zero (the default for --labels, as ANTs and ITK)")
@@ -374,7 +378,7 @@ def register_files(args: argparse.Namespace) -> dict:
         result, fixed_affine=fixed.affine, moving_affine=moving.affine, moving_shape=moving.shape,
         premultiply=_voxel_matrix(moving.affine, fixed.affine, ndim) if resampled else None,
         steps=options.get("integration_steps"))
-    inverse, backward = _inverse(transform)
+    inverse, backward, residual = _inverse(transform)
     phases.done("inverse")
     # Each field once; warped and warped_labels through the field and program `jaxreg apply` uses.
     disp = transform_lib.total_ddf(transform.matrix, transform.deformation, shape=fixed.shape)
@@ -389,18 +393,22 @@ def register_files(args: argparse.Namespace) -> dict:
     info.update(fixed=os.path.abspath(args.fixed), moving=os.path.abspath(args.moving), resampled=resampled,
                 folding_percent=folding, shape=list(fixed.shape), spacing=list(spacing), spacing_source=spacing_source,
                 matrix=transform.matrix.tolist(), transform="transform/transform.json",
-                inverse="inverse_disp.nii.gz" if inverse is not None else None)
-    if inverse is None:
-        info["inverse_note"] = ("no inverse: the deformation has no velocity (only the diffeomorphic path, "
-                                "transform='svf' of the classical optimiser, has an exact inverse)")
+                inverse="inverse_disp.nii.gz",
+                inverse_method="exp(-v)" if transform.velocity is not None else (
+                    "affine" if residual is None else "fixed-point inversion"))
+    if residual is not None:
+        info["inverse_residual_voxels"] = residual
+        if residual > INVERSE_WARNING_VOXELS:
+            info["inverse_note"] = (f"the deformation has no velocity and its fixed-point inverse is off by up to "
+                                    f"{residual:.2f} voxels (where it folds, no inverse exists)")
+            print(f"note: {info['inverse_note']}.", file=sys.stderr)
     if fixed_labels is not None:
         info["dice"] = _dice(fixed_labels, moving_labels, warped_labels)
 
     with io.atomic_folder(out) as staging:
         io.save_nifti(staging / "warped.nii.gz", warped, fixed.affine)
         _save_field(staging / "disp.nii.gz", disp, fixed.affine)
-        if inverse is not None:
-            _save_field(staging / "inverse_disp.nii.gz", inverse, moving.affine)
+        _save_field(staging / "inverse_disp.nii.gz", inverse, moving.affine)
         if warped_labels is not None:
             io.save_nifti(staging / "warped_labels.nii.gz", warped_labels, fixed.affine)
         transform_lib.save_transform(staging / "transform", transform)
@@ -421,17 +429,22 @@ def register_files(args: argparse.Namespace) -> dict:
 
 
 def _inverse(transform):
-    """``(inverse_disp, exp(−v))`` of a transform (numpy, jax), or None for what it lacks (no velocity)."""
+    """``(inverse_disp, inverse deformation or None, residual in voxels or None)`` of a transform.
+
+    The inverse deformation serves ``inverse_disp`` and ``itk/inverse_warp``: ``exp(−v)`` on the
+    svf path; without a velocity (the ddf path, trained models) the fixed-point inverse, whose
+    residual ``max |w + u∘(id + w)|`` says how exact it is.
+    """
     from jaxreg import transform as transform_lib
 
-    backward = None
-    if transform.velocity is not None:  # the svf path: exp(−v) serves inverse_disp and itk/inverse_warp
+    backward = residual = None
+    if transform.velocity is not None:
         backward = transform_lib.inverse_deformation(transform.velocity, steps=transform.steps)
-    elif transform.deformation is not None:  # no exact inverse
-        return None, None
+    elif transform.deformation is not None:
+        backward, residual = transform_lib.invert_deformation(transform.deformation)
     inverse = transform_lib.inverse_ddf(transform.matrix, transform.velocity, shape=transform.moving_shape,
                                         steps=transform.steps, inverse_deformation=backward)
-    return np.asarray(inverse), backward
+    return np.asarray(inverse), backward, residual
 
 
 def _save_field(path: Path, field: np.ndarray, affine: np.ndarray) -> None:

@@ -227,11 +227,35 @@ def _exp(velocity, *, steps, inverse=False):
     return spatial.integrate_velocity(-velocity if inverse else velocity, steps=steps)
 
 
+INVERSION_ITERATIONS = 30  # fixed-point steps of a deformation without a velocity (spatial.invert_displacement)
+
+
+def invert_deformation(deformation) -> tuple[jnp.ndarray, float]:
+    """The inverse of a deformation without a velocity (the ddf path, trained models), on the fixed grid.
+
+    :func:`jaxreg.spatial.invert_displacement` (fixed-point iteration, compiled), with its
+    residual: the largest ``|w(x) + u(x + w(x))|`` in voxels (0 for an exact inverse; it stays
+    large where ``u`` folds).
+
+    Returns:
+      ``((*S, ndim) float32 inverse displacement in voxels, residual in voxels)``.
+    """
+    inverse, residual = _invert(jnp.asarray(deformation, jnp.float32))
+    return inverse, float(residual)
+
+
+@jax.jit
+def _invert(u):
+    w = spatial.invert_displacement(u, iterations=INVERSION_ITERATIONS)
+    return w, jnp.max(jnp.abs(spatial.compose(u, w)))
+
+
 def inverse_ddf(matrix, velocity=None, *, shape, steps: int = 7, deformation=None,
                 inverse_deformation=None) -> jnp.ndarray:
     """The inverse of :func:`total_ddf`, as a pull field on the moving grid.
 
-    ``y ↦ φ⁻¹(matrix⁻¹ y)`` with ``φ⁻¹ = id + exp(−v)``: ``warp(fixed_image, inverse)`` brings a
+    ``y ↦ φ⁻¹(matrix⁻¹ y)`` with ``φ⁻¹ = id + exp(−v)`` (without a velocity, the fixed-point
+    inverse of the deformation, :func:`invert_deformation`): ``warp(fixed_image, inverse)`` brings a
     fixed-grid image onto the moving grid, and ``compose(total, inverse) ≈ 0``. Where
     ``matrix⁻¹ y`` falls more than half a voxel outside the fixed grid, ``exp(−v)`` counts 0 (the
     affine part's inverse alone, not the edge's deformation carried outward), as ITK and ANTs
@@ -243,25 +267,29 @@ def inverse_ddf(matrix, velocity=None, *, shape, steps: int = 7, deformation=Non
         transform.
       shape: the moving grid's spatial shape.
       steps: scaling-and-squaring steps (as used for the forward ``exp(v)``).
-      deformation: pass the forward deformation when there is no velocity: a deformation
-        without a velocity (the ddf path, a trained model) has no exact inverse.
-      inverse_deformation: ``exp(−velocity)`` when already computed
-        (:func:`inverse_deformation`); computed here otherwise.
+      deformation: the forward deformation when there is no velocity (the ddf path, a trained
+        model): inverted by fixed-point iteration.
+      inverse_deformation: ``exp(−velocity)`` (:func:`inverse_deformation`) or the inverted
+        deformation (:func:`invert_deformation`) when already computed; computed here otherwise.
 
     Returns:
       ``(*shape, ndim)`` float32 displacement: fixed voxel − moving voxel.
 
     Raises:
-      ValueError: a deformation without a velocity, or bad shapes.
+      ValueError: bad shapes.
     """
     shape = tuple(int(s) for s in shape)
-    if velocity is None and deformation is not None and np.any(np.asarray(deformation) != 0):
-        raise ValueError("the inverse needs the diffeomorphic (svf) path: register(..., transform='svf'); "
-                         "this registration has a displacement field without a velocity, which has no exact inverse.")
     m = _checked_matrix(matrix, len(shape))
     to_fixed = total_ddf(np.linalg.inv(m), shape=shape)  # y ↦ matrix⁻¹y − y
-    if velocity is None:
-        return to_fixed
+    if velocity is None and inverse_deformation is None:
+        if deformation is None or not np.any(np.asarray(deformation) != 0):
+            return to_fixed
+        if np.ndim(deformation) != len(shape) + 1:
+            raise ValueError(f"`deformation` must be a {len(shape)}-D field like `shape` {shape}; "
+                             f"got {np.shape(deformation)}.")
+        inverse_deformation, _ = invert_deformation(deformation)
+    if inverse_deformation is not None:
+        return _compose_inside(jnp.asarray(inverse_deformation, jnp.float32), to_fixed)
     if np.ndim(velocity) != len(shape) + 1:
         raise ValueError(f"`velocity` must be a {len(shape)}-D field like `shape` {shape}; got {np.shape(velocity)}.")
     if inverse_deformation is None:
@@ -324,7 +352,8 @@ def apply(transform, image, *, affine=None, order: int = 1, mode: str | None = N
       order: 1 for linear, 0 for nearest neighbour (keeps the dtype).
       mode: outside the image: ``"nearest"`` (edge values, as ``jaxreg.warp``) or ``"constant"`` (zero);
         ``None``: edge values for images, zero for ``labels``.
-      inverse: apply the inverse (svf path only): fixed grid → moving grid.
+      inverse: apply the inverse (:func:`inverse_ddf`: ``exp(−v)`` on the svf path, fixed-point
+        inversion otherwise): fixed grid → moving grid.
       ddf: the transform's field when already computed (:func:`total_ddf`, or :func:`inverse_ddf`
         with ``inverse``), to warp several images with one field; computed here otherwise.
       labels: ``image`` is an integer label map, warped by :func:`jaxreg.spatial.warp_labels` with
@@ -335,7 +364,7 @@ def apply(transform, image, *, affine=None, order: int = 1, mode: str | None = N
       The warped image on the fixed grid (moving grid if ``inverse``), shaped ``(*S_out)`` or ``(*S_out, C)``.
 
     Raises:
-      ValueError: an image on another grid (both grids are named), or ``inverse`` without a velocity.
+      ValueError: an image on another grid (both grids are named).
     """
     t = transform if isinstance(transform, Transform) else load_transform(transform)
     t = _checked(t)
@@ -487,7 +516,8 @@ def export_itk(directory, transform: Transform, *, inverse_deformation=None) -> 
       intent vector, float32, mm in LPS, on the fixed grid with the fixed affine);
     * ``affine.mat`` (ITK MatlabTransformIO, as ANTs' ``*GenericAffine.mat``) and ``affine.txt``
       (Insight Transform File V1.0): ``AffineTransform_double_3_3``, centre 0, LPS;
-    * ``inverse_warp.nii.gz`` (svf path): ``W⁻¹``, same layout.
+    * ``inverse_warp.nii.gz``: ``W⁻¹`` (``exp(−v)``, or the fixed-point inverse of a deformation
+      without a velocity), same layout.
 
     Fixed point ``p`` → moving point ``A(W(p))``, i.e.
     ``antsApplyTransforms -r fixed -i moving -t warp.nii.gz -t affine.mat`` and
@@ -497,8 +527,9 @@ def export_itk(directory, transform: Transform, *, inverse_deformation=None) -> 
     Args:
       directory: the folder to write (created).
       transform: a 3-D :class:`Transform`.
-      inverse_deformation: ``exp(−velocity)`` when already computed (:func:`inverse_deformation`,
-        e.g. for :func:`inverse_ddf` too); computed here otherwise.
+      inverse_deformation: ``exp(−velocity)`` (:func:`inverse_deformation`) or the inverted
+        deformation (:func:`invert_deformation`) when already computed (e.g. for
+        :func:`inverse_ddf` too); computed here otherwise.
 
     Returns:
       ``{"warp": ..., "affine_mat": ..., "affine_txt": ..., "inverse_warp": ...}`` file names.
@@ -518,12 +549,14 @@ def export_itk(directory, transform: Transform, *, inverse_deformation=None) -> 
     files = {"warp": "warp.nii.gz", "affine_mat": "affine.mat", "affine_txt": "affine.txt"}
     deformation = np.zeros((*t.fixed_shape, 3), np.float32) if t.deformation is None else t.deformation
     _save_itk_field(directory / files["warp"], deformation, t.fixed_affine)
-    if t.velocity is not None:
+    if t.velocity is not None or t.deformation is not None:
         files["inverse_warp"] = "inverse_warp.nii.gz"
-        if inverse_deformation is None:
+        if inverse_deformation is None and t.velocity is not None:
             inverse_deformation = _exp(jnp.asarray(t.velocity), steps=t.steps, inverse=True)
-        elif np.shape(inverse_deformation) != np.shape(t.velocity):
-            raise ValueError(f"`inverse_deformation` must have the velocity's shape {np.shape(t.velocity)}; "
+        elif inverse_deformation is None:
+            inverse_deformation, _ = invert_deformation(t.deformation)
+        elif np.shape(inverse_deformation) != np.shape(deformation):
+            raise ValueError(f"`inverse_deformation` must have the deformation's shape {np.shape(deformation)}; "
                              f"got {np.shape(inverse_deformation)}.")
         _save_itk_field(directory / files["inverse_warp"], inverse_deformation, t.fixed_affine)
     params = _affine_parameters(lps)

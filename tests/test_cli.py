@@ -373,12 +373,26 @@ def test_an_affine_map_alone_is_inverted_exactly(fake, tmp_path):
     np.testing.assert_allclose(back @ t.matrix[:3, :3].T + t.matrix[:3, 3], grid, atol=1e-3)
 
 
-def test_ddf_path_writes_no_inverse(fake, tmp_path, capsys):
+def test_ddf_path_writes_the_fixed_point_inverse(fake, tmp_path, capsys):
+    """No velocity: the deformation is inverted by fixed-point iteration; the check is scipy's."""
     out, _, _ = _fake_run(tmp_path, "--option", "transform=ddf", progress=True)
     assert "register" in capsys.readouterr().err  # the progress bar, sized by jaxreg.register.register_stages
     info = json.loads((out / "info.json").read_text())
-    assert info["inverse"] is None and "svf" in info["inverse_note"]
-    assert not (out / "inverse_disp.nii.gz").exists() and not (out / "itk" / "inverse_warp.nii.gz").exists()
+    assert info["inverse"] == "inverse_disp.nii.gz" and info["inverse_method"] == "fixed-point inversion"
+    assert info["inverse_residual_voxels"] < 0.01 and "inverse_note" not in info
+    assert (out / "itk" / "inverse_warp.nii.gz").exists()
+    disp = nib.load(str(out / "disp.nii.gz")).get_fdata()
+    inverse = nib.load(str(out / "inverse_disp.nii.gz")).get_fdata()
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in inverse.shape[:-1]], indexing="ij"))
+    back = grid + np.moveaxis(inverse, -1, 0)  # T⁻¹(y)
+    forward = back + np.stack([ndimage.map_coordinates(disp[..., k], back, order=1, mode="nearest") for k in range(3)])
+    inside = np.all([(b >= 2) & (b <= s - 3) for b, s in zip(back, disp.shape)], axis=0)
+    assert inside.mean() > 0.3
+    assert np.linalg.norm(forward - grid, axis=0)[inside].max() < 0.1
+    # jaxreg apply --inverse takes it too
+    image = _save(tmp_path / "on_fixed.nii.gz", np.random.default_rng(0).random(disp.shape[:3]).astype(np.float32))
+    assert cli.main(["apply", "--transform", str(out), "--image", image, "--inverse", "--out",
+                     str(tmp_path / "back.nii.gz")]) == 0
 
 
 # --- errors: one line, exit status 1, nothing written, nothing registered -------------------------------
@@ -475,7 +489,6 @@ def ddf_run(tmp_path):
     ("wrong_kind", "not a jaxreg transform"),
     ("wrong_shape", "fixed grid"),
     ("missing", "no jaxreg transform"),
-    ("inverse", "svf"),
     ("bad_out", "must end in .nii"),
 ])
 def test_apply_errors_are_one_line_and_write_nothing(ddf_run, tmp_path, capsys, case, message):
@@ -499,9 +512,6 @@ def test_apply_errors_are_one_line_and_write_nothing(ddf_run, tmp_path, capsys, 
         transform = str(folder)
     elif case == "missing":
         transform = str(tmp_path / "nothing")
-    elif case == "inverse":
-        image = f
-        args = ["--inverse"]
     elif case == "bad_out":
         out = tmp_path / "y.png"
     code = cli.main(["apply", "--transform", transform, "--image", image, "--out", str(out), *args])

@@ -171,18 +171,35 @@ def test_total_ddf_of_an_affine_map_alone_matches_numpy():
                                atol=1e-5)
 
 
-def test_inverse_needs_the_velocity():
+def test_a_deformation_without_a_velocity_is_inverted_by_fixed_point_iteration():
     matrix = np.eye(4)
-    deformation = np.full((8, 8, 8, 3), 0.5, np.float32)
-    with pytest.raises(ValueError, match="svf"):
-        tx.inverse_ddf(matrix, None, shape=(8, 8, 8), deformation=deformation)
+    constant = np.full((8, 8, 8, 3), 0.5, np.float32)  # a shift: its inverse is the opposite shift
+    np.testing.assert_allclose(np.asarray(tx.inverse_ddf(matrix, None, shape=(8, 8, 8), deformation=constant)),
+                               -0.5, atol=1e-6)
     shift = np.eye(4)
     shift[:3, 3] = [1.0, 2.0, -1.0]  # an affine-only transform inverts exactly
     np.testing.assert_allclose(np.asarray(tx.inverse_ddf(shift, shape=(4, 5, 6))), np.broadcast_to(
         [-1.0, -2.0, 1.0], (4, 5, 6, 3)), atol=1e-6)
-    t = tx.Transform(np.eye(4), deformation, None, (8, 8, 8), np.eye(4), (8, 8, 8), np.eye(4))
-    with pytest.raises(ValueError, match="svf"):
-        tx.apply(t, np.zeros((8, 8, 8)), inverse=True)
+    # a smooth deformation (max |∇u| about 0.3): w + u(x + w) = 0, checked with scipy's interpolation
+    rng = np.random.default_rng(5)
+    u = np.stack([ndimage.gaussian_filter(rng.normal(size=(16, 16, 16)), 3.0) for _ in range(3)], -1)
+    u = (2.0 * u / np.abs(u).max()).astype(np.float32)
+    w, residual = tx.invert_deformation(u)
+    w = np.asarray(w, np.float64)
+    grid = np.stack(np.meshgrid(*[np.arange(16.0)] * 3, indexing="ij"))
+    points = grid + np.moveaxis(w, -1, 0)
+    back = np.moveaxis(w, -1, 0) + np.stack([ndimage.map_coordinates(u[..., k], points, order=1, mode="nearest")
+                                             for k in range(3)])
+    assert np.abs(back).max() < 1e-3 and residual < 1e-3, (np.abs(back).max(), residual)
+    t = tx.Transform(np.eye(4), u, None, (16, 16, 16), np.eye(4), (16, 16, 16), np.eye(4))
+    image = rng.random((16, 16, 16)).astype(np.float32)
+    np.testing.assert_allclose(np.asarray(tx.apply(t, image, inverse=True)),
+                               ndimage.map_coordinates(image.astype(np.float64), points, order=1, mode="nearest"),
+                               atol=1e-4)
+    # a folding deformation has no inverse: the residual says so
+    fold = np.zeros((16, 16, 16, 3), np.float32)
+    fold[..., 0] = 3.0 * np.sin(np.linspace(0, 2 * np.pi, 16))[:, None, None]  # du/dx down to −1.3: J < 0
+    assert tx.invert_deformation(fold)[1] > 0.5
 
 
 def test_world_conversions_match_nibabel_geometry(case):
