@@ -63,11 +63,13 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxreg.images import resample_to, same_space, voxel_matrix  # resample_to: re-exported
+
 __all__ = ["main", "parse_option", "resample_to"]
 
-#: register() keywords the command sets itself (not ``--option``s).
 # info.json notes a fixed-point inverse (no velocity) that is off by more than this many voxels.
 INVERSE_WARNING_VOXELS = 0.1
+#: register() keywords the command sets itself (not ``--option``s).
 _SET_BY_COMMAND = {"model", "fixed_mask", "moving_labels", "key", "callback", "spacing"}
 
 
@@ -164,41 +166,12 @@ def _load(path: str, name: str, *, channels: bool = False) -> _Image:
     return _Image(array, volume.affine, tuple(float(s) for s in volume.spacing[: len(shape)]), tuple(shape))
 
 
-def resample_to(array: np.ndarray, affine: np.ndarray, shape: tuple[int, ...], target_affine: np.ndarray, *,
-                order: int = 1) -> np.ndarray:
-    """``array`` (with voxel-to-world ``affine``) sampled on the grid of ``shape`` and ``target_affine``.
-
-    Linear (``order=1``) or nearest-neighbour (``order=0``, labels) interpolation; zero
-    outside ``array``. 2-D images use the in-plane part of the affines.
-    """
-    from scipy import ndimage
-
-    ndim = len(shape)
-    to_source = _voxel_matrix(affine, target_affine, ndim)  # target voxel -> world -> source voxel
-    grid = np.stack(np.meshgrid(*[np.arange(s) for s in shape], indexing="ij"), axis=0).reshape(ndim, -1)
-    coords = to_source[:ndim, :ndim] @ grid + to_source[:ndim, ndim:]
-    out = ndimage.map_coordinates(np.asarray(array, np.float32), coords, order=order, mode="constant", cval=0.0)
-    return out.reshape(shape)
-
-
-def _voxel_matrix(source_affine, target_affine, ndim: int) -> np.ndarray:
-    """``(ndim+1, ndim+1)``: target voxel → source voxel through world coordinates (in-plane part in 2-D)."""
-    keep = list(range(ndim)) + [3]
-    a = np.asarray(source_affine, np.float64)[np.ix_(keep, keep)]
-    b = np.asarray(target_affine, np.float64)[np.ix_(keep, keep)]
-    return np.linalg.solve(a, b)
-
-
-def _same_space(shape_a, affine_a, shape_b, affine_b) -> bool:
-    return tuple(shape_a) == tuple(shape_b) and np.allclose(affine_a, affine_b, atol=1e-4)
-
-
 def _load_companion(path: str | None, name: str, image: _Image, what: str):
     """A label map or mask that must lie on ``image``'s grid (``None`` without ``path``)."""
     if not path:
         return None
     other = _load(path, name)
-    if not _same_space(other.shape, other.affine, image.shape, image.affine):
+    if not same_space(other.shape, other.affine, image.shape, image.affine):
         if tuple(other.shape) != tuple(image.shape):
             got = f"shape {tuple(other.shape)} vs the {what}'s {tuple(image.shape)}"
         else:
@@ -327,7 +300,7 @@ def register_files(args: argparse.Namespace) -> dict:
     else:
         spacing_source = "--spacing"
 
-    resampled = not _same_space(fixed.shape, fixed.affine, moving.shape, moving.affine)
+    resampled = not same_space(fixed.shape, fixed.affine, moving.shape, moving.affine)
     moving_array, moving_labels = moving.array, labels
     if resampled:
         print(f"note: --moving {moving.shape} is not on the grid of --fixed {fixed.shape} (shape or affine differ): "
@@ -376,7 +349,7 @@ def register_files(args: argparse.Namespace) -> dict:
     # `jaxreg apply` takes images as they lie beside the moving image, interpolated once.
     transform = transform_lib.from_registration(
         result, fixed_affine=fixed.affine, moving_affine=moving.affine, moving_shape=moving.shape,
-        premultiply=_voxel_matrix(moving.affine, fixed.affine, ndim) if resampled else None,
+        premultiply=voxel_matrix(moving.affine, fixed.affine, ndim) if resampled else None,
         steps=options.get("integration_steps"))
     inverse, backward, residual = _inverse(transform)
     phases.done("inverse")

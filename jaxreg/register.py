@@ -41,7 +41,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg import _objective
+from jaxreg import _objective, images
 from jaxreg import _steps as steps_lib
 from jaxreg import optimize as optimize_lib
 from jaxreg import optimize_affine as affine_lib
@@ -270,8 +270,12 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     Args:
       fixed: ``(H, W)``, ``(D, H, W)`` or ``(D, H, W, C)`` image; the target grid. A rank-3 array
         is a 3-D image: 2-D images with channels ``(H, W, C)`` are not supported (register one
-        channel or their mean).
-      moving: an image of the same spatial shape and channels.
+        channel or their mean). Or an image with a grid: a NIfTI path, a
+        :class:`jaxreg.io.NiftiVolume` or a nibabel image (:mod:`jaxreg.images`): its voxel size is
+        then the default ``spacing`` and the result an :class:`jaxreg.images.ImageRegistration`
+        (the transform in world coordinates: ``save``, ``apply``, ``apply_to_points``).
+      moving: an image of the same spatial shape and channels; with a grid, any grid (it is
+        resampled onto the fixed grid first, zero outside).
       model: ``None`` for classical optimisation, or a trained model (a workdir path or
         :func:`load_model`'s result) for the deformable stage.
       spacing: voxel size per array axis in mm, e.g. ``(1.4, 1.4, 10.0)`` (``None``: 1 mm,
@@ -319,12 +323,19 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     Example::
 
         result = jaxreg.register(fixed, moving, spacing=(1.4, 1.4, 10.0))  # affine + SVF
+        result = jaxreg.register("fixed.nii.gz", "moving.nii.gz")  # spacing and grids from the headers
+        result.save("out/")  # transform/, itk/ for ANTs and Slicer, warped.nii.gz
         result = jaxreg.register(fixed, moving, model="runs/deqreg_demo", steps=24)
         results = jaxreg.register(fixed_stack, moving_stack, batch=True)  # (B, *S): B pairs at once
         dice = jaxreg.metrics.dice(fixed_labels, jaxreg.warp(moving_labels, result.ddf, order=0))
     """
     if label_interpolation not in LABEL_INTERPOLATIONS:
         raise ValueError(f"`label_interpolation` must be one of {LABEL_INTERPOLATIONS}; got {label_interpolation!r}.")
+    if images.is_image(fixed) or images.is_image(moving):
+        return images.register_images(register, fixed, moving, moving_labels=moving_labels, fixed_mask=fixed_mask,
+                                      spacing=spacing, model=model, affine=affine, affine_options=affine_options,
+                                      label_interpolation=label_interpolation, key=key, callback=callback,
+                                      batch=batch, **options)
     if model is None and is_traced(fixed, moving, fixed_mask, moving_labels, options.get("weight"),
                                    options.get("learning_rate")):
         if batch or callback is not None or key is not None or label_interpolation != "nearest":

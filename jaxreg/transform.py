@@ -39,6 +39,7 @@ __all__ = [
     "FORMAT",
     "Transform",
     "apply",
+    "checked",
     "export_itk",
     "from_registration",
     "inverse_ddf",
@@ -117,6 +118,16 @@ def _checked_steps(steps) -> int:
     if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 0 <= steps <= _MAX_STEPS:
         raise ValueError(f"`steps` must be an integer in [0, {_MAX_STEPS}]; got {steps!r}.")
     return int(steps)
+
+
+def checked(transform) -> Transform:
+    """``transform`` (a :class:`Transform` or a path :func:`load_transform` reads) checked: grids,
+    fields, a finite invertible matrix that is no reflection in world space.
+
+    Raises:
+      ValueError: what is wrong, named.
+    """
+    return _checked(transform if isinstance(transform, Transform) else load_transform(transform))
 
 
 def _checked(t: Transform) -> Transform:

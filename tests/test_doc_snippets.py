@@ -314,6 +314,11 @@ RUN: dict[tuple[str, str], Run] = {
     # ``result`` is the page's last registration (the DiffuseReg one above); F: the fixed grid's affine.
     ("docs/quickstart.md", 'warped = jaxreg.apply("out/", moving_image)'): Run(
         "moving_image, fixed_image, F = moving, fixed, np.eye(4)\n"),
+    # docs/register.md: two NIfTI files on different grids (the moving one cropped, its origin moved)
+    ("docs/register.md", 'result = jaxreg.register("fixed.nii.gz", "moving.nii.gz", moving_labels="moving_seg.nii.gz")'): Run(
+        _PAIR + _NIFTI + "_m_affine = np.eye(4); _m_affine[:3, 3] = (2.0, 0.0, 1.0)\n"
+        "_nifti('fixed.nii.gz', fixed); _nifti('moving.nii.gz', moving[2:, :, 1:], _m_affine)\n"
+        "_nifti('moving_seg.nii.gz', seg[2:, :, 1:].astype(np.int16), _m_affine)\n"),
     # docs/data.md
     ("docs/data.md", 'pair = synthetic_pair(jax.random.key(0), (64, 64, 64), anatomy="brain")'): Run(),
     ("docs/data.md", 'task = open_task("/data/NLST")'): Run(

@@ -32,6 +32,7 @@ LEAVES = {
 LAYERS = (
     ("front", {"jaxreg", "jaxreg.__main__", "jaxreg.cli", "jaxreg._cli"}),
     ("register", {"jaxreg.register"}),
+    ("images with a grid", {"jaxreg.images"}),
     ("the traceable core", {"jaxreg.traceable"}),
     ("training and evaluation", {"jaxreg.training", "jaxreg.evaluation"}),
     ("runs", {"jaxreg.runs"}),
