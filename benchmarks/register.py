@@ -25,6 +25,12 @@ onto A unless said otherwise):
   geometry of cine cardiac MRI (10 mm slices).
 * ``large``: both images and segs zero-padded to 240x240x155 (the size of brain-tumour
   scans).
+* ``two_grids``: B stored on another grid, as scans of one subject from two sessions are: voxels of
+  1.25 × 1.1 × 1.2 mm, the field of view cut to the head plus 6 mm, its corner moved by
+  (−6.4, −9.3, −4.6) mm
+  (resampled with scipy, labels nearest), written as NIfTI files with their affines beside A;
+  ``jaxreg.register`` on the two paths (each image with its own header) and ANTs on the same
+  files. Compare with ``aligned`` B → A, the same pair on one grid.
 * ``promise12``: two prostate T2 MRI 32x128x128 with gland masks, both directions (needs
   ``h5py``, the ``bench`` extra).
 * ``cine``: a thin-slice cardiac-like stack, 256x216x10 voxels at 1.41x1.41x9.87 mm: the
@@ -61,14 +67,14 @@ import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation
 
-from jaxreg import io, metrics, register, spatial
+from jaxreg import images, io, metrics, register, spatial
 from jaxreg import optimize as optimize_module
 from jaxreg import optimize_affine as affine_module
 from jaxreg.cli import parse_option
 from jaxreg.optimize import optimize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = ("aligned", "rotated", "anisotropic", "thick", "large", "promise12", "cine")
+CASES = ("aligned", "rotated", "anisotropic", "thick", "large", "two_grids", "promise12", "cine")
 OPTIONS: dict = {}  # --option KEY=VALUE: non-default options of jaxreg.register
 CLI = False  # --cli: also time the command in fresh processes
 
@@ -237,9 +243,53 @@ def _oasis_cases(folder: str, wanted, *, ants: bool, baseline: bool) -> dict:
             cut = lambda x: np.ascontiguousarray(x[:, :, ::step])
             out[name] = _case(cut(a), cut(b), cut(seg_a), cut(seg_b), labels, spacing=(1.0, 1.0, float(step)),
                               ants=ants, baseline=baseline)
+    if "two_grids" in wanted:
+        out["two_grids"] = _two_grids(a, b, seg_a, seg_b, labels, ants=ants)
     if "large" in wanted:
         pad = lambda x: np.pad(x, [(40, 40), (24, 24), (5, 6)])
         out["large"] = _case(pad(a), pad(b), pad(seg_a), pad(seg_b), labels, ants=ants)
+    return out
+
+
+def _two_grids(a, b, seg_a, seg_b, labels, *, ants: bool) -> dict:
+    """B on its own grid (module docstring), registered from NIfTI files onto A."""
+    import nibabel as nib
+
+    spacing = np.array([1.25, 1.1, 1.2])
+    inside = np.argwhere(b > 0.05 * b.max())
+    lo, hi = inside.min(0) - 6.0, inside.max(0) + 6.0  # the head plus 6 mm, in A's (1 mm) voxels
+    origin = lo - np.array([6.4, 9.3, 4.6])  # the crop's corner in mm, off A's voxel grid
+    shape = tuple(int(n) for n in np.ceil((hi - origin) / spacing) + 1)
+    affine = np.diag(np.append(spacing, 1.0))
+    affine[:3, 3] = origin
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")).reshape(3, -1)
+    coords = affine[:3, :3] @ grid + affine[:3, 3:]  # moving voxel -> mm = A's voxel (A's grid is 1 mm at 0)
+    moving = ndi.map_coordinates(b, coords, order=1, mode="constant").reshape(shape).astype(np.float32)
+    moving_seg = ndi.map_coordinates(seg_b, coords, order=0, mode="constant").reshape(shape).astype(np.int16)
+    out = {"moving_shape": list(shape), "moving_spacing": spacing.tolist(), "moving_origin_mm": origin.tolist()}
+    with tempfile.TemporaryDirectory(prefix="jaxreg-two-grids-") as tmp:
+        files = {name: os.path.join(tmp, f"{name}.nii.gz") for name in ("fixed", "moving", "moving_seg")}
+        nib.save(nib.Nifti1Image(a, np.eye(4)), files["fixed"])
+        nib.save(nib.Nifti1Image(moving, affine), files["moving"])
+        nib.save(nib.Nifti1Image(moving_seg, affine), files["moving_seg"])
+        result, timing = _timed(lambda: register(files["fixed"], files["moving"], moving_labels=files["moving_seg"],
+                                                 **OPTIONS))
+        before = images.resample_to(moving_seg, affine, a.shape, np.eye(4), order=0).astype(np.int32)  # headers
+        out["jaxreg"] = {"dice": _dice(seg_a, np.asarray(result.warped_labels), before, labels), "time": timing,
+                         "folding_percent": round(100 * float(metrics.folding_fraction(result.ddf)), 4)}
+        if ants:
+            try:
+                import ants as antspy
+
+                f, m = antspy.image_read(files["fixed"]), antspy.image_read(files["moving"])
+                reg, timing = _timed(lambda: antspy.registration(f, m, type_of_transform="SyN"))
+                warped = antspy.apply_transforms(f, antspy.image_read(files["moving_seg"]), reg["fwdtransforms"],
+                                                 interpolator="nearestNeighbor").numpy()
+                after = np.asarray(metrics.dice(seg_a, np.rint(warped).astype(np.int32), labels=labels))
+                out["ants"] = {"dice_after": {str(k): round(float(v), 4) for k, v in zip(labels, after)}
+                               | {"mean": round(float(np.mean(after)), 4)}, "time": timing}
+            except ImportError:
+                out["ants"] = "antspyx not installed (pip install 'jaxreg[bench]')"
     return out
 
 

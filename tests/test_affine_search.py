@@ -114,11 +114,15 @@ def test_search_recovers_a_2d_rotation_of_150_degrees_with_the_affine_transform(
     assert angle < 2.0 and voxels < 1.0, (angle, voxels)
 
 
-def test_search_in_a_batch_gives_each_pair_its_own_start(volume):
-    fixed, _ = volume
-    fixed = fixed[::2, ::2, ::2]  # 10³: two pairs, quickly
-    movings = [_moving_for(fixed, _about_centre(Rotation.from_rotvec(np.deg2rad(d) * AXIS).as_matrix(), (0, 0, 0),
-                                                fixed.shape)) for d in (0.0, 90.0)]
+def _turned_2d(fixed, degrees):
+    a = np.deg2rad(degrees)
+    return _moving_for(fixed, _about_centre(np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]]), (0, 0),
+                                            fixed.shape))
+
+
+def test_search_in_a_batch_gives_each_pair_its_own_start():
+    fixed, _ = _textured_object((24, 20))
+    movings = [_turned_2d(fixed, d) for d in (0.0, 120.0)]
     # One step of a vanishing size: the matrices are the starts the search chose.
     options = {"transform": "rigid", "init": "search", "steps": 1, "learning_rate": 1e-9}
     together = optimize_affine(np.stack([fixed, fixed]), np.stack(movings), batch=True, **options)
@@ -129,14 +133,12 @@ def test_search_in_a_batch_gives_each_pair_its_own_start(volume):
     assert not np.allclose(together.matrix[0], together.matrix[1], atol=0.1)
 
 
-def test_search_under_jit_equals_the_eager_start(volume):
+def test_search_under_jit_equals_the_eager_start():
     """Under ``jit`` the search is traced into the caller's program (no stored program): same start."""
     from jaxreg import register_traceable
 
-    fixed, _ = volume
-    fixed = fixed[::2, ::2, ::2]
-    moving = _moving_for(fixed, _about_centre(Rotation.from_rotvec(np.deg2rad(80.0) * AXIS).as_matrix(), (0, 0, 0),
-                                              fixed.shape))
+    fixed, _ = _textured_object((24, 20))
+    moving = _turned_2d(fixed, 80.0)
     options = {"affine": "rigid", "affine_options": {"init": "search", "steps": 5}, "levels": (1,), "steps": (1,)}
     traced = jax.jit(lambda f, m: register_traceable(f, m, **options).matrix)(fixed, moving)
     eager = register_traceable(fixed, moving, **options).matrix
