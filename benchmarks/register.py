@@ -62,7 +62,6 @@ import tempfile
 import time
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage as ndi
 from scipy.spatial.transform import Rotation

@@ -59,11 +59,10 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
-from jaxreg.images import resample_to, same_space, voxel_matrix  # resample_to: re-exported
+from jaxreg.images import Image, read_image, resample_to, same_space, voxel_matrix  # resample_to: re-exported
 
 __all__ = ["main", "parse_option", "resample_to"]
 
@@ -136,37 +135,12 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-class _Image(NamedTuple):
-    array: np.ndarray  # (*S) or (X, Y, Z, C)
-    affine: np.ndarray
-    spacing: tuple[float, ...]
-    shape: tuple[int, ...]  # spatial
+def _load(path: str, name: str, *, channels: bool = False) -> Image:
+    """A 2-D or 3-D NIfTI image with its grid (:func:`jaxreg.images.read_image`); errors name ``--name``."""
+    return read_image(path, f"--{name}", channels=channels)
 
 
-def _load(path: str, name: str, *, channels: bool = False) -> _Image:
-    """A 2-D or 3-D NIfTI image; with ``channels``, also (X, Y, Z, C) or ITK's (X, Y, Z, 1, C)."""
-    from jaxreg import io
-
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"--{name}: no such file {path!r}.")
-    volume = io.load_nifti(path, dtype=np.float32)
-    array = volume.array
-    if array.ndim == 5 and array.shape[3] == 1:  # an ITK vector image
-        array = array[:, :, :, 0]
-    while array.ndim > 2 and array.shape[-1] == 1:  # 2-D images stored as (H, W, 1)
-        array = array[..., 0]
-    if channels and array.ndim == 4 and array.shape[2] > 1:
-        shape = array.shape[:3]
-    elif array.ndim in (2, 3):
-        shape = array.shape
-    else:
-        expected = "a 2-D or 3-D image, or a 3-D image with channels (X, Y, Z, C)" if channels else \
-            "a 2-D or 3-D image"
-        raise ValueError(f"--{name}: {path!r} must hold {expected}; got shape {volume.array.shape}.")
-    return _Image(array, volume.affine, tuple(float(s) for s in volume.spacing[: len(shape)]), tuple(shape))
-
-
-def _load_companion(path: str | None, name: str, image: _Image, what: str):
+def _load_companion(path: str | None, name: str, image: Image, what: str):
     """A label map or mask that must lie on ``image``'s grid (``None`` without ``path``)."""
     if not path:
         return None

@@ -85,7 +85,7 @@ def read_image(value, name: str, *, channels: bool = False) -> Image:
     else:
         expected = "a 2-D or 3-D image, or a 3-D image with channels (X, Y, Z, C)" if channels else \
             "a 2-D or 3-D image"
-        where = f" {os.fspath(value)!r}" if isinstance(value, (str, os.PathLike)) else ""
+        where = f": {os.fspath(value)!r}" if isinstance(value, (str, os.PathLike)) else ""
         raise ValueError(f"{name}{where} must hold {expected}; got shape {np.shape(volume.array)}.")
     return Image(array, np.asarray(volume.affine, np.float64), tuple(float(s) for s in volume.spacing[: len(shape)]),
                  tuple(int(s) for s in shape))
