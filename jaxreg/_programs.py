@@ -9,9 +9,10 @@ and argument shapes loads it in milliseconds, and the compiled program then come
 compilation cache as before.
 
 The key of a stored program: the function, its static arguments, the tree, shapes, dtypes
-and weak types of the others, the JAX and jaxlib versions, the backend, the JAX settings that
-change tracing, and a digest of jaxreg's own source files (an edited jaxreg never loads a
-program of the old code). Without a compilation cache dir, with traced arguments (inside a
+and weak types of the others, the JAX, jaxlib, optax and numpy versions, the backend, the JAX
+settings that change tracing, and a digest of jaxreg's own source files (an edited jaxreg never
+loads a program of the old code). A module constant patched at run time (not in the source) is
+not part of the key. Without a compilation cache dir, with traced arguments (inside a
 user's ``jit``/``vmap``/``grad``) or with arguments on several devices, it is plain ``jax.jit``.
 A stored file that cannot be read is exported again and replaced (written atomically).
 """
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import jax
+import numpy as np
 import optax
 from jax import export
 
@@ -62,8 +64,10 @@ def _environment() -> tuple:
     import jaxlib
 
     config = jax.config
-    return (jax.__version__, jaxlib.__version__, jax.default_backend(), config.jax_enable_x64,
-            str(config.jax_default_matmul_precision), config.jax_numpy_rank_promotion, _source_digest())
+    # optax's Adam is traced into the optimisers' programs; numpy's constants into every program.
+    return (jax.__version__, jaxlib.__version__, optax.__version__, np.__version__, jax.default_backend(),
+            config.jax_enable_x64, str(config.jax_default_matmul_precision), config.jax_numpy_rank_promotion,
+            _source_digest())
 
 
 def folder() -> Path | None:
