@@ -111,6 +111,21 @@ def test_conv_transpose_matches_flax(matmul, nd, padding):
         assert _rel(got, want) < 2e-6
 
 
+@pytest.mark.parametrize("padding", ["SAME", "VALID", ((0, 0), (0, 0), (0, 0)), ((1, 0), (0, 1), (1, 1))])
+def test_conv_transpose_equals_lax_for_every_padding(matmul, padding):
+    """Against ``lax.conv_transpose`` itself: explicit pads (even zeros) give (n − 2)·s + 2 voxels there."""
+    rng = np.random.default_rng(3)
+    x = jnp.asarray(rng.normal(size=(1, 3, 4, 5, 2)), jnp.float32)
+    k = jnp.asarray(rng.normal(size=(2, 2, 2, 2, 3)), jnp.float32)
+    dims = ("NDHWC", "DHWIO", "NDHWC")
+    want = jax.lax.conv_transpose(x, k, (2, 2, 2), padding, dimension_numbers=dims)
+    got = conv.conv_transpose(x, k, (2, 2, 2), padding)
+    assert got.shape == want.shape
+    assert _rel(got, want) < 2e-6
+    if not isinstance(padding, str) and padding[0] == (0, 0):
+        assert want.shape[1:4] == (2 * 3 - 2, 2 * 4 - 2, 2 * 5 - 2)
+
+
 def test_impl_choice(monkeypatch):
     monkeypatch.delenv("JAXREG_CONV", raising=False)
     assert conv.impl() == ("matmul" if jax.default_backend() == "cpu" else "xla")

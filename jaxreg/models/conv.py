@@ -274,9 +274,9 @@ def conv_transpose(lhs, rhs, strides, padding, rhs_dilation=None, dimension_numb
     fast = (impl() == "matmul" and nd in (2, 3) and dimension_numbers is None and tuple(strides) == ksize
             and not transpose_kernel and all(d == 1 for d in (rhs_dilation or ())) and preferred_element_type is None
             and lhs.dtype == rhs.dtype)
-    if fast:
-        pads = padding if not isinstance(padding, str) else None
-        fast = padding in ("SAME", "VALID") or pads is not None and all(tuple(p) == (0, 0) for p in pads)
+    # Only the named paddings: explicit pads, even (0, 0), pad the dilated input (lax.conv_transpose
+    # then returns (n − 2)·s + 2 voxels for kernel == stride, not n·s).
+    fast = fast and isinstance(padding, str) and padding in ("SAME", "VALID")
     if not fast:
         return lax.conv_transpose(lhs, rhs, strides, padding, rhs_dilation, dimension_numbers, transpose_kernel,
                                   precision, preferred_element_type)
