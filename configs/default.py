@@ -96,6 +96,11 @@ def deq_solver() -> ml_collections.ConfigDict:
     solver.phantom_steps = 5  # K damped steps differentiated from φ*
     solver.phantom_damping = 0.8  # τ of the phantom steps
     solver.phantom_remat = False  # recompute each phantom step in the backward pass: memory of 1 step, not K
+    # The ift adjoint w = g + Jᵀw (solved with `method`): its own tolerance and step limit. Its steps, residual and
+    # convergence are metrics (adjoint_*); a pair whose adjoint does not converge takes the Jacobian-free gradient
+    # (adjoint_fallbacks counts them).
+    solver.adjoint_tol = 1e-3  # the adjoint's residual tolerance (`stop` rule as above)
+    solver.adjoint_max_steps = 48  # the adjoint's steps at most
     return solver
 
 

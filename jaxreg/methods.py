@@ -73,11 +73,17 @@ def _loss_options(loss: Mapping, *, window: int) -> dict:
 def _deqreg(model: Mapping, loss: Mapping, solver: Mapping, **_) -> Method:
     solver = dict(solver or {})
     options = {k: solver.pop(k) for k in ("backward", "phantom_steps", "phantom_damping", "phantom_remat") if k in solver}
+    adjoint = {}  # the "ift" adjoint's own options (config: solver.adjoint_tol, solver.adjoint_max_steps)
+    for key, name in (("adjoint_tol", "tol"), ("adjoint_max_steps", "max_steps")):
+        value = solver.pop(key, None)
+        if value is not None:
+            adjoint[name] = value
     deq = DEQReg(encoder=tuple(model.get("encoder", unet.ENCODER)), decoder=tuple(model.get("decoder", unet.DECODER)),
                  dtype=_dtype(model), solver=solver, correction_states=int(model.get("correction_states", 3)),
                  correction_weight=float(model.get("correction_weight", 0.5)),
                  sequential_states=bool(model.get("sequential_states", True)),
-                 jacobian_weight=float(model.get("jacobian_weight", 0.0)), **options, **_loss_options(loss, window=5))
+                 jacobian_weight=float(model.get("jacobian_weight", 0.0)), adjoint=adjoint, **options,
+                 **_loss_options(loss, window=5))
     return Method(deq, deq.init, deq.loss_fn, deq.predict)
 
 

@@ -54,6 +54,9 @@ STEPS = {
     "deq96": ({"name": "deqreg", **SMALL}, dict(DEQ, max_steps=96)),
     "deq48_phantom_only": ({"name": "deqreg", "correction_weight": 0.0, **SMALL}, dict(DEQ, max_steps=48)),
     "deq48_remat": ({"name": "deqreg", **SMALL}, dict(DEQ, max_steps=48, phantom_remat=True)),
+    "ift4": ({"name": "deqreg", "correction_weight": 0.0, **SMALL}, dict(DEQ, backward="ift", max_steps=4)),
+    "ift96": ({"name": "deqreg", "correction_weight": 0.0, **SMALL}, dict(DEQ, backward="ift", max_steps=96,
+                                                                            adjoint_max_steps=96)),
     "vanilla2": ({"name": "unroll", "variant": "vanilla", "steps": 2, **SMALL}, {}),
     "vanilla4": ({"name": "unroll", "variant": "vanilla", "steps": 4, **SMALL}, {}),
     "vanilla8": ({"name": "unroll", "variant": "vanilla", "steps": 8, **SMALL}, {}),
@@ -92,6 +95,14 @@ def _mb(train_steps):
 def test_deqreg_memory_does_not_grow_with_solver_steps(train_steps):
     mb = _mb(train_steps)
     assert mb["deq96"] <= 1.1 * mb["deq4"], mb
+
+
+@pytest.mark.xdist_group("test_deq_model.train_steps")  # one worker builds the module fixture once
+@pytest.mark.slow
+def test_ift_memory_does_not_grow_with_solver_steps(train_steps):
+    """The exact implicit gradient: forward and adjoint solves keep no trajectory."""
+    mb = _mb(train_steps)
+    assert mb["ift96"] <= 1.1 * mb["ift4"], mb
 
 
 @pytest.mark.xdist_group("test_deq_model.train_steps")  # one worker builds the module fixture once
@@ -259,12 +270,37 @@ def test_ift_and_phantom_gradients_match_autodiff_through_a_long_iteration(batch
     ref, g_ift, g_phantom = (np.asarray(ravel_pytree(g)[0], np.float64) for g in (ref, g_ift, g_phantom))
 
     assert bool(metrics["solver_converged"]), metrics
+    # the adjoint is reported: it converged here, and no pair fell back to the Jacobian-free gradient
+    assert float(metrics["adjoint_converged"]) == 1.0 and int(metrics["adjoint_fallbacks"]) == 0, metrics
+    assert 1 <= float(metrics["adjoint_steps"]) <= 80 and float(metrics["adjoint_residual"]) < 1e-6, metrics
     np.testing.assert_allclose(float(ift_loss), float(ref_loss), rtol=1e-4)
     assert np.linalg.norm(ref) > 0
     assert np.linalg.norm(g_ift - ref) <= 1e-2 * np.linalg.norm(ref)
     cosine = g_ift @ g_phantom / (np.linalg.norm(g_ift) * np.linalg.norm(g_phantom))
     assert cosine > 0.99, cosine
     assert np.linalg.norm(g_phantom - ref) <= 5e-2 * np.linalg.norm(ref)
+
+
+def test_an_adjoint_that_cannot_converge_is_reported_and_takes_the_jacobian_free_gradient(batch):
+    """One adjoint step at an unreachable tolerance: the metrics say so, and the gradient is
+    (∂T/∂θ)ᵀ ∂L/∂φ at φ*, written here with plain autodiff through one application of T."""
+    options = dict(SMALL, correction_weight=0.0, solver={"method": "fixed_point", "max_steps": 80, "tol": 1e-6})
+    ift = _Contractive(**options, backward="ift", adjoint={"max_steps": 1, "tol": 1e-30})
+    params = _scale_update_kernel(ift.init(jax.random.key(1), batch), 1e4)
+    x = (batch["fixed"][..., None], batch["moving"][..., None])
+    (_, metrics), grads = jax.jit(jax.value_and_grad(lambda p: ift.loss_fn(p, batch, None), has_aux=True))(params)
+    assert float(metrics["adjoint_converged"]) == 0.0 and int(metrics["adjoint_fallbacks"]) == 1, metrics
+    assert float(metrics["adjoint_steps"]) == 1.0 and float(metrics["adjoint_residual"]) > 1e-6, metrics
+
+    equilibrium = ift.predict(params, batch["fixed"], batch["moving"])
+
+    def one_step_loss(p):  # L(T_θ(φ*)) with φ* held: its gradient is the Jacobian-free one
+        z = ift.update(p, x, jax.lax.stop_gradient(equilibrium))
+        return jnp.mean(jax.vmap(lambda f, m, u: registration_loss(f, m, u, **LOSS)[0])(*x, z))
+
+    reference = np.asarray(ravel_pytree(jax.jit(jax.grad(one_step_loss))(params))[0], np.float64)
+    got = np.asarray(ravel_pytree(grads)[0], np.float64)
+    assert np.linalg.norm(got - reference) <= 1e-3 * np.linalg.norm(reference)
 
 
 def test_jacobian_regulariser_is_added_to_the_loss_with_its_weight(batch):
@@ -414,7 +450,8 @@ def test_correction_loss_and_gradient_match_a_hand_computation(three):
 
 def test_ift_with_corrected_states_solves_the_forward_once(batch):
     """Counts applications of T in one IFT loss evaluation (S = 2, K = 3, 6 plain steps): 6 for the
-    solve + 2·3 phantom steps. The old code solved the forward a second time for the states (18)."""
+    solve, 1 for the adjoint's linearisation, 2·3 phantom steps. The old code solved the forward a
+    second time for the states (18)."""
     calls = []
 
     class Counting(DEQReg):
@@ -428,7 +465,9 @@ def test_ift_with_corrected_states_solves_the_forward_once(batch):
     loss, metrics = jax.jit(deq.loss_fn)(params, batch, None)
     jax.block_until_ready(loss)
     assert float(metrics["solver_steps"]) == 6
-    assert len(calls) == 6 + 2 * 3, len(calls)
+    # 6 solver steps, 1 linearisation of T at φ* for the adjoint (solved in the forward pass, so that it
+    # is reported), 2·3 phantom steps of the corrected states
+    assert len(calls) == 6 + 1 + 2 * 3, len(calls)
 
 
 @pytest.mark.slow
@@ -488,3 +527,33 @@ def test_sharded_deqreg_train_step_matches_one_device():
     assert len(set(result["steps"])) > 1, result  # the pairs stop at different steps
     np.testing.assert_allclose(result["sharded"], result["single"], rtol=1e-5)
     assert result["max_param_diff"] <= 1e-5 * max(result["param_scale"], 1.0), result
+
+
+def test_ift_training_logs_the_adjoint(tmp_path):
+    """Two steps of the tiny DEQReg run with the exact implicit gradient: metrics.jsonl has the adjoint's
+    steps, residual, convergence and fallbacks (with solver.adjoint_max_steps from the config)."""
+    import importlib.util
+    import json
+    import sys
+    from pathlib import Path
+
+    from jaxreg.training import train_and_evaluate
+
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:  # the configs import `configs`, a package at the repo root
+        sys.path.insert(0, str(root))
+    spec = importlib.util.spec_from_file_location("tiny_deq", root / "tests" / "configs" / "tiny_deq.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    config.solver.method = "fixed_point"  # compiles faster than Anderson
+    config.solver.backward = "ift"
+    config.solver.adjoint_max_steps = 3
+    train_and_evaluate(config, tmp_path)
+    lines = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    logged = [line for line in lines if "adjoint_steps" in line]
+    assert len(logged) == 2, lines
+    for line in logged:
+        assert 1 <= line["adjoint_steps"] <= 3 and np.isfinite(line["adjoint_residual"]), line
+        assert 0.0 <= line["adjoint_converged"] <= 1.0 and line["adjoint_fallbacks"] in (0, 1), line
+        assert np.isfinite(line["loss"]), line

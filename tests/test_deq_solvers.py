@@ -454,3 +454,30 @@ def test_solve_rejects_bad_options(options, name):
 def test_layer_rejects_bad_options(options, name):
     with pytest.raises(ValueError, match=name):
         fixed_point_layer(_f, **options)
+
+
+def test_equilibrium_loss_gradient_is_the_closed_form_of_a_linear_fixed_point():
+    """T(z) = A z + B θ + x, loss = ½‖z − 2x‖²: z* = (I − A)⁻¹(Bθ + x), and (numpy)
+    ∂L/∂θ = Bᵀ w, ∂L/∂x = w − 2(z* − 2x) with w = (I − A)⁻ᵀ (z* − 2x)."""
+    from jaxreg.deq.implicit import equilibrium_loss
+
+    rng = np.random.default_rng(0)
+    n = 6
+    a = 0.5 * rng.normal(size=(n, n)) / np.sqrt(n)  # spectral radius < 1
+    b = rng.normal(size=(n, 3))
+    theta, x = rng.normal(size=3), rng.normal(size=n)
+    f = lambda p, xx, z: jnp.asarray(a, jnp.float32) @ z + jnp.asarray(b, jnp.float32) @ p + xx  # noqa: E731
+    loss = lambda xx, z: (0.5 * jnp.sum((z - 2 * xx) ** 2), {"norm": jnp.linalg.norm(z)})  # noqa: E731
+    fn = equilibrium_loss(f, loss, solver={"method": "anderson", "max_steps": 100, "tol": 1e-7, "stop": "absolute"})
+    (value, outputs), (g_theta, g_x) = jax.value_and_grad(lambda p, xx: fn(p, xx, jnp.zeros(n)), argnums=(0, 1),
+                                                          has_aux=True)(jnp.asarray(theta, jnp.float32),
+                                                                        jnp.asarray(x, jnp.float32))
+    z = np.linalg.solve(np.eye(n) - a, b @ theta + x)
+    w = np.linalg.solve((np.eye(n) - a).T, z - 2 * x)
+    np.testing.assert_allclose(float(value), 0.5 * np.sum((z - 2 * x) ** 2), rtol=1e-4)
+    np.testing.assert_allclose(np.asarray(g_theta), b.T @ w, rtol=1e-3, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(g_x), w - 2 * (z - 2 * x), rtol=1e-3, atol=1e-4)
+    z_star, info, adjoint, fallbacks, _, aux = outputs
+    np.testing.assert_allclose(np.asarray(z_star), z, atol=1e-4)
+    assert bool(info.converged) and bool(adjoint.converged) and int(fallbacks) == 0
+    assert float(aux["norm"]) == pytest.approx(np.linalg.norm(z), rel=1e-4)

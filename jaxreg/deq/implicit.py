@@ -10,6 +10,12 @@ storing the trajectory, and the backward pass (a ``jax.custom_vjp``) is either
 - ``"ift"``: the exact implicit-function gradient: solve ``w = g + (df/dz)^T w`` with the
   same solvers, then pull ``w`` back through ``f`` to ``params`` and ``x``.
 
+A backward pass cannot return anything but cotangents, so the layer's ``"ift"`` adjoint goes
+unreported. :func:`equilibrium_loss` is the form DEQReg trains with: it takes the loss of the
+equilibrium too, solves the adjoint in the forward pass (``g = ∂loss/∂z*`` is known there) and
+returns its convergence as an output; a pair whose adjoint does not converge falls back to
+``w = g`` (the Jacobian-free gradient) and is counted.
+
 Memory is that of K steps of ``f`` (phantom) or of one step plus the solver (ift),
 independent of how many forward steps were taken. With ``batched=True`` every pair of a
 batch is solved on its own (forward and adjoint), and ``states`` > 0 returns the
@@ -54,7 +60,7 @@ def phantom_steps(f: Callable, params, x, z: jax.Array, *, steps: int,
     Returns:
       ``z_K``, shaped like ``z``.
     """
-    _check_phantom(steps, damping)
+    check_phantom(steps, damping)
 
     def body(z, _):
         return (damping * f(params, x, z) + (1.0 - damping) * z).astype(z.dtype), None
@@ -98,7 +104,8 @@ def jacobian_penalty(f: Callable, params, x, z: jax.Array, key: jax.Array, *, sa
     return jnp.mean(jax.vmap(lambda e: jnp.sum(jnp.square(vjp(e)[0])))(probes)) / z.size
 
 
-def _check_phantom(steps, damping):
+def check_phantom(steps, damping) -> None:
+    """Raises ValueError unless ``steps`` (K) is an integer >= 1 and ``damping`` (τ) is in (0, 1]."""
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"phantom_steps must be an integer >= 1, got {steps!r}")
     if not 0.0 < float(damping) <= 1.0:
@@ -112,6 +119,81 @@ def _solver_options(name: str, options: Mapping | None, default: Mapping | None 
         raise ValueError(f"{name} has unknown options {unknown}; allowed: {_SOLVER_KEYS}")
     validate_options(**options)
     return options
+
+
+def equilibrium_loss(f: Callable, loss: Callable, *, solver: Mapping | None = None, adjoint: Mapping | None = None,
+                     batched: bool = False, states: int = 0) -> Callable:
+    """Builds ``fn(params, x, z0) -> (value, outputs)``: ``loss`` at the equilibrium, with the exact implicit gradient.
+
+    ``value = loss(x, z*)[0]`` with ``z* = f(params, x, z*)`` (:func:`~jaxreg.deq.solvers.solve`).
+    Its gradient is the implicit-function one, ``(∂f/∂(params, x))ᵀ w`` (plus ``∂loss/∂x``) with
+    ``w = g + (∂f/∂z)ᵀ w``, ``g = ∂loss/∂z*``; the adjoint ``w`` is solved in the forward pass, so
+    that its convergence can be returned. Where it does not converge (a pair's residual above its
+    ``tol`` after ``max_steps``), that pair uses ``w = g``: the Jacobian-free gradient (the phantom
+    gradient with K = 1, τ = 1), a descent direction when ``f`` is contractive.
+
+    Args:
+      f: ``f(params, x, z) -> T(z)`` as for :func:`fixed_point_layer`.
+      loss: ``loss(x, z) -> (scalar, aux)``, differentiable in ``x`` and ``z``.
+      solver: forward solver options (:func:`~jaxreg.deq.solvers.solve`).
+      adjoint: options of the adjoint solve (``tol``, ``max_steps``, ``method``, ...); unset ones are
+        ``solver``'s.
+      batched: ``z`` has a leading axis of independent pairs (each solved on its own, forward and adjoint).
+      states: S >= 0 intermediate states of the forward trajectory to return.
+
+    Returns:
+      ``fn(params, x, z0) -> (value, (z_star, info, adjoint_info, fallbacks, captured, aux))``; only
+      ``value`` is differentiable. ``info``/``adjoint_info`` are :class:`~jaxreg.deq.solvers.SolverInfo`
+      (a leading pair axis when ``batched``), ``fallbacks`` the number of pairs whose adjoint did not
+      converge (int32), ``aux`` the loss's.
+
+    Raises:
+      ValueError: an option is invalid (the message names it).
+    """
+    fwd_opts = _solver_options("solver", solver)
+    adj_opts = _solver_options("adjoint", adjoint, default=fwd_opts) if adjoint is None else \
+        _solver_options("adjoint", dict(fwd_opts, **adjoint))
+    states = validate_options(states=states)
+    run = solve_pairs if batched else solve
+
+    def compute(params, x, z0):
+        z, info, captured = run(lambda zz: f(params, x, zz), z0, states=states, **fwd_opts)
+        value, vjp_loss, aux = jax.vjp(lambda xx, zz: loss(xx, zz), x, z, has_aux=True)
+        gx_direct, g = vjp_loss(jnp.ones_like(value))
+        _, vjp_z = jax.vjp(lambda zz: f(params, x, zz), z)
+        w, adjoint_info, _ = run(lambda ww: g + vjp_z(ww)[0].astype(g.dtype), g, **adj_opts)
+        converged = adjoint_info.converged
+        keep = converged.reshape(converged.shape + (1,) * (w.ndim - converged.ndim))
+        w = jnp.where(keep, w, g)
+        fallbacks = jnp.sum(~converged).astype(jnp.int32)
+        outputs = (z, info, adjoint_info, fallbacks, captured, aux)
+        return value, outputs, (params, x, z, w, gx_direct)
+
+    @jax.custom_vjp
+    def fn(params, x, z0):
+        value, outputs, _ = compute(params, x, z0)
+        return value, outputs
+
+    def fn_fwd(params, x, z0):
+        value, outputs, residuals = compute(params, x, z0)
+        return (value, outputs), residuals
+
+    def fn_bwd(residuals, cotangents):
+        params, x, z, w, gx_direct = residuals
+        ct = cotangents[0]  # the outputs are not differentiable
+        _, vjp = jax.vjp(lambda p, xx: f(p, xx, z), params, x)
+        gp, gx = vjp(w)
+        gp = jax.tree.map(lambda a: (ct * a).astype(a.dtype), gp)
+        gx = jax.tree.map(lambda a, b: (ct * (a + b)).astype(a.dtype), gx, gx_direct)
+        return gp, gx, jnp.zeros_like(z)
+
+    fn.defvjp(fn_fwd, fn_bwd)
+
+    def apply(params, x, z0):
+        value, outputs = fn(params, x, jnp.asarray(z0))
+        return value, jax.tree.map(lax.stop_gradient, outputs)
+
+    return apply
 
 
 def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
@@ -130,7 +212,8 @@ def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
       phantom_steps: K >= 1, steps of the phantom gradient.
       damping: tau in (0, 1], damping of the phantom steps.
       adjoint: solver options for the ``"ift"`` adjoint fixed point; ``None`` uses
-        ``solver``'s. Its convergence is not reported (a backward pass cannot return it).
+        ``solver``'s. Its convergence is not reported here (a backward pass cannot return it):
+        :func:`equilibrium_loss` reports it.
       remat: rematerialise each phantom step in the backward pass (see :func:`phantom_steps`).
       batched: ``z`` carries a leading batch axis of independent problems (image pairs;
         pair b of ``f``'s output depends on pair b of ``x`` and ``z`` only): the forward
@@ -152,7 +235,7 @@ def fixed_point_layer(f: Callable, *, solver: Mapping | None = None,
     """
     if backward not in BACKWARDS:
         raise ValueError(f"backward must be one of {BACKWARDS}, got {backward!r}")
-    _check_phantom(phantom_steps, damping)
+    check_phantom(phantom_steps, damping)
     fwd_opts = _solver_options("solver", solver)
     adj_opts = _solver_options("adjoint", adjoint, default=fwd_opts)
     states = validate_options(states=states)

@@ -94,13 +94,16 @@ class DEQReg:
       similarity, window, weight: the loss: LNCC (window 5 in the paper) + λ·diffusion.
       dtype: activation dtype of the update network, ``"float32"`` or ``"bfloat16"`` (mixed
         precision: parameters, solver state, fields and losses stay float32).
+      adjoint: options of the ``"ift"`` adjoint solve (``tol``, ``max_steps``, ...; unset ones are
+        ``solver``'s). Its steps, residual and convergence are training metrics, and a pair whose
+        adjoint does not converge takes the Jacobian-free gradient (``adjoint_fallbacks``).
     """
 
     def __init__(self, *, encoder=ENCODER, decoder=DECODER, dtype: str = "float32", solver: Mapping | None = None,
                  backward: str = "phantom", phantom_steps: int = 5, phantom_damping: float = 0.8,
                  correction_states: int = 3, correction_weight: float = 0.5, sequential_states: bool = True,
                  phantom_remat: bool = False, jacobian_weight: float = 0.0, similarity: str = "lncc", window: int = 5,
-                 weight: float = 0.1):
+                 weight: float = 0.1, adjoint: Mapping | None = None):
         self.solver = dict(solver or {})
         unknown = set(self.solver) - set(SOLVER_OPTIONS)
         if unknown:
@@ -126,10 +129,15 @@ class DEQReg:
         self.correction_weight, self.sequential_states = float(correction_weight), bool(sequential_states)
         self.phantom_remat, self.jacobian_weight = bool(phantom_remat), float(jacobian_weight)
         self.loss_options = {"similarity": similarity, "window": int(window), "weight": float(weight)}
-        self.layer = implicit.fixed_point_layer(self.update, solver=self.solver, backward=backward,
-                                                phantom_steps=self.phantom_steps, damping=self.phantom_damping,
-                                                remat=self.phantom_remat, batched=True,
-                                                states=self.states if self.correction_weight > 0 else 0)
+        implicit.check_phantom(self.phantom_steps, self.phantom_damping)
+        self.adjoint = dict(adjoint or {})
+        unknown = set(self.adjoint) - set(SOLVER_OPTIONS)
+        if unknown:
+            raise ValueError(f"unknown adjoint option(s) {sorted(unknown)}; known: {SOLVER_OPTIONS}.")
+        # The "ift" path: the equilibrium's loss with its exact gradient and a reported adjoint.
+        self.ift_loss = implicit.equilibrium_loss(self.update, self._pair_losses, solver=self.solver,
+                                                  adjoint=self.adjoint, batched=True,
+                                                  states=self.states if self.correction_weight > 0 else 0)
 
     # T(φ) = φ + f_θ(I_f, I_m∘φ, φ); x = (fixed, moving) as (B, *S, 1) images.
     def update(self, params, x, ddf):
@@ -205,15 +213,17 @@ class DEQReg:
         """Equilibrium loss + γ·Σ loss of the S corrected states (+ the Jacobian regulariser).
 
         Every term is the mean over pairs of per-pair losses. Metrics include the solver's
-        steps (mean over pairs), residual (largest) and convergence (fraction of pairs), and
-        ``jacobian`` (``‖∂T/∂φ‖_F²/d`` at φ*) when it is regularised.
+        steps (mean over pairs), residual (largest) and convergence (fraction of pairs), with
+        ``"ift"`` the adjoint's too (``adjoint_steps``, ``adjoint_residual``,
+        ``adjoint_converged``, ``adjoint_fallbacks``: pairs that took the Jacobian-free gradient),
+        and ``jacobian`` (``‖∂T/∂φ‖_F²/d`` at φ*) when it is regularised.
         """
         x = (jnp.asarray(batch["fixed"])[..., None], jnp.asarray(batch["moving"])[..., None])
         start = self._start(x[0])
         corrections = self.states > 0 and self.correction_weight > 0
-        if self.backward == "ift":  # one forward solve: the layer returns the states too
-            equilibrium, info, captured = self.layer(params, x, start)
-            loss, parts = self._pair_losses(x, equilibrium)
+        adjoint = None
+        if self.backward == "ift":  # one forward solve: the states come with it
+            loss, (equilibrium, info, adjoint, fallbacks, captured, parts) = self.ift_loss(params, x, start)
             if corrections:
                 correction = jnp.sum(self._phantom_losses(params, x, captured)[0])
         else:
@@ -227,6 +237,11 @@ class DEQReg:
         metrics = dict(parts, solver_steps=jnp.mean(info.steps.astype(jnp.float32)),
                        solver_residual=jnp.max(info.residual),
                        solver_converged=jnp.mean(info.converged.astype(jnp.float32)))
+        if adjoint is not None:
+            metrics.update(adjoint_steps=jnp.mean(adjoint.steps.astype(jnp.float32)),
+                           adjoint_residual=jnp.max(adjoint.residual),
+                           adjoint_converged=jnp.mean(adjoint.converged.astype(jnp.float32)),
+                           adjoint_fallbacks=fallbacks)
         if corrections:
             loss = loss + self.correction_weight * correction
             metrics["correction"] = correction
