@@ -557,3 +557,15 @@ def test_ift_training_logs_the_adjoint(tmp_path):
         assert 1 <= line["adjoint_steps"] <= 3 and np.isfinite(line["adjoint_residual"]), line
         assert 0.0 <= line["adjoint_converged"] <= 1.0 and line["adjoint_fallbacks"] in (0, 1), line
         assert np.isfinite(line["loss"]), line
+
+
+def test_phantom_training_logs_the_loss_of_the_equilibrium_predict_returns(batch):
+    """L(z_K) is trained; ``loss_at_equilibrium`` is L(φ*), φ* = predict's field, recomputed here."""
+    deq = DEQReg(**SMALL, solver={"method": "anderson", "max_steps": 6}, correction_states=0)
+    params = _scale_update_kernel(deq.init(jax.random.key(1), batch), 1e3)
+    _, metrics = jax.jit(deq.loss_fn)(params, batch, None)
+    ddf = deq.predict(params, batch["fixed"], batch["moving"])
+    want = jnp.mean(jax.vmap(lambda f, m, u: registration_loss(f[..., None], m[..., None], u, **LOSS)[0])(
+        batch["fixed"], batch["moving"], ddf))
+    np.testing.assert_allclose(float(metrics["loss_at_equilibrium"]), float(want), rtol=1e-5)
+    assert "loss_at_equilibrium" in metrics and np.isfinite(float(metrics["similarity"]))

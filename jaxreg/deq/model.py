@@ -216,7 +216,9 @@ class DEQReg:
         steps (mean over pairs), residual (largest) and convergence (fraction of pairs), with
         ``"ift"`` the adjoint's too (``adjoint_steps``, ``adjoint_residual``,
         ``adjoint_converged``, ``adjoint_fallbacks``: pairs that took the Jacobian-free gradient),
-        and ``jacobian`` (``‖∂T/∂φ‖_F²/d`` at φ*) when it is regularised.
+        with ``"phantom"`` ``loss_at_equilibrium`` (the loss of φ*, which ``predict`` returns,
+        beside the trained loss of z_K), and ``jacobian`` (``‖∂T/∂φ‖_F²/d`` at φ*) when it is
+        regularised.
         """
         x = (jnp.asarray(batch["fixed"])[..., None], jnp.asarray(batch["moving"])[..., None])
         start = self._start(x[0])
@@ -234,6 +236,8 @@ class DEQReg:
             losses, per_state = self._phantom_losses(params, x, states)
             loss, parts = losses[0], {k: v[0] for k, v in per_state.items()}
             correction = jnp.sum(losses[1:])
+            # The loss trained is that of z_K (K phantom steps from φ*); predict returns φ* itself.
+            parts["loss_at_equilibrium"] = self._pair_losses(x, jax.lax.stop_gradient(equilibrium))[0]
         metrics = dict(parts, solver_steps=jnp.mean(info.steps.astype(jnp.float32)),
                        solver_residual=jnp.max(info.residual),
                        solver_converged=jnp.mean(info.converged.astype(jnp.float32)))
