@@ -127,13 +127,23 @@ def test_conv_transpose_equals_lax_for_every_padding(matmul, padding):
 
 
 def test_impl_choice(monkeypatch):
-    monkeypatch.delenv("JAXREG_CONV", raising=False)
-    assert conv.impl() == ("matmul" if jax.default_backend() == "cpu" else "xla")
-    monkeypatch.setenv("JAXREG_CONV", "XLA")
-    assert conv.impl() == "xla"
+    """What a traced convolution becomes (its jaxpr), not impl()'s own rule: by default the matmul
+    path (with its custom_vjp) on the CPU and XLA's convolution elsewhere
+    (docs: a GPU keeps cuDNN); JAXREG_CONV=xla forces XLA's anywhere."""
     x, k = _data((1, 4, 4, 4), 2, 2, (3, 3, 3))
-    jaxpr = str(jax.make_jaxpr(lambda x, k: conv.conv_general_dilated(x, k, (1, 1, 1), "SAME",
-                                                                    dimension_numbers=SPECS[3]))(x, k))
+
+    def traced():
+        return str(jax.make_jaxpr(lambda x, k: conv.conv_general_dilated(x, k, (1, 1, 1), "SAME",
+                                                                        dimension_numbers=SPECS[3]))(x, k))
+
+    monkeypatch.delenv("JAXREG_CONV", raising=False)
+    default = traced()
+    if jax.default_backend() == "cpu":
+        assert "custom_vjp" in default  # the matmul path brings its own gradient
+    else:
+        assert "conv_general_dilated" in default and "custom_vjp" not in default
+    monkeypatch.setenv("JAXREG_CONV", "XLA")
+    jaxpr = traced()
     assert "conv_general_dilated" in jaxpr and "custom_vjp" not in jaxpr
     monkeypatch.setenv("JAXREG_CONV", "fast")
     with pytest.raises(ValueError, match="JAXREG_CONV"):

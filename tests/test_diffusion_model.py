@@ -13,6 +13,8 @@ from jaxreg import losses, methods
 from jaxreg.diffusion import guidance, samplers
 from jaxreg.diffusion.model import DiffuseReg
 from jaxreg.diffusion.schedule import linear_schedule, predict_eps, predict_x0, q_sample
+from scipy import ndimage
+from test_losses import ref_diffusion_loop, ref_ssim
 
 TINY_NET = {"features": 8, "depths": (1, 1), "heads": (2, 2), "window": (4, 4)}
 
@@ -139,29 +141,37 @@ def tiny():
 
 @pytest.mark.slow
 def test_loss_is_the_three_terms_of_the_paper():
-    """The loss equals MSE + λ₁(1 − SSIM) + λ₂·diffusion recomputed from the same draw outside the model."""
+    """The loss equals MSE + λ₁(1 − SSIM) + λ₂·diffusion recomputed from the same draw outside the model,
+    with numpy and scipy (the schedule's formulas, the warp, SSIM and the regulariser of tests/test_losses)."""
     model = _model(ssim_weight=1.0, smooth_weight=0.1)
     batch = _pair()
     params = model.init(jax.random.key(0), batch)
     key = jax.random.key(7)
     loss, parts = jax.jit(model.loss_fn)(params, batch, key)
-    # The same random draw, by hand: t, ε from the key as documented (split in three).
+    # The same random draw, by hand: t, ε from the key as documented (split in three). The schedule,
+    # x_t, x̂₀, the warp, SSIM and the regulariser are written with numpy/scipy here.
     k_t, k_eps, _ = jax.random.split(key, 3)
-    f, m = jnp.asarray(batch["fixed"]), jnp.asarray(batch["moving"])
-    x0 = (jnp.stack([f - m, 0.5 * f], axis=-1) - jnp.asarray([0.1, -0.2])) / jnp.asarray([2.0, 0.5])
-    t = jax.random.randint(k_t, (2,), 0, 100)
-    eps = jax.random.normal(k_eps, x0.shape)
-    x_t = q_sample(model.schedule, x0, t, eps)
-    eps_hat = jax.jit(model.net.apply)(params, x_t, t, f[..., None], m[..., None])
-    u = predict_x0(model.schedule, x_t, t, eps_hat) * jnp.asarray([2.0, 0.5]) + jnp.asarray([0.1, -0.2])
-    from jaxreg import spatial
-
-    ssim = np.mean([float(losses.ssim(f[i], spatial.warp(m[i], u[i]), window=9, sigma=1.5, ndim=2)) for i in range(2)])
-    # (independent of the model's vmapped consistency code: one pair at a time)
-    smooth = np.mean([float(losses.diffusion(u[i])) for i in range(2)])
-    mse = float(jnp.mean((eps_hat - eps) ** 2))
-    np.testing.assert_allclose(float(parts["eps_mse"]), mse, rtol=1e-5)
+    f, m = np.asarray(batch["fixed"], np.float64), np.asarray(batch["moving"], np.float64)
+    x0 = (np.stack([f - m, 0.5 * f], axis=-1) - _MEAN) / _STD
+    t = np.asarray(jax.random.randint(k_t, (2,), 0, 100))
+    eps = np.asarray(jax.random.normal(k_eps, x0.shape), np.float64)
+    a = _abar()[t].reshape(-1, 1, 1, 1)
+    x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
+    eps_hat = np.asarray(jax.jit(model.net.apply)(params, jnp.asarray(x_t, jnp.float32), jnp.asarray(t),
+                                                  jnp.asarray(batch["fixed"])[..., None],
+                                                  jnp.asarray(batch["moving"])[..., None]), np.float64)
+    u = (x_t - np.sqrt(1 - a) * eps_hat) / np.sqrt(a) * _STD + _MEAN
+    ssim = np.mean([ref_ssim(f[i], _scipy_warp(m[i], u[i])) for i in range(2)])
+    smooth = np.mean([ref_diffusion_loop(u[i]) for i in range(2)])
+    mse = np.mean((eps_hat - eps) ** 2)
+    np.testing.assert_allclose(float(parts["eps_mse"]), mse, rtol=1e-4)
     np.testing.assert_allclose(float(loss), mse + ssim + 0.1 * smooth, rtol=1e-4)
+
+
+def _scipy_warp(image, ddf):
+    """``image(x + ddf(x))``, linear, edges repeated (scipy)."""
+    grid = np.stack(np.meshgrid(*[np.arange(s, dtype=np.float64) for s in image.shape], indexing="ij"))
+    return ndimage.map_coordinates(image, grid + np.moveaxis(ddf, -1, 0), order=1, mode="nearest")
 
 
 @pytest.mark.xdist_group("test_diffusion_model.tiny")  # one worker builds the module fixture once
@@ -301,12 +311,11 @@ def test_condition_dropout_in_the_loss(tiny):
     a = _abar()[t].reshape(-1, 1, 1, 1)
     x_t = np.sqrt(a) * x0 + np.sqrt(1 - a) * eps
     eps_hat = _net(model, params, x_t, t, f, m, keep)
-    u = jnp.asarray((x_t - np.sqrt(1 - a) * eps_hat) / np.sqrt(a) * _STD + _MEAN, jnp.float32)
-    from jaxreg import spatial
+    u = (x_t - np.sqrt(1 - a) * eps_hat) / np.sqrt(a) * _STD + _MEAN
 
-    i = int(np.argmax(keep))  # the kept sample: its consistency terms alone
-    ssim = float(losses.ssim(jnp.asarray(f[i]), spatial.warp(jnp.asarray(m[i]), u[i]), window=9, sigma=1.5, ndim=2))
-    smooth = float(losses.diffusion(u[i]))
+    i = int(np.argmax(keep))  # the kept sample: its consistency terms alone (numpy/scipy references)
+    ssim = ref_ssim(np.asarray(f[i], np.float64), _scipy_warp(np.asarray(m[i], np.float64), u[i]))
+    smooth = ref_diffusion_loop(u[i])
     mse = np.mean((eps_hat - eps) ** 2)
     np.testing.assert_allclose(float(parts["eps_mse"]), mse, rtol=1e-4)
     np.testing.assert_allclose(float(loss), mse + ssim + 0.1 * smooth, rtol=1e-4)
