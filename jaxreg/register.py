@@ -46,8 +46,8 @@ from jaxreg import _steps as steps_lib
 from jaxreg import optimize as optimize_lib
 from jaxreg import optimize_affine as affine_lib
 from jaxreg.traceable import (AFFINE_STAGES, LABEL_INTERPOLATIONS, Registration, affine_stage,
-                              check_not_channels_2d, check_stage, deformable_stage, is_traced, per_pair, register_traceable, total_field, warp_affine,
-                              warp_outputs)
+                              check_not_channels_2d, check_stage, deformable_stage, is_traced, per_pair,
+                              register_traceable, total_field, warp_affine, warp_outputs)
 
 __all__ = ["Model", "Registration", "enable_compilation_cache", "load_model", "register", "register_stages",
            "register_traceable"]
@@ -62,8 +62,8 @@ def enable_compilation_cache(path: str | os.PathLike | None = None) -> str | Non
     On a 2-core CPU compiling the programs of one registration takes ~20 s, often more than
     running them; with the cache a later process with images of the same shapes loads them
     instead; the traced programs are kept beside it (``jaxreg-programs/``), so that process does
-    not trace them again either. :func:`register` calls this on its first call. Nothing changes when JAX already
-    has a cache directory (``jax_compilation_cache_dir``) or when the environment variable
+    not trace them again either. :func:`register` calls this on its first call. Nothing changes
+    when JAX already has a cache directory (``jax_compilation_cache_dir``) or when the environment variable
     ``JAXREG_COMPILATION_CACHE`` is ``0``, ``off`` or ``false``.
 
     Args:

@@ -32,6 +32,7 @@ __all__ = [
     "identity_grid",
     "integrate_velocity",
     "invert_displacement",
+    "label_values",
     "resize_ddf",
     "warp",
     "warp_labels",
@@ -210,6 +211,11 @@ def warp(
     return out[..., 0] if squeeze else out
 
 
+def label_values(labels) -> tuple[int, ...]:
+    """The nonzero labels present in a concrete label map, sorted (host ints: a static argument)."""
+    return tuple(int(v) for v in np.unique(np.asarray(labels)) if v != 0)
+
+
 def warp_labels(
     labels: jax.Array,
     ddf: jax.Array,
@@ -241,7 +247,7 @@ def warp_labels(
     if values is None:
         if isinstance(labels, jax.core.Tracer):
             raise ValueError("`values` must be given for interpolation='linear' of a traced label map.")
-        values = [int(v) for v in np.unique(np.asarray(labels)) if v != 0]
+        values = label_values(labels)
     labels = jnp.asarray(labels)
     ddf = jnp.asarray(ddf)
     values = jnp.asarray(sorted(int(v) for v in values if int(v) != 0), labels.dtype)

@@ -282,9 +282,7 @@ def warp_outputs(moving, moving_labels, ddf, *, batch=False, label_interpolation
     warped = per_pair(_warp, batch)(moving, ddf)
     if moving_labels is None:
         return warped, None
-    values = None
-    if label_interpolation == "linear":
-        values = tuple(int(v) for v in np.unique(np.asarray(moving_labels)) if v != 0)
+    values = spatial.label_values(moving_labels) if label_interpolation == "linear" else None
     labels = per_pair(partial(_warp_labels, interpolation=label_interpolation, values=values), batch)(
         jnp.asarray(moving_labels), ddf)
     return warped, labels

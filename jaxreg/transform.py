@@ -401,9 +401,7 @@ def apply(transform, image, *, affine=None, order: int = 1, mode: str | None = N
         return _warp(image, ddf, order=order, mode=mode or "nearest")
     if image.ndim != ndim:
         raise ValueError(f"a label map must be {ndim}-D without channels; got shape {tuple(image.shape)}.")
-    values = None
-    if labels == "linear":
-        values = tuple(int(v) for v in np.unique(np.asarray(image)) if v != 0)
+    values = spatial.label_values(image) if labels == "linear" else None
     return _warp_labels(image, ddf, interpolation=labels, mode=mode or "constant", values=values)
 
 

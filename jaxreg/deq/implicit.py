@@ -151,8 +151,7 @@ def equilibrium_loss(f: Callable, loss: Callable, *, solver: Mapping | None = No
       ValueError: an option is invalid (the message names it).
     """
     fwd_opts = _solver_options("solver", solver)
-    adj_opts = _solver_options("adjoint", adjoint, default=fwd_opts) if adjoint is None else \
-        _solver_options("adjoint", dict(fwd_opts, **adjoint))
+    adj_opts = _solver_options("adjoint", dict(fwd_opts, **(adjoint or {})))
     states = validate_options(states=states)
     run = solve_pairs if batched else solve
 
