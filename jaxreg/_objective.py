@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg import losses
+from jaxreg import losses, spatial
 from jaxreg._programs import stored_jit
 
 TRANSFORMS = ("svf", "ddf", "rigid", "affine")
@@ -327,6 +327,54 @@ def mask_weight(fixed_mask, shape, *, batch: int | None = None, check: bool = Tr
         raise ValueError("`fixed_mask` is all zero" + ("" if batch is None else " for some pair")
                          + "; the similarity would count no voxel.")
     return weight
+
+
+# ----------------------------------------------------------------------------- the moving image's own grid
+class Grid(NamedTuple):
+    """The moving image's own grid, when it is not the fixed one (registration in world coordinates).
+
+    ``to_moving`` ``(ndim + 1, ndim + 1)`` float64 maps a fixed voxel (array axis order) to the moving
+    voxel at the same world point (the world identity: ``inv(A_moving) · A_fixed`` of the two
+    voxel-to-world matrices); ``spacing`` is the moving voxel size per array axis (mm).
+    """
+
+    to_moving: np.ndarray
+    spacing: tuple[float, ...]
+
+
+def level_to_full(shape: Sequence[int], level: Sequence[int]) -> np.ndarray:
+    """``(ndim + 1, ndim + 1)`` float64: a voxel ``i`` of a ``level``-shaped resize of a ``shape`` grid →
+    the full-resolution voxel ``r·i + (r − 1)/2`` (``r = shape / level``: voxel centres stay put)."""
+    ratio = np.array([s / l for s, l in zip(shape, level)], np.float64)
+    out = np.diag(np.append(ratio, 1.0))
+    out[:-1, -1] = (ratio - 1) / 2
+    return out
+
+
+def through_matrix(matrix, ddf):
+    """``matrix · [x + ddf(x), 1] − x``: the displacement of ``ddf`` then the voxel ``matrix``
+    ``(ndim + 1, ndim + 1)``, on the grid of ``ddf`` ``(*S, ndim)``."""
+    ndim = ddf.shape[-1]
+    return spatial.affine_ddf(matrix, ddf.shape[:-1]) + jnp.einsum("...j,ij->...i", ddf, matrix[:ndim, :ndim])
+
+
+def existence(disp, extent):
+    """Where a displacement ``disp`` ``(*S, ndim)`` (voxels of an image of ``extent`` voxels per axis,
+    ``(ndim,)``, may be traced) reads inside that image: ``(*S)`` in [0, 1], as a linearly
+    interpolated image of ones, zero outside (1 inside, 0 from one voxel beyond the edge). Not
+    differentiated: the similarity is weighted by where the moving image exists, and the transform is
+    not rewarded for moving poorly matched voxels out of it."""
+    disp = jax.lax.stop_gradient(disp)
+    weight = 1.0
+    for k in range(disp.shape[-1]):
+        c = jax.lax.broadcasted_iota(disp.dtype, disp.shape[:-1], k) + disp[..., k]
+        weight = weight * jnp.clip(jnp.minimum(c + 1.0, extent[k] - c), 0.0, 1.0)
+    return weight
+
+
+def times(weight, other):
+    """The product of two similarity weights, either ``None`` (= ones)."""
+    return other if weight is None else (weight if other is None else weight * other)
 
 
 # ----------------------------------------------------------------------------- similarity

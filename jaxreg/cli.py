@@ -7,10 +7,10 @@
     jaxreg example --out DIR [--seed N] [--shape X,Y,Z]
 
 ``register`` reads NIfTI files (headers checked before reading; geometry as ITK reads it),
-resamples the moving image (and labels) onto the fixed image's grid when the two do not
-share shape and affine (and says so), registers with :func:`jaxreg.register` (voxel
-spacing from the fixed header, or ``--spacing``) and writes into ``DIR``, which must not
-exist or be empty:
+registers with :func:`jaxreg.register` (voxel spacing from the fixed header, or ``--spacing``;
+when the two images do not share shape and affine, in world coordinates with each image on
+its own grid, as :mod:`jaxreg.images` does, and says so) and writes into ``DIR``, which must
+not exist or be empty:
 
 * ``warped.nii.gz``: the moving image on the fixed grid (the fixed affine);
 * ``disp.nii.gz``: the whole transform as one displacement in voxels (pull:
@@ -62,7 +62,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxreg.images import Image, read_image, resample_to, same_space, voxel_matrix  # resample_to: re-exported
+from jaxreg.images import Image, on_grid, read_image, resample_to, same_space  # resample_to: re-exported
 
 __all__ = ["main", "parse_option", "resample_to"]
 
@@ -274,20 +274,12 @@ def register_files(args: argparse.Namespace) -> dict:
     else:
         spacing_source = "--spacing"
 
-    resampled = not same_space(fixed.shape, fixed.affine, moving.shape, moving.affine)
-    moving_array, moving_labels = moving.array, labels
-    if resampled:
+    two_grids = not same_space(fixed.shape, fixed.affine, moving.shape, moving.affine)
+    if two_grids:
         print(f"note: --moving {moving.shape} is not on the grid of --fixed {fixed.shape} (shape or affine differ): "
-              "resampling it onto the fixed grid first.", file=sys.stderr)
-        if moving.array.ndim == ndim:
-            moving_array = resample_to(moving.array, moving.affine, fixed.shape, fixed.affine)
-        else:  # channels
-            moving_array = np.stack([resample_to(moving.array[..., c], moving.affine, fixed.shape, fixed.affine)
-                                     for c in range(moving.array.shape[-1])], -1)
-        if labels is not None:
-            moving_labels = resample_to(labels, moving.affine, fixed.shape, fixed.affine, order=0)
-    if moving_labels is not None:
-        moving_labels = np.rint(moving_labels).astype(np.int32)
+              "registering in world coordinates, each image on its own grid.", file=sys.stderr)
+    if labels is not None:
+        labels = np.rint(labels).astype(np.int32)
 
     phases.done("read")
     bar = None
@@ -311,20 +303,18 @@ def register_files(args: argparse.Namespace) -> dict:
             bar.set_postfix(level=level, loss=f"{float(loss):.4f}")
 
     try:
-        result = register(fixed.array, moving_array, model=args.model, spacing=tuple(spacing), fixed_mask=mask,
-                          moving_labels=moving_labels, callback=callback, **options)
+        result = register(fixed, moving, model=args.model, spacing=tuple(spacing), fixed_mask=mask,
+                          moving_labels=labels, callback=callback, **options)
     finally:
         if bar is not None:
             bar.close()
 
     phases.done("register")
 
-    # The transform points into the moving file's grid (through the resampling, if any), so that
+    # The transform points into the moving file's grid (registered in world coordinates), so that
     # `jaxreg apply` takes images as they lie beside the moving image, interpolated once.
-    transform = transform_lib.from_registration(
-        result, fixed_affine=fixed.affine, moving_affine=moving.affine, moving_shape=moving.shape,
-        premultiply=voxel_matrix(moving.affine, fixed.affine, ndim) if resampled else None,
-        steps=options.get("integration_steps"))
+    transform = transform_lib.from_registration(result, fixed_affine=fixed.affine, moving_affine=moving.affine,
+                                                moving_shape=moving.shape, steps=options.get("integration_steps"))
     inverse, backward, residual = _inverse(transform)
     phases.done("inverse")
     # Each field once; warped and warped_labels through the field and program `jaxreg apply` uses.
@@ -337,7 +327,7 @@ def register_files(args: argparse.Namespace) -> dict:
     folding = float(np.count_nonzero(jacobian <= 0) / jacobian.size) * 100
     info = {k: (np.asarray(v).tolist() if isinstance(v, (np.ndarray, jax.Array)) else v) for k, v in result.info.items()}
     info.pop("spacing", None)
-    info.update(fixed=os.path.abspath(args.fixed), moving=os.path.abspath(args.moving), resampled=resampled,
+    info.update(fixed=os.path.abspath(args.fixed), moving=os.path.abspath(args.moving), two_grids=two_grids,
                 folding_percent=folding, shape=list(fixed.shape), spacing=list(spacing), spacing_source=spacing_source,
                 matrix=transform.matrix.tolist(), transform="transform/transform.json",
                 inverse="inverse_disp.nii.gz",
@@ -349,8 +339,10 @@ def register_files(args: argparse.Namespace) -> dict:
             info["inverse_note"] = (f"the deformation has no velocity and its fixed-point inverse is off by up to "
                                     f"{residual:.2f} voxels (where it folds, no inverse exists)")
             print(f"note: {info['inverse_note']}.", file=sys.stderr)
+    # "before": the moving image and labels on the fixed grid through the headers alone
+    before = None if labels is None else on_grid(moving._replace(array=labels), fixed, order=0)
     if fixed_labels is not None:
-        info["dice"] = _dice(fixed_labels, moving_labels, warped_labels)
+        info["dice"] = _dice(fixed_labels, before, warped_labels)
 
     with io.atomic_folder(out) as staging:
         io.save_nifti(staging / "warped.nii.gz", warped, fixed.affine)
@@ -365,8 +357,8 @@ def register_files(args: argparse.Namespace) -> dict:
             info["itk"] = {k: f"itk/{v}" for k, v in files.items()}
         phases.done("outputs")
         show = (lambda a: a.mean(-1) if a.ndim > ndim else a)  # noqa: E731  (channels: their mean)
-        figures.pair_figure(staging / "overview.png", show(fixed.array), show(moving_array), show(warped),
-                            result.ddf, jacobian=jacobian, fixed_labels=fixed_labels, moving_labels=moving_labels,
+        figures.pair_figure(staging / "overview.png", show(fixed.array), show(on_grid(moving, fixed)), show(warped),
+                            result.ddf, jacobian=jacobian, fixed_labels=fixed_labels, moving_labels=before,
                             warped_labels=warped_labels, spacing=tuple(spacing),
                             title=f"{info['method']}: {info['time_s']:.1f} s, folding {folding:.3f} %")
         phases.done("figure")

@@ -2,11 +2,16 @@
 
 ``jaxreg.register(fixed, moving)`` with images instead of arrays reads each with its
 voxel-to-world matrix (as ITK reads the header: :func:`jaxreg.io.nifti_geometry`), takes the
-fixed image's voxel size as ``spacing``, resamples the moving image (and its labels) onto the
-fixed grid when the two grids differ (linear / nearest neighbour, zero outside, as ``jaxreg
-register`` does) and returns an :class:`ImageRegistration`: the arrays' result plus the
-transform in world coordinates, which it can save for ANTs and Slicer, apply to other images and
-apply to points in mm.
+fixed image's voxel size as ``spacing`` and returns an :class:`ImageRegistration`: the arrays'
+result plus the transform in world coordinates, which it can save for ANTs and Slicer, apply to
+other images and apply to points in mm.
+
+Each image stays in its own space, as in ANTs: when the two grids differ (shape, voxel size,
+orientation or origin), the registration runs in world coordinates. Both stages read the moving
+image on its own grid, at every level of its own pyramid, through the world identity and the
+current transform, so moving content outside the fixed field of view still counts, and the
+similarity is weighted by where the moving image exists (no zeros filled in where it has no data).
+The moving labels stay on their grid too and are warped once, by the final transform.
 
 Direction, as ANTs': the transform maps **fixed-space points to moving-space points** (it pulls
 the moving image onto the fixed grid); :meth:`ImageRegistration.apply_to_points` maps fixed-space
@@ -24,6 +29,7 @@ import numpy as np
 
 from jaxreg import io, spatial
 from jaxreg import transform as transform_lib
+from jaxreg._objective import Grid
 
 __all__ = ["FRAMES", "Image", "ImageRegistration", "apply_to_points", "is_image", "read_image", "resample_to"]
 
@@ -45,14 +51,15 @@ def is_image(value) -> bool:
     image) rather than an array."""
     import nibabel as nib
 
-    return isinstance(value, (str, os.PathLike, io.NiftiVolume, nib.spatialimages.SpatialImage))
+    return isinstance(value, (str, os.PathLike, io.NiftiVolume, Image, nib.spatialimages.SpatialImage))
 
 
 def read_image(value, name: str, *, channels: bool = False) -> Image:
     """A 2-D or 3-D image (``channels``: also ``(X, Y, Z, C)`` or ITK's ``(X, Y, Z, 1, C)``) with its grid.
 
     Args:
-      value: a ``.nii``/``.nii.gz`` path, a :class:`jaxreg.io.NiftiVolume` or a nibabel image.
+      value: a ``.nii``/``.nii.gz`` path, a :class:`jaxreg.io.NiftiVolume`, a nibabel image or an
+        :class:`Image` (returned as it is).
       name: how error messages name it (e.g. ``"`fixed`"`` or ``"--fixed"``).
 
     Raises:
@@ -61,6 +68,8 @@ def read_image(value, name: str, *, channels: bool = False) -> Image:
     """
     import nibabel as nib
 
+    if isinstance(value, Image):  # already read (the CLI reads its files with their own messages)
+        return value
     if isinstance(value, (str, os.PathLike)):
         if not os.path.exists(value):
             raise FileNotFoundError(f"{name}: no such file {os.fspath(value)!r}.")
@@ -180,16 +189,16 @@ class ImageRegistration:
       registration: the :class:`jaxreg.Registration` of the arrays (on the fixed grid).
       transform: the :class:`jaxreg.transform.Transform`, fixed grid → the moving image's own grid.
       fixed: the fixed :class:`Image`.
-      resampled: whether the moving image was resampled onto the fixed grid before registering.
+      two_grids: whether the two images lay on different grids (registered in world coordinates).
 
     ``warped``, ``warped_labels``, ``ddf`` and ``info`` are the registration's (on the fixed grid).
     """
 
-    def __init__(self, registration, transform: transform_lib.Transform, fixed: Image, resampled: bool):
+    def __init__(self, registration, transform: transform_lib.Transform, fixed: Image, two_grids: bool):
         self.registration = registration
         self.transform = transform
         self.fixed = fixed
-        self.resampled = resampled
+        self.two_grids = two_grids
 
     def __getattr__(self, name: str) -> Any:  # warped, warped_labels, ddf, info, matrix, ...
         if name.startswith("_") or name in ("registration",):
@@ -273,18 +282,19 @@ def register_images(register, fixed, moving, *, moving_labels=None, fixed_mask=N
             Image(np.asarray(moving_labels), m.affine, m.spacing, m.shape)
         if not same_space(labels.shape, labels.affine, m.shape, m.affine):
             raise ValueError(f"`moving_labels` must lie on the moving image's grid {m.shape}; got {labels.shape}.")
-        labels = np.rint(on_grid(labels, f, order=0)).astype(np.int32)
+        labels = np.rint(labels.array).astype(np.int32)
     if fixed_mask is not None and is_image(fixed_mask):
         mask = read_image(fixed_mask, "`fixed_mask`")
         if not same_space(mask.shape, mask.affine, f.shape, f.affine):
             raise ValueError(f"`fixed_mask` must lie on the fixed image's grid {f.shape}; got {mask.shape}.")
         fixed_mask = mask.array
-    resampled = not same_space(f.shape, f.affine, m.shape, m.affine)
-    spacing = f.spacing if spacing is None else spacing
-    result = register(f.array, on_grid(m, f), moving_labels=labels, fixed_mask=fixed_mask, spacing=spacing, **options)
     ndim = len(f.shape)
+    two_grids = not same_space(f.shape, f.affine, m.shape, m.affine)
+    grid = Grid(voxel_matrix(m.affine, f.affine, ndim), m.spacing) if two_grids else None
+    spacing = f.spacing if spacing is None else spacing
+    result = register(f.array, m.array, moving_labels=labels, fixed_mask=fixed_mask, spacing=spacing, grid=grid,
+                      **options)
     transform = transform_lib.from_registration(
         result, fixed_affine=f.affine, moving_affine=m.affine, moving_shape=m.shape,
-        premultiply=voxel_matrix(m.affine, f.affine, ndim) if resampled else None,
         steps=options.get("integration_steps"))
-    return ImageRegistration(result, transform, f, resampled)
+    return ImageRegistration(result, transform, f, two_grids)

@@ -106,6 +106,7 @@ class Level(NamedTuple):
 
     shape: tuple[int, ...]  # spatial shape of the level
     steps: int
+    factor: int  # the level's downsampling factor (of the finest axis)
     relative: tuple[float, ...] | None  # voxel size over the smallest one; None if isotropic
     options: dict  # static keyword options of the level's step (:func:`_level`)
 
@@ -118,13 +119,13 @@ def plan_levels(shape, spacing, *, transform="svf", similarity="lncc", window=5,
     steps = STEPS_PER_LEVEL if steps is None else steps
     levels, steps, factors, shapes = obj.plan_levels(shape, levels, steps, spacing, default_levels=default)
     out = []
-    for ls, fs, n in zip(shapes, factors, steps):
+    for f, ls, fs, n in zip(levels, shapes, factors, steps):
         relative = obj.relative_spacing(spacing, fs)
         options = {"transform": transform, "similarity": similarity, "bins": int(bins), "regularizer": regularizer,
                    "window": obj.axis_windows(window, relative), "relative": relative,
                    "integration_steps": _level_integration_steps(integration_steps, fs, spacing),
                    "exact_gradient": transform == "svf" and math.prod(ls) <= EXACT_GRADIENT_MAX_VOXELS}
-        out.append(Level(tuple(ls), int(n), relative, options))
+        out.append(Level(tuple(ls), int(n), int(f), relative, options))
     return levels, tuple(out)
 
 
@@ -213,7 +214,7 @@ def _regularize(field, relative, regularizer: str):
     return total
 
 
-def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start, *, length, transform,
+def _level(carry, fixed, moving, weight, to_moving, reg_weight, learning_rate, total, start, *, length, transform,
            similarity, window, bins, regularizer, integration_steps, exact_gradient, relative=None, batch=False,
            remat=False):
     """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps (:func:`jaxreg._steps.run_steps`;
@@ -221,7 +222,10 @@ def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start
 
     ``carry`` is ``(params, Adam state)`` (:func:`_start_level`); ``params`` ``(*L, ndim)``
     stand for the field ``smooth(params)``. Returns ``(carry, (length,) loss trace)``.
-    ``weight`` is ``None`` or the ``(*L)`` similarity weight map. ``relative``: the level's
+    ``weight`` is ``None`` or the ``(*L)`` similarity weight map. ``to_moving`` is ``None`` (the moving
+    image on the level's grid) or the ``(ndim + 1, ndim + 1)`` voxel matrix from this level to the
+    moving image's own level (registration in world coordinates: the moving level is read at
+    ``to_moving · [x + ddf(x), 1]`` and the similarity weighted by where it exists). ``relative``: the level's
     voxel size over its smallest (``None`` if isotropic); then the optimised variables are the
     displacement components in units of the smallest voxel (equal Adam steps in mm), ``window``
     is one per axis. ``batch``: every array has a leading pair axis ``B`` and the trace is
@@ -232,7 +236,7 @@ def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start
     scale = _scale(relative, carry[0].dtype)
     smooth = lambda p: _smooth(p, relative) / scale  # noqa: E731
 
-    def objective(p, fixed, moving, weight):
+    def objective(p, fixed, moving, weight, to_moving):
         field = smooth(p)
         if transform == "svf":
             # Forward: exp(v) by scaling and squaring. Backward: exact, or d exp(v)/dv ≈ I (the
@@ -242,8 +246,13 @@ def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start
             ddf = exp if exact_gradient else field + jax.lax.stop_gradient(exp - field)
         else:
             ddf = field
+        exists = None
+        if to_moving is not None:
+            ddf = obj.through_matrix(to_moving, ddf)
+            exists = obj.existence(ddf, moving.shape[:-1])
         warped = spatial.warp(moving, ddf, order=1, mode="nearest")
-        sim = obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
+        sim = obj.similarity(fixed, warped, obj.times(weight, exists), similarity=similarity, window=window,
+                             bins=bins)
         return sim + reg_weight * _regularize(field, relative, regularizer)
 
     loss_and_grad = obj.per_pair_value_and_grad(objective, batch)
@@ -251,7 +260,7 @@ def _level(carry, fixed, moving, weight, reg_weight, learning_rate, total, start
 
     def step(carry, i):
         p, state = carry
-        loss, grad = loss_and_grad(p, fixed, moving, weight)
+        loss, grad = loss_and_grad(p, fixed, moving, weight, to_moving)
         updates, state = opt.update(grad, state, p)
         return (optax.apply_updates(p, updates), state), loss
 
@@ -265,8 +274,15 @@ _level_chunk = stored_jit(_level, static_argnames=("length", "transform", "simil
 
 def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequence[Level], shape,
                integration_steps: int, transform: str, batch: bool = False, traced: bool = False,
-               progress: steps_lib.Progress | None = None, first_level: int = 0):
+               progress: steps_lib.Progress | None = None, first_level: int = 0, to_moving=None,
+               moving_spacing: Sequence[float] | None = None):
     """Runs the deformable pyramid on normalised ``(*S, C)`` images (``batch``: ``(B, *S, C)``).
+
+    ``to_moving``: the moving image lies on its own grid (one pair, not ``batch``), of voxel size
+    ``moving_spacing``; ``to_moving`` ``(ndim + 1, ndim + 1)`` (may be traced) maps a fixed voxel to the
+    moving voxel the affine part reads. Each level then reads the moving image's own pyramid through
+    ``to_moving`` after the deformation (:func:`_level`), and the field returned is the deformation
+    ``u`` on the fixed grid (the total map is ``to_moving · [x + u(x), 1]``).
 
     ``traced=False`` (the driver): each level is ``ceil(steps / CHUNK)`` dispatches of one compiled
     chunk by ``progress`` (:class:`jaxreg._steps.Progress`; its callback numbers the levels
@@ -288,16 +304,23 @@ def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequ
     for i, level in enumerate(levels):
         carry = _start_level(params, shape=level.shape, relative=level.relative, previous=previous, batch=batch)
         f = obj.downsample(fixed, shape=level.shape, batch=batch)
-        m = obj.downsample(moving, shape=level.shape, batch=batch)
+        if to_moving is None:
+            m, t = obj.downsample(moving, shape=level.shape, batch=batch), None
+        else:  # the moving image's own pyramid, and this level's voxel -> the moving level's voxel
+            full = moving.shape[len(lead):-1]
+            moving_level = obj.level_shape(full, obj.shrink_factors(level.factor, moving_spacing))
+            m = obj.downsample(moving, shape=moving_level, batch=batch)
+            t = _level_matrix(to_moving, np.linalg.inv(obj.level_to_full(full, moving_level)),
+                              obj.level_to_full(shape, level.shape))
         w = None if weight_map is None else \
             obj.downsample(weight_map[..., None], shape=level.shape, batch=batch)[..., 0]
         if traced:
-            carry, trace = _level(carry, f, m, w, reg_weight, learning_rate, level.steps, 0, length=level.steps,
+            carry, trace = _level(carry, f, m, w, t, reg_weight, learning_rate, level.steps, 0, length=level.steps,
                                   batch=batch, remat=True, **level.options)
             trace = jnp.moveaxis(trace, 0, -1)
         else:
-            def run_chunk(carry, start, length, f=f, m=m, w=w, level=level):
-                return _level_chunk(carry, f, m, w, reg_weight, learning_rate, jnp.int32(level.steps), start,
+            def run_chunk(carry, start, length, f=f, m=m, w=w, t=t, level=level):
+                return _level_chunk(carry, f, m, w, t, reg_weight, learning_rate, jnp.int32(level.steps), start,
                                     length=length, batch=batch, **level.options)
 
             carry, trace = progress.run(run_chunk, carry, level.steps, level=first_level + i)
@@ -306,6 +329,13 @@ def run_levels(fixed, moving, weight_map, *, weight, learning_rate, levels: Sequ
     ddf, velocity = _final_field(params, relative=previous, shape=tuple(shape),
                                  integration_steps=int(integration_steps), transform=transform, batch=batch)
     return ddf, velocity, (jnp.concatenate(traces, axis=-1) if traced else traces)
+
+
+def _level_matrix(to_moving, moving_from_full, level_to_full):
+    """A level's voxel → the moving level's voxel: ``moving_from_full · to_moving · level_to_full``
+    (host float64 matrices around a possibly traced ``to_moving``)."""
+    dtype = jnp.asarray(to_moving).dtype
+    return jnp.asarray(moving_from_full, dtype) @ to_moving @ jnp.asarray(level_to_full, dtype)
 
 
 def _level_integration_steps(steps: int, factors: Sequence[int], spacing: Sequence[float]) -> int:

@@ -148,13 +148,25 @@ def _padded(image, shape, work, weight=False, batch=False):
 
 
 # ----------------------------------------------------------------------------- levels
-def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_rate, scale_prior, total, start, *,
-           length, transform, similarity, window, bins, batch=False, remat=False):
+def _warp_through(moving, matrix, shape, extent, existence: bool):
+    """``moving`` read through the voxel ``matrix`` on a grid of ``shape`` (linear, edges repeated):
+    ``(warped, where it exists or None)`` (:func:`jaxreg._objective.existence` of ``extent``)."""
+    disp = spatial.affine_ddf(matrix, shape)
+    warped = spatial.warp(moving, disp, order=1, mode="nearest")
+    return warped, (obj.existence(disp, extent) if existence else None)
+
+
+def _level(carry, fixed, moving, weight, level_to_mm, mm_to_moving, extent, centre, radius, learning_rate,
+           scale_prior, total, start, *, length, transform, similarity, window, bins, existence=False, batch=False,
+           remat=False):
     """Steps ``start .. start + length − 1`` of a level of ``total`` Adam steps; returns
     ``(carry, (length,) loss trace)`` (:func:`jaxreg._steps.run_steps`).
 
     ``carry`` is ``(theta, Adam state)``. ``level_to_mm`` ``(ndim + 1, ndim + 1)`` maps a voxel
-    of this level to mm; the level's voxel matrix is ``level_to_mm⁻¹ · world(theta) · level_to_mm``.
+    of this level to mm, ``mm_to_moving`` mm to a voxel of the moving level (``level_to_mm⁻¹`` when
+    both images share the grid); the level's voxel matrix is
+    ``mm_to_moving · world(theta) · level_to_mm``. ``existence``: the similarity is also weighted by
+    where the moving level (``extent`` voxels per axis) exists (images on two grids).
     The loss is the similarity plus ``scale_prior · ‖S‖²`` (affine: ``S`` the log-stretch).
     ``batch``: ``theta``, the images, ``weight``, ``centre`` and ``radius`` have a leading pair
     axis, each pair is optimised as alone (its own loss, gradient and Adam moments) and the trace
@@ -162,12 +174,12 @@ def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_r
     """
     ndim = fixed.ndim - 1 - int(batch)
     shape = fixed.shape[int(batch):-1]
-    mm_to_level = jnp.linalg.inv(level_to_mm)
 
     def objective(th, fixed, moving, weight, centre, radius):
-        m = mm_to_level @ _world(th, centre, radius, transform=transform, ndim=ndim) @ level_to_mm
-        warped = spatial.warp(moving, spatial.affine_ddf(m, shape), order=1, mode="nearest")
-        loss = obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
+        m = mm_to_moving @ _world(th, centre, radius, transform=transform, ndim=ndim) @ level_to_mm
+        warped, exists = _warp_through(moving, m, shape, extent, existence)
+        loss = obj.similarity(fixed, warped, obj.times(weight, exists), similarity=similarity, window=window,
+                              bins=bins)
         if transform == "rigid":
             return loss
         return loss + scale_prior * jnp.sum(_log_stretch(th, radius, ndim) ** 2)
@@ -185,8 +197,8 @@ def _level(carry, fixed, moving, weight, level_to_mm, centre, radius, learning_r
 
 
 # One compiled chunk of a level; every level of every spacing runs it (module docstring).
-_level_chunk = stored_jit(_level, static_argnames=("length", "transform", "similarity", "window", "bins", "batch",
-                                                "remat"))
+_level_chunk = stored_jit(_level, static_argnames=("length", "transform", "similarity", "window", "bins",
+                                                "existence", "batch", "remat"))
 
 
 @stored_jit
@@ -300,35 +312,59 @@ class Level(NamedTuple):
 
     shape: tuple[int, ...]
     steps: int
+    factor: int  # the level's downsampling factor (of the finest axis)
     level_to_mm: np.ndarray  # (ndim + 1, ndim + 1): a voxel of the level -> mm
     step_mm: float  # the learning rate's unit: mm of one voxel of the level's finest axis
     window: int | tuple[int, ...]
 
 
+def _to_mm(spacing) -> np.ndarray:
+    """``diag(spacing, 1)``: a full-resolution voxel → mm (float64)."""
+    return np.diag(np.append(np.asarray(spacing, np.float64), 1.0))
+
+
 def plan_levels(shape, spacing, *, levels=None, steps=STEPS_PER_LEVEL, window=5):
     """``(levels, steps, (Level, ...))`` of :func:`optimize_affine` for a checked ``shape`` and ``spacing``."""
-    ndim = len(shape)
     default = affine_levels(shape, spacing) if levels is None else None
     levels, steps, factors, level_shapes = obj.plan_levels(shape, levels, steps, spacing, default_levels=default)
     plan = []
-    for ls, fs, n in zip(level_shapes, factors, steps):
-        ratio = np.array([s / l for s, l in zip(shape, ls)], np.float64)
+    for f, ls, fs, n in zip(levels, level_shapes, factors, steps):
         # level voxel i -> full-resolution voxel r·i + (r − 1)/2 (voxel centres) -> mm
-        level_to_mm = np.diag(np.append(np.asarray(spacing), 1.0)) @ np.diag(np.append(ratio, 1.0))
-        level_to_mm[:ndim, ndim] = np.asarray(spacing) * (ratio - 1) / 2
-        plan.append(Level(tuple(ls), int(n), level_to_mm, min(spacing) * max(fs),
+        level_to_mm = _to_mm(spacing) @ obj.level_to_full(shape, ls)
+        plan.append(Level(tuple(ls), int(n), int(f), level_to_mm, min(spacing) * max(fs),
                           obj.axis_windows(window, obj.relative_spacing(spacing, fs))))
     return levels, steps, tuple(plan)
 
 
+def _moving_levels(plan: Sequence[Level], shape, spacing, grid: obj.Grid | None):
+    """Per level of ``plan``: ``(moving level shape, mm → moving level voxel (float64))``. One grid:
+    the fixed level's own shape and ``level_to_mm⁻¹``. Two: the moving image's pyramid on its own grid
+    (its own shrink factors), through the world identity ``grid.to_moving`` in mm."""
+    if grid is None:
+        return [(level.shape, np.linalg.inv(level.level_to_mm)) for level in plan]
+    # fixed mm -> fixed voxel -> moving voxel (the same world point) -> moving mm
+    to_moving_mm = _to_mm(grid.spacing) @ np.asarray(grid.to_moving, np.float64) @ np.linalg.inv(_to_mm(spacing))
+    out = []
+    for level in plan:
+        ls = obj.level_shape(shape, obj.shrink_factors(level.factor, grid.spacing))
+        out.append((ls, np.linalg.inv(_to_mm(grid.spacing) @ obj.level_to_full(shape, ls)) @ to_moving_mm))
+    return out
+
+
 def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, transform: str, similarity: str,
                bins: int, init: str, learning_rate=None, scale_prior=SCALE_PRIOR, batch: bool = False,
-               traced: bool = False, progress: steps_lib.Progress | None = None, first_level: int = 0):
+               traced: bool = False, progress: steps_lib.Progress | None = None, first_level: int = 0,
+               grid: obj.Grid | None = None):
     """Runs the affine pyramid on normalised ``(*S, C)`` images (``batch``: ``(B, *S, C)``).
 
     ``traced=False`` (the driver): each level is ``ceil(steps / CHUNK)`` dispatches of one compiled
     chunk by ``progress`` (levels numbered from ``first_level``). ``traced=True`` (inside
     ``jit``/``vmap``/``grad``): each level is one scan with rematerialised steps.
+
+    ``grid``: the moving image lies on its own grid (:class:`jaxreg._objective.Grid`, one pair, not
+    ``batch``): each level samples the moving image's own pyramid through the world identity and the
+    transform, and weights the similarity by where the moving image exists. The matrix returned then
+    maps a fixed voxel to a voxel of the moving array as given.
 
     Returns:
       ``(theta, matrix, world, trace)``: the parameters, the voxel and mm matrices
@@ -338,13 +374,21 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     """
     lead = fixed.shape[:1] if batch else ()
     shape = fixed.shape[len(lead):-1]
+    moving_shape = moving.shape[len(lead):-1]
     ndim = len(shape)
     dtype = fixed.dtype
     learning_rate = LEARNING_RATE if learning_rate is None else learning_rate
     obj.check_non_negative(scale_prior, "scale_prior")
     spacing_arr = jnp.asarray(spacing, dtype)
     com_fixed, radius, cov_fixed = _moments(fixed, spacing_arr, batch=batch)
-    com_moving, _, cov_moving = _moments(moving, spacing_arr, batch=batch)
+    com_moving, _, cov_moving = _moments(moving, jnp.asarray(spacing if grid is None else grid.spacing, dtype),
+                                         batch=batch)
+    to_voxels = np.eye(ndim + 1)
+    if grid is not None:  # the moving moments in the fixed image's mm frame (through the world identity)
+        to_voxels = np.asarray(grid.to_moving, np.float64)
+        back = np.linalg.inv(_to_mm(grid.spacing) @ to_voxels @ np.linalg.inv(_to_mm(spacing)))
+        com_moving = jnp.asarray(back[:ndim, :ndim], dtype) @ com_moving + jnp.asarray(back[:ndim, ndim], dtype)
+        cov_moving = jnp.asarray(back[:ndim, :ndim], dtype) @ cov_moving @ jnp.asarray(back[:ndim, :ndim].T, dtype)
     radius = jnp.maximum(radius, 4.0 * min(spacing))
     theta = jnp.zeros(lead + (_n_linear(transform, ndim) + ndim,), dtype)
     if init != "identity":
@@ -354,22 +398,30 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     # or more, the coarse ones share the grid of the largest of them instead (a second program,
     # ~2-4 s to compile once, for coarse steps at a coarse grid's speed: 3.4 s less per run on a
     # 256x216x10 stack, where two levels on brains would save < 1 s).
-    finest = plan[-1].shape
-    coarse = tuple(max(sides) for sides in zip(*(level.shape for level in plan[:-1]))) if len(plan) > 2 else finest
+    moving_levels = _moving_levels(plan, moving_shape, spacing, grid)
+    finest, finest_moving = plan[-1].shape, moving_levels[-1][0]
+    coarse, coarse_moving = finest, finest_moving
+    if len(plan) > 2:
+        coarse = tuple(max(sides) for sides in zip(*(level.shape for level in plan[:-1])))
+        coarse_moving = tuple(max(sides) for sides in zip(*(ms for ms, _ in moving_levels[:-1])))
     ones = jnp.ones(lead + shape, dtype) if weight_map is None else weight_map
-    static = {"transform": transform, "similarity": similarity, "bins": int(bins), "batch": batch}
+    static = {"transform": transform, "similarity": similarity, "bins": int(bins), "batch": batch,
+              "existence": grid is not None}
     progress = progress or steps_lib.Progress()
     traces = []
-    for i, level in enumerate(plan):
-        work = finest if i == len(plan) - 1 else coarse
-        arrays = (_padded(fixed, level.shape, work, batch=batch), _padded(moving, level.shape, work, batch=batch),
-                  _padded(ones[..., None], level.shape, work, weight=True, batch=batch)[..., 0],
-                  jnp.asarray(level.level_to_mm, dtype), com_fixed, radius,
+    for i, (level, (moving_level, mm_to_moving)) in enumerate(zip(plan, moving_levels)):
+        last = i == len(plan) - 1
+        arrays = (_padded(fixed, level.shape, finest if last else coarse, batch=batch),
+                  _padded(moving, moving_level, finest_moving if last else coarse_moving, batch=batch),
+                  _padded(ones[..., None], level.shape, finest if last else coarse, weight=True, batch=batch)[..., 0],
+                  jnp.asarray(level.level_to_mm, dtype), jnp.asarray(mm_to_moving, dtype),
+                  jnp.asarray(moving_level, dtype), com_fixed, radius,
                   jnp.asarray(learning_rate, dtype) * level.step_mm, jnp.asarray(scale_prior, dtype))
         if i == 0 and init == "search":
-            start = _search(*arrays[:4], com_fixed, com_moving - com_fixed, cov_fixed, cov_moving,
+            start = _search(*arrays[:7], com_moving - com_fixed, cov_fixed, cov_moving,
                             jnp.asarray(rotations.coarse_grid(ndim)), jnp.asarray(rotations.fine_grid(ndim)),
-                            window=level.window, similarity=similarity, bins=int(bins), batch=batch)
+                            window=level.window, similarity=similarity, bins=int(bins), existence=grid is not None,
+                            batch=batch)
             theta = theta.at[..., :_n_rotation(ndim)].set(start * radius[..., None])
         carry = _start_level(theta)
         if traced:
@@ -384,14 +436,14 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
             carry, trace = progress.run(run_chunk, carry, level.steps, level=first_level + i)
         theta = carry[0]
         traces.append(trace)
-    world, matrix = _matrices(theta, com_fixed, radius, jnp.asarray(spacing, dtype), transform=transform,
-                              batch=batch)
+    world, matrix = _matrices(theta, com_fixed, radius, jnp.asarray(spacing, dtype), jnp.asarray(to_voxels, dtype),
+                              transform=transform, batch=batch)
     return theta, matrix, world, (jnp.concatenate(traces, axis=-1) if traced else traces)
 
 
-@stored_jit(static_argnames=("window", "similarity", "bins", "batch"))
-def _search(fixed, moving, weight, level_to_mm, centre, shift, cov_fixed, cov_moving, coarse, fine, *, window,
-            similarity, bins, batch=False):
+@stored_jit(static_argnames=("window", "similarity", "bins", "existence", "batch"))
+def _search(fixed, moving, weight, level_to_mm, mm_to_moving, extent, centre, shift, cov_fixed, cov_moving, coarse,
+            fine, *, window, similarity, bins, existence=False, batch=False):
     """The start rotation of ``init="search"``: ``(r,)`` radians (``batch``: ``(B, r)``).
 
     Each candidate is the rigid map "rotate about the fixed centre of mass ``centre``, then shift
@@ -403,21 +455,20 @@ def _search(fixed, moving, weight, level_to_mm, centre, shift, cov_fixed, cov_mo
     """
     if batch:
         def one(f, m, w, c, s, cf, cm):
-            return _search(f, m, w, level_to_mm, c, s, cf, cm, coarse, fine, window=window, similarity=similarity,
-                           bins=bins)
+            return _search(f, m, w, level_to_mm, mm_to_moving, extent, c, s, cf, cm, coarse, fine, window=window,
+                           similarity=similarity, bins=bins, existence=existence)
 
         return jax.vmap(one)(fixed, moving, weight, centre, shift, cov_fixed, cov_moving)
     ndim = fixed.ndim - 1
     shape = fixed.shape[:-1]
-    mm_to_level = jnp.linalg.inv(level_to_mm)
 
     def score(w):
         a = rotations.rotation(w, ndim)
         top = jnp.concatenate([a, ((jnp.eye(ndim) - a) @ centre + shift)[:, None]], axis=1)
         world = jnp.concatenate([top, jnp.eye(ndim + 1)[ndim:]], axis=0)
-        m = mm_to_level @ world @ level_to_mm
-        warped = spatial.warp(moving, spatial.affine_ddf(m, shape), order=1, mode="nearest")
-        return obj.similarity(fixed, warped, weight, similarity=similarity, window=window, bins=bins)
+        warped, exists = _warp_through(moving, mm_to_moving @ world @ level_to_mm, shape, extent, existence)
+        return obj.similarity(fixed, warped, obj.times(weight, exists), similarity=similarity, window=window,
+                              bins=bins)
 
     def best(candidates):
         scores = jax.lax.map(score, candidates, batch_size=32)
@@ -428,13 +479,15 @@ def _search(fixed, moving, weight, level_to_mm, centre, shift, cov_fixed, cov_mo
 
 
 @stored_jit(static_argnames=("transform", "batch"))
-def _matrices(theta, centre, radius, spacing, *, transform, batch=False):
-    """``(world, voxel matrix)`` of the parameters: ``M = S⁻¹ · world · S``, ``S = diag(spacing, 1)``."""
+def _matrices(theta, centre, radius, spacing, to_voxels, *, transform, batch=False):
+    """``(world, voxel matrix)`` of the parameters: ``M = to_voxels · S⁻¹ · world · S``,
+    ``S = diag(spacing, 1)`` (``to_voxels``: the identity, or a fixed voxel → the moving voxel at the
+    same world point when the moving image has its own grid)."""
     ndim = spacing.shape[0]
 
     def one(th, c, r):
         world = _world(th, c, r, transform=transform, ndim=ndim)
         scale = jnp.append(spacing, 1.0)
-        return world, world * scale[None, :] / scale[:, None]
+        return world, to_voxels @ (world * scale[None, :] / scale[:, None])
 
     return jax.vmap(one)(theta, centre, radius) if batch else one(theta, centre, radius)

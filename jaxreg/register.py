@@ -34,6 +34,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -332,7 +333,7 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     if label_interpolation not in LABEL_INTERPOLATIONS:
         raise ValueError(f"`label_interpolation` must be one of {LABEL_INTERPOLATIONS}; got {label_interpolation!r}.")
     if images.is_image(fixed) or images.is_image(moving):
-        return images.register_images(register, fixed, moving, moving_labels=moving_labels, fixed_mask=fixed_mask,
+        return images.register_images(_register_arrays, fixed, moving, moving_labels=moving_labels, fixed_mask=fixed_mask,
                                       spacing=spacing, model=model, affine=affine, affine_options=affine_options,
                                       label_interpolation=label_interpolation, key=key, callback=callback,
                                       batch=batch, **options)
@@ -345,16 +346,41 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
                                   spacing=spacing, affine=affine, affine_options=affine_options, **options)
     if model is not None and is_traced(fixed, moving):
         raise ValueError("a trained `model` runs outside jit/vmap/grad only (call its `method.predict` in JAX code).")
+    return _register_arrays(fixed, moving, model=model, spacing=spacing, affine=affine, affine_options=affine_options,
+                            fixed_mask=fixed_mask, moving_labels=moving_labels, label_interpolation=label_interpolation,
+                            key=key, callback=callback, batch=batch, **options)
+
+
+def _check_grid_pair(fixed, moving) -> tuple[jax.Array, jax.Array]:
+    """Two images on their own grids: each checked alone, the same rank and channels."""
+    fixed, moving = _objective.as_image(fixed, "fixed"), _objective.as_image(moving, "moving")
+    if fixed.ndim != moving.ndim or fixed.shape[-1] != moving.shape[-1]:
+        raise ValueError(f"`fixed` and `moving` must have the same rank and channels; got shapes "
+                         f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added).")
+    return fixed, moving
+
+
+def _register_arrays(fixed, moving, *, model=None, spacing=None, affine="affine", affine_options=None,
+                     fixed_mask=None, moving_labels=None, label_interpolation="nearest", key=None, callback=None,
+                     batch=False, grid: _objective.Grid | None = None, **options) -> Registration:
+    """:func:`register` on concrete arrays. ``grid`` (:mod:`jaxreg.images`): the moving array lies on its
+    own grid (:class:`jaxreg._objective.Grid`; any shape and voxel size), registered in world
+    coordinates: both stages read it on its own grid through the world identity ``grid.to_moving``
+    and weight the similarity by where it exists; ``moving_labels`` lie on its grid, and ``matrix``
+    and ``ddf`` point into it."""
     clock = Clock()
     enable_compilation_cache()
     given = fixed, moving
     batch = bool(batch)
     if batch:  # (B, *S, C) float32, every pair checked
         fixed, moving = _objective.check_stacks(fixed, moving)
+    elif grid is not None:
+        fixed, moving = _check_grid_pair(fixed, moving)
     else:
         fixed, moving = optimize_lib.check_pair(fixed, moving)  # (*S, C) float32
     lead = fixed.shape[:1] if batch else ()  # (B,) or ()
     shape = fixed.shape[len(lead):-1]
+    moving_shape = moving.shape[len(lead):-1]
     ndim = len(shape)
     spacing = _objective.check_spacing(spacing, ndim)
     check_not_channels_2d(np.shape(given[0]), shape, batch)
@@ -362,9 +388,9 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     if fixed_mask is not None and tuple(np.shape(fixed_mask)) not in {shape, lead + shape}:
         raise ValueError(f"`fixed_mask` must have the spatial shape of `fixed` {shape}"
                          + (f" or {lead + shape}" if batch else "") + f"; got {tuple(np.shape(fixed_mask))}.")
-    if moving_labels is not None and tuple(np.shape(moving_labels)) != lead + shape:
+    if moving_labels is not None and tuple(np.shape(moving_labels)) != lead + moving_shape:
         raise ValueError(f"`moving_labels` must have the {'shape (B, *S)' if batch else 'spatial shape'} of `moving` "
-                         f"{lead + shape}; got {tuple(np.shape(moving_labels))}.")
+                         f"{lead + moving_shape}; got {tuple(np.shape(moving_labels))}.")
     if moving_labels is not None:
         moving_labels = _check_labels(moving_labels)
     if model is not None:
@@ -379,28 +405,35 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
     fixed_n, moving_n = normalise(fixed), normalise(moving)
     clock.lap("prepare")
     progress = steps_lib.Progress(callback)
+    if grid is not None:
+        info["grids"] = "world"  # the moving image read on its own grid
     matrix, stage_info = affine_stage(fixed_n, moving_n, weight_map, stage=stage, affine_options=affine_options,
-                                      options=options, spacing=spacing, batch=batch, progress=progress)
+                                      options=options, spacing=spacing, batch=batch, progress=progress, grid=grid)
     info.update(stage_info)
     first_level = len(stage_info.get("affine_levels", ()))
     velocity = None
     if model is None:
-        moving_stage = moving_n if stage is None else per_pair(warp_affine, batch)(moving_n, matrix)
+        # One grid: the moving image resampled through the affine map once. Two: read through it at
+        # every step of the deformable stage, on its own grid.
+        moving_stage = moving_n if stage is None or grid is not None else per_pair(warp_affine, batch)(moving_n,
+                                                                                                      matrix)
         clock.lap("affine")
         only_matrix, deformation, velocity, stage_info = deformable_stage(
             fixed_n, moving_stage, weight_map, options=options, spacing=spacing, batch=batch, progress=progress,
-            first_level=first_level)
+            first_level=first_level, grid=grid, to_moving=matrix)
         matrix = matrix if only_matrix is None else only_matrix
         info.update(method="optimize", **stage_info, options=dict(options))
     else:
-        model_moving = moving if stage is None else per_pair(warp_affine, batch)(moving, matrix)
+        resample = stage is not None or grid is not None
+        model_moving = per_pair(partial(warp_affine, shape=shape), batch)(moving, matrix) if resample else moving
         clock.lap("affine")
         deformation, model_info = _register_with_model(model, fixed, model_moving, shape, options, key, batch=batch)
         info.update(model_info)
-    ddf = total_field(matrix, deformation, moving, affine_first=stage is not None, batch=batch)
+    ddf = total_field(matrix, deformation, fixed, affine_first=stage is not None or grid is not None, batch=batch)
     warped, warped_labels = warp_outputs(moving, moving_labels, ddf, batch=batch,
                                          label_interpolation=label_interpolation)
-    warped = warped.reshape(np.shape(given[1]))  # shaped like the moving image given
+    # shaped like the moving image given (on the fixed grid)
+    warped = warped.reshape(lead + shape + np.shape(given[1])[len(lead + moving_shape):])
     progress.flush()
     for name in ("affine_losses", "losses"):  # the chunks of the loss traces, now on the host
         if name in info:

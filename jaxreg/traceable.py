@@ -176,10 +176,11 @@ def _check_values(options: dict, traced: bool) -> None:
 
 
 # ----------------------------------------------------------------------------- the stages
-@stored_jit
-def warp_affine(image, matrix):
-    """``(*S, C)`` resampled through the voxel ``matrix`` (linear, edges repeated)."""
-    return spatial.warp(image, spatial.affine_ddf(matrix, image.shape[:-1]))
+@stored_jit(static_argnames=("shape",))
+def warp_affine(image, matrix, *, shape=None):
+    """``(*S, C)`` resampled through the voxel ``matrix`` (linear, edges repeated) onto a grid of
+    ``shape`` (default ``S``)."""
+    return spatial.warp(image, spatial.affine_ddf(matrix, image.shape[:-1] if shape is None else shape))
 
 
 @stored_jit
@@ -187,11 +188,8 @@ def _affine_ddf(matrix, like):
     return spatial.affine_ddf(matrix, like.shape[:-1])
 
 
-@stored_jit
-def _compose_affine(matrix, u):
-    """``matrix · [x + u(x), 1] − x``: the total displacement of ``u`` then ``matrix``."""
-    ndim = u.shape[-1]
-    return spatial.affine_ddf(matrix, u.shape[:-1]) + jnp.einsum("...j,ij->...i", u, matrix[:ndim, :ndim])
+# ``matrix · [x + u(x), 1] − x``: the total displacement of ``u`` then ``matrix``.
+_compose_affine = stored_jit(obj.through_matrix)
 
 
 @stored_jit(static_argnames=("order",))
@@ -205,15 +203,18 @@ def per_pair(fn, batch: bool):
 
 
 def affine_stage(fixed_n, moving_n, weight_map, *, stage, affine_options, options, spacing, batch=False,
-                 traced=False, progress=None) -> tuple[jax.Array, dict]:
+                 traced=False, progress=None, grid=None) -> tuple[jax.Array, dict]:
     """The affine stage on normalised images: ``(voxel matrix (..., ndim + 1, ndim + 1), info)``;
     the identity (and empty info) when ``stage`` is ``None``. The driver (``traced=False``) passes
     a :class:`jaxreg._steps.Progress`; its ``affine_losses`` are then the levels' chunks
-    (:func:`jaxreg._steps.host_trace`), so that nothing waits for the device."""
+    (:func:`jaxreg._steps.host_trace`), so that nothing waits for the device. ``grid``: the moving
+    image's own grid (:class:`jaxreg._objective.Grid`); the matrix then points into it (without a
+    stage: the world identity ``grid.to_moving``)."""
     lead = fixed_n.shape[:1] if batch else ()
     ndim = fixed_n.ndim - 1 - len(lead)
     if stage is None:
-        return jnp.broadcast_to(jnp.eye(ndim + 1, dtype=fixed_n.dtype), lead + (ndim + 1,) * 2), {}
+        eye = np.eye(ndim + 1) if grid is None else grid.to_moving
+        return jnp.broadcast_to(jnp.asarray(eye, dtype=fixed_n.dtype), lead + (ndim + 1,) * 2), {}
     shared = {k: options[k] for k in ("similarity", "window", "bins") if k in options}
     o = _defaults(affine_lib.optimize_affine) | shared | affine_options
     _check_values(o | {"regularizer": "diffusion", "weight": 0.0, "integration_steps": 0, "transform": stage}, traced)
@@ -223,15 +224,17 @@ def affine_stage(fixed_n, moving_n, weight_map, *, stage, affine_options, option
     _, matrix, _, trace = affine_lib.run_levels(
         fixed_n, moving_n, weight_map, plan=plan, spacing=spacing, transform=stage, similarity=o["similarity"],
         bins=o["bins"], init=o["init"], learning_rate=o["learning_rate"], scale_prior=o["scale_prior"], batch=batch,
-        traced=traced, progress=progress)
+        traced=traced, progress=progress, grid=grid)
     return matrix, {"affine_levels": levels, "affine_steps": steps, "affine_losses": trace}
 
 
 def deformable_stage(fixed_n, moving_n, weight_map, *, options, spacing, batch=False, traced=False, progress=None,
-                     first_level=0) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None, dict]:
+                     first_level=0, grid=None,
+                     to_moving=None) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None, dict]:
     """The deformable stage (or, with ``transform="rigid"/"affine"``, the only, affine one) on
     normalised images: ``(matrix or None, deformation or None, velocity or None, info)``; the
-    losses as in :func:`affine_stage`."""
+    losses as in :func:`affine_stage`. ``grid``: the moving image's own grid; the deformable stage
+    then reads it through ``to_moving`` (the affine stage's matrix) after the deformation."""
     o = _defaults(optimize_lib.optimize) | options
     _check_values(o, traced)
     lead = fixed_n.shape[:1] if batch else ()
@@ -244,7 +247,7 @@ def deformable_stage(fixed_n, moving_n, weight_map, *, options, spacing, batch=F
         _, matrix, _, trace = affine_lib.run_levels(
             fixed_n, moving_n, weight_map, plan=plan, spacing=spacing, transform=transform,
             similarity=o["similarity"], bins=o["bins"], init=o["init"], learning_rate=o["learning_rate"],
-            batch=batch, traced=traced, progress=progress, first_level=first_level)
+            batch=batch, traced=traced, progress=progress, first_level=first_level, grid=grid)
         return matrix, None, None, {"steps": steps, "levels": levels, "losses": trace}
     levels, plan = optimize_lib.plan_levels(
         shape, spacing, transform=transform, similarity=o["similarity"], window=o["window"], bins=o["bins"],
@@ -253,13 +256,14 @@ def deformable_stage(fixed_n, moving_n, weight_map, *, options, spacing, batch=F
     deformation, velocity, trace = optimize_lib.run_levels(
         fixed_n, moving_n, weight_map, weight=o["weight"], learning_rate=learning_rate, levels=plan, shape=shape,
         integration_steps=o["integration_steps"], transform=transform, batch=batch, traced=traced,
-        progress=progress, first_level=first_level)
+        progress=progress, first_level=first_level, to_moving=None if grid is None else to_moving,
+        moving_spacing=None if grid is None else grid.spacing)
     return None, deformation, velocity, {"steps": tuple(lv.steps for lv in plan), "levels": levels, "losses": trace}
 
 
 def total_field(matrix, deformation, like, *, affine_first: bool, batch=False) -> jax.Array:
-    """The total displacement: ``matrix`` alone, the deformation alone (no affine stage: exactly
-    it), or the deformation then the matrix."""
+    """The total displacement on the grid of ``like`` ``(*S, C)``: ``matrix`` alone, the deformation
+    alone (no affine stage on one grid: exactly it), or the deformation then the matrix."""
     if deformation is None:
         return per_pair(_affine_ddf, batch)(matrix, like)
     if not affine_first:

@@ -19,7 +19,7 @@ import pytest
 from scipy import ndimage
 
 import jaxreg
-from jaxreg import cli
+from jaxreg import cli, images
 from jaxreg import transform as tx
 from jaxreg.evaluation import figures
 
@@ -88,13 +88,17 @@ def fake(monkeypatch):
     def register(fixed, moving, *, model=None, fixed_mask=None, moving_labels=None, callback=None, spacing=None,
                  **options):
         calls.append({"spacing": spacing, **options})
+        to_moving = None  # images with a grid: the matrix points into the moving image's own grid
+        if isinstance(fixed, images.Image):
+            to_moving = images.voxel_matrix(moving.affine, fixed.affine, len(fixed.shape))
+            fixed, moving = fixed.array, moving.array
         shape = np.shape(fixed)[: 2 if np.ndim(fixed) == 2 else 3]
         n = len(shape)
         velocity = np.stack([ndimage.gaussian_filter(np.random.default_rng(k).standard_normal(shape), 2.5)
                              for k in range(n)], -1)
         velocity = (1.5 * velocity / np.abs(velocity).max()).astype(np.float32)
         deformation = np.asarray(jaxreg.integrate_velocity(velocity, steps=7))
-        matrix = _fake_matrix(shape)
+        matrix = _fake_matrix(shape) if to_moving is None else to_moving @ _fake_matrix(shape)
         grid = np.stack(np.meshgrid(*[np.arange(k, dtype=np.float64) for k in shape], indexing="ij"), -1)
         ddf = ((grid + deformation) @ matrix[:n, :n].T + matrix[:n, n] - grid).astype(np.float32)
         kind = options.get("transform", "svf")
@@ -160,7 +164,7 @@ def test_register_writes_every_output_consistently(registered):
     np.testing.assert_allclose(warped.get_fdata(), _scipy_warp(moving, disp), atol=1e-4)
     warped_labels = nib.load(str(out / "warped_labels.nii.gz")).get_fdata()
     info = json.loads((out / "info.json").read_text())
-    assert info["resampled"] is False and info["spacing"] == [1.5, 1.5, 2.0] and info["spacing_source"] == "header"
+    assert info["two_grids"] is False and info["spacing"] == [1.5, 1.5, 2.0] and info["spacing_source"] == "header"
     assert info["itk"]["warp"] == "itk/warp.nii.gz" and info["transform"] == "transform/transform.json"
     dice = info["dice"]
     assert dice["labels"] == [1, 2]
@@ -326,7 +330,7 @@ def test_moving_on_another_grid_with_channels_and_a_spacing_override(fake, tmp_p
     assert code == 0
     assert fake[0]["spacing"] == (1.0, 1.0, 2.0) and fake[0]["levels"] == (1,)
     info = json.loads((out / "info.json").read_text())
-    assert info["resampled"] is True and info["spacing"] == [1.0, 1.0, 2.0] and info["spacing_source"] == "--spacing"
+    assert info["two_grids"] is True and info["spacing"] == [1.0, 1.0, 2.0] and info["spacing_source"] == "--spacing"
     warped = nib.load(str(out / "warped.nii.gz"))
     assert warped.shape == (16, 16, 16, 2)
     t = tx.load_transform(out)

@@ -36,7 +36,7 @@ def two_grids(tmp_path_factory):
 
 def test_register_takes_paths_and_knows_the_world_transform(two_grids):
     tmp, paths, result, moving_affine = two_grids
-    assert isinstance(result, images.ImageRegistration) and result.resampled
+    assert isinstance(result, images.ImageRegistration) and result.two_grids
     t = result.transform
     assert t.fixed_shape == (16, 16, 16) and t.moving_shape == (14, 16, 15)
     np.testing.assert_allclose(t.moving_affine, moving_affine)

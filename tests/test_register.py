@@ -306,7 +306,7 @@ def test_command_writes_every_output_consistently(tmp_path):
     warped_labels = nib.load(str(out / "warped_labels.nii.gz")).get_fdata()
     assert _dice(labels, warped_labels) > _dice(labels, moving_labels)
     info = json.loads((out / "info.json").read_text())
-    assert info["resampled"] is False and info["method"] == "optimize"
+    assert info["two_grids"] is False and info["method"] == "optimize"
 
 
 def test_resampling_onto_the_fixed_grid_matches_closed_forms():
@@ -322,7 +322,7 @@ def test_resampling_onto_the_fixed_grid_matches_closed_forms():
     np.testing.assert_array_equal(got[:, 5:], 0)
 
 
-def test_command_resamples_a_moving_image_on_another_grid_and_says_so(tmp_path, capsys):
+def test_command_registers_a_moving_image_on_another_grid_and_says_so(tmp_path, capsys):
     fixed, moving, _, _ = _volume_pair()
     _save(tmp_path / "f.nii.gz", fixed)
     shifted = np.eye(4)
@@ -332,8 +332,8 @@ def test_command_resamples_a_moving_image_on_another_grid_and_says_so(tmp_path, 
                      "--out", str(tmp_path / "out"), "--no-progress", "--option", "levels=(1,)", "--option",
                      "steps=(5,)"])
     assert code == 0
-    assert "resampling" in capsys.readouterr().err
-    assert json.loads((tmp_path / "out" / "info.json").read_text())["resampled"] is True
+    assert "world coordinates" in capsys.readouterr().err
+    assert json.loads((tmp_path / "out" / "info.json").read_text())["two_grids"] is True
 
 
 @pytest.mark.parametrize("setup, message", [
