@@ -275,7 +275,8 @@ def _two_grids(a, b, seg_a, seg_b, labels, *, ants: bool) -> dict:
                                                  **OPTIONS))
         before = images.resample_to(moving_seg, affine, a.shape, np.eye(4), order=0).astype(np.int32)  # headers
         out["jaxreg"] = {"dice": _dice(seg_a, np.asarray(result.warped_labels), before, labels), "time": timing,
-                         "folding_percent": round(100 * float(metrics.folding_fraction(result.ddf)), 4)}
+                         "folding_percent": round(100 * float(metrics.folding_fraction(result.ddf)), 4),
+                         "timings": {k: round(v, 2) for k, v in result.info["timings"].items()}}
         if ants:
             try:
                 import ants as antspy

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxreg import losses, spatial
+from jaxreg import losses
 from jaxreg._programs import stored_jit
 
 TRANSFORMS = ("svf", "ddf", "rigid", "affine")
@@ -354,8 +354,12 @@ def level_to_full(shape: Sequence[int], level: Sequence[int]) -> np.ndarray:
 def through_matrix(matrix, ddf):
     """``matrix · [x + ddf(x), 1] − x``: the displacement of ``ddf`` then the voxel ``matrix``
     ``(ndim + 1, ndim + 1)``, on the grid of ``ddf`` ``(*S, ndim)``."""
-    ndim = ddf.shape[-1]
-    return spatial.affine_ddf(matrix, ddf.shape[:-1]) + jnp.einsum("...j,ij->...i", ddf, matrix[:ndim, :ndim])
+    # Elementwise per component (with broadcast iotas, no (*S, ndim) grid): XLA fuses it into the
+    # warp that follows; an einsum over the 3-long axis doubled a warp's cost with its gradient on CPU.
+    ndim, shape = ddf.shape[-1], ddf.shape[:-1]
+    position = [jax.lax.broadcasted_iota(ddf.dtype, shape, k) + ddf[..., k] for k in range(ndim)]
+    return jnp.stack([sum(matrix[i, j] * position[j] for j in range(ndim)) + matrix[i, ndim]
+                      - jax.lax.broadcasted_iota(ddf.dtype, shape, i) for i in range(ndim)], axis=-1)
 
 
 def existence(disp, extent):

@@ -275,8 +275,8 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
         :class:`jaxreg.io.NiftiVolume` or a nibabel image (:mod:`jaxreg.images`): its voxel size is
         then the default ``spacing`` and the result an :class:`jaxreg.images.ImageRegistration`
         (the transform in world coordinates: ``save``, ``apply``, ``apply_to_points``).
-      moving: an image of the same spatial shape and channels; with a grid, any grid (it is
-        resampled onto the fixed grid first, zero outside).
+      moving: an image of the same spatial shape and channels; with a grid, any grid (registered
+        in world coordinates, each image on its own grid: :mod:`jaxreg.images`).
       model: ``None`` for classical optimisation, or a trained model (a workdir path or
         :func:`load_model`'s result) for the deformable stage.
       spacing: voxel size per array axis in mm, e.g. ``(1.4, 1.4, 10.0)`` (``None``: 1 mm,

@@ -54,7 +54,8 @@ class Registration(NamedTuple):
     Attributes:
       ddf: ``(*S, ndim)`` total displacement in voxels (pull convention), on the fixed grid:
         ``warped(x) = moving(x + ddf(x))`` and ``ddf(x) = matrix · [x + u(x), 1] − x``.
-      warped: the moving image resampled onto the fixed grid, shaped like ``moving``.
+      warped: the moving image resampled onto the fixed grid, shaped like ``moving`` (on two grids:
+        the fixed grid's shape, ``moving``'s channels).
       warped_labels: the moving label map warped with nearest-neighbour interpolation, or
         ``None`` when no labels were given.
       info: ``method`` ("optimize" or the model name), ``steps``, ``levels``, ``losses``
