@@ -21,7 +21,7 @@ from _two_devices import run_script
 from jaxreg import methods, spatial
 from jaxreg.data.synthetic import synthetic_pair
 from jaxreg.deq.model import DEQReg
-from jaxreg.deq.solvers import SOLVERS
+from jaxreg.deq.solvers import OWN_SOLVERS
 from jaxreg.deq.unroll import step_weights
 from jaxreg.models.voxelmorph import registration_loss
 from jaxreg.training import create_state, make_optimizer, make_train_step
@@ -342,7 +342,7 @@ def _pair(batch, b):
     return {k: v[b:b + 1] for k, v in batch.items()}
 
 
-@pytest.mark.parametrize("method", SOLVERS)
+@pytest.mark.parametrize("method", OWN_SOLVERS)  # jaxopt's solve the batch as one system
 def test_a_batch_of_three_pairs_gives_the_fields_of_three_calls(three, method):
     """predict on B = 3 pairs that stop at different steps = three single-pair calls.
 

@@ -10,6 +10,7 @@ import pytest
 
 from jaxreg.deq import (SOLVERS, describe, fixed_point_layer, jacobian_penalty, phantom_steps, solve, solve_pairs,
                         state_steps)
+from jaxreg.deq.solvers import OWN_SOLVERS
 
 
 @pytest.fixture
@@ -31,7 +32,7 @@ def _linear_problem(n=20, seed=0):
 def _solve_all(a, b, z0):
     """All three solvers on T(z) = a z + b; fn closes over traced arrays under jit."""
     return {m: solve(lambda z: a @ z + b, z0, method=m, max_steps=400, tol=1e-10)[:2]
-            for m in SOLVERS}
+            for m in OWN_SOLVERS}  # jaxopt's: tests/test_jaxopt_solvers.py (its Anderson stalls at 1e-10 here)
 
 
 def test_linear_fixed_point_matches_closed_form(x64):
@@ -134,10 +135,13 @@ def test_states_of_an_early_stop_are_the_iterates_of_its_trajectory(x64, method)
     for row, k in zip(np.asarray(captured), state_steps(n, 3)):
         ref, ref_info, _ = solve(fn, jnp.zeros(12), method=method, max_steps=k, tol=1e-30)
         assert int(ref_info.steps) == k
-        np.testing.assert_array_equal(row, np.asarray(ref))
+        if method == "jaxopt_broyden":  # its history is max_steps long: other sums of zeros, last-bit differences
+            np.testing.assert_allclose(row, np.asarray(ref), rtol=1e-12)
+        else:
+            np.testing.assert_array_equal(row, np.asarray(ref))
 
 
-@pytest.mark.parametrize("method", SOLVERS)
+@pytest.mark.parametrize("method", OWN_SOLVERS)  # jaxopt's solve the batch as one system
 def test_pairs_are_solved_independently(x64, method):
     """solve_pairs on 3 problems that stop at different steps. References that are not solve itself
     (solve is solve_pairs with B = 1): each pair's fixed point against numpy's linear solve; its
@@ -252,7 +256,7 @@ def _temp_mb(fn, *args):
     return jax.jit(fn).lower(*args).compile().memory_analysis().temp_size_in_bytes / 2**20
 
 
-@pytest.mark.parametrize("method", SOLVERS)
+@pytest.mark.parametrize("method", OWN_SOLVERS + ("jaxopt_anderson",))  # jaxopt's Broyden keeps every step
 def test_solver_memory_is_flat_in_max_steps(method):
     """Compiled temporaries of a batched solve with S = 3 states: 8 vs 96 max_steps (old Broyden: 2·max_steps fields)."""
     z0 = jnp.zeros((2, 24, 24, 24, 3))
@@ -266,8 +270,9 @@ def test_solver_memory_is_flat_in_max_steps(method):
           for steps in (8, 96)}
     field_mb = z0.size * 4 / 2**20
     assert mb[96] <= mb[8] + 0.1 * field_mb, (mb, field_mb)
-    slots = {"fixed_point": 0, "anderson": 2 * 5, "broyden": 2 * 8}[method]
-    assert mb[96] <= (slots + 3 + 8) * field_mb, (mb, field_mb)  # history + S states + a few working copies
+    # history + S states + a few working copies (jaxopt's Anderson: 37 measured, its own temporaries)
+    slots = {"fixed_point": 0, "anderson": 2 * 5, "broyden": 2 * 8, "jaxopt_anderson": 2 * 5 + 18}[method]
+    assert mb[96] <= (slots + 3 + 8) * field_mb, (mb, field_mb)
 
 
 def test_blow_up_stops_with_last_finite_iterate():

@@ -31,12 +31,18 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-SOLVERS = ("fixed_point", "anderson", "broyden")
+from jaxreg.deq.jaxopt_solvers import JAXOPT_SOLVERS, solve_batch
+
+#: The project's solvers: each pair of a batch on its own.
+OWN_SOLVERS = ("fixed_point", "anderson", "broyden")
+#: Every ``method``: the project's, then jaxopt's (the batch as one system, :mod:`jaxreg.deq.jaxopt_solvers`).
+SOLVERS = OWN_SOLVERS + JAXOPT_SOLVERS
 #: The options of :func:`solve` a solver configuration may set (``states`` is per call).
 OPTIONS = ("method", "max_steps", "tol", "stop", "history", "damping")
 STOPS = ("relative", "absolute")
 #: Memory (``history``) of each method when :func:`solve` gets ``history=None`` (configs set their own).
-HISTORY = {"fixed_point": None, "anderson": 5, "broyden": 8}
+#: (``jaxopt_broyden``: jaxopt's own default, every step's pair: with fewer it can diverge, docs/deqreg.md.)
+HISTORY = {"fixed_point": None, "anderson": 5, "broyden": 8, "jaxopt_anderson": 5, "jaxopt_broyden": None}
 _EPS = 1e-8
 _RIDGE = 1e-5  # Anderson's Tikhonov term, relative to the mean squared residual
 
@@ -77,7 +83,7 @@ def validate_options(*, method="anderson", max_steps=48, tol=1e-3, stop="relativ
         raise ValueError(f"tol must be > 0, got {tol!r}")
     if history is not None and (not _is_int(history) or history < 1):
         raise ValueError(f"history must be an integer >= 1, got {history!r}")
-    if method == "anderson" and history is not None and history < 2:
+    if method in ("anderson", "jaxopt_anderson") and history is not None and history < 2:
         raise ValueError(f"history must be >= 2 for method='anderson', got {history!r}")
     if not (_positive(damping) and float(damping) <= 1.0):
         raise ValueError(f"damping must be in (0, 1], got {damping!r}")
@@ -216,6 +222,15 @@ def solve_pairs(fn: Callable[[jax.Array], jax.Array], z0: jax.Array, *, method: 
     if history is None:
         history = HISTORY[method]
     z0 = jnp.asarray(z0)
+    if method in JAXOPT_SOLVERS:  # the batch as one system (jaxreg.deq.jaxopt_solvers)
+        def pair_residual(t, x):
+            return jax.vmap(lambda t, x: _residual(_norm(t - x), _norm(t), stop))(t, x)
+
+        z, (k, r, residuals), captured = solve_batch(
+            fn, z0, method=method, max_steps=max_steps, tol=float(tol), history=history, damping=float(damping),
+            states=states, pair_residual=pair_residual, state_steps=lambda n: state_steps(n, states))
+        info = SolverInfo(steps=k, residual=r, residuals=residuals, converged=r < tol, state_steps=state_steps(k, states))
+        return z, info, captured
     dtype = z0.dtype
     work = dtype  # carried dtype: Anderson and Broyden compute in (at least) the default float type
     if method != "fixed_point":
