@@ -3,7 +3,7 @@
     python benchmarks/memory.py [--size 64] [--sizes 32,64] [--ndim 3] [--skip-time] [--repeats 2]
         [--time deqreg:48,unroll_riir:6]
     python benchmarks/memory.py --solvers [--size 64] [--batch 2]     # the solvers alone
-    python benchmarks/memory.py --paper [--configs deqreg_nlst,...] [--dtypes float32,bfloat16]
+    python benchmarks/memory.py --paper [--configs deqreg_nlst,...] [--dtypes float32,bfloat16] [--full-size]
                                                                      # the paper configs at paper size
 
 One full training step (forward, backward, AdamW update: ``jit(make_train_step(loss_fn, optimizer))``)
@@ -180,16 +180,19 @@ def largest_temporaries(dump: Path, count: int) -> list[dict]:
 
 
 def paper_memory(names: list[str], variants: list[str], dtypes: list[str], *, buffers: int = 0,
-                 dump: Path | None = None) -> list[dict]:
+                 dump: Path | None = None, full_size: bool = False) -> list[dict]:
     """Compiled memory of one train step of each paper config at its paper size (nothing allocated).
 
     ``dtypes``: the ``model.dtype`` values to measure (activations; DiffuseReg only float32).
     ``buffers``: also list that many of the largest temporaries (XLA must dump to ``dump``).
+    ``full_size``: train at the dataset's full size (``data.downsample = 1``; NLST: 224×192×224).
     """
     rows = []
     runs = [(n, v, d) for n in names for v in (variants if n.startswith("unroll") else [None]) for d in dtypes]
     for name, variant, dtype in runs:
         config = load(name, variant)
+        if full_size:
+            config.data.downsample = 1
         if "dtype" in config.model:
             config.model.dtype = dtype
         elif dtype != "float32":  # DiffuseReg's denoiser has no mixed-precision option
@@ -238,6 +241,8 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=2, help="pairs per batch with --solvers")
     parser.add_argument("--paper", action="store_true", help="the paper configs at paper size, compile only")
     parser.add_argument("--configs", default=",".join(CONFIGS), help="with --paper: which configs/<name>.py")
+    parser.add_argument("--full-size", action="store_true",
+                        help="with --paper: at the dataset's full size (data.downsample=1; NLST 224x192x224)")
     parser.add_argument("--buffers", type=int, default=0,
                         help="with --paper: list this many of the largest temporaries of each step (XLA's buffer "
                              "assignment, dumped to a temporary folder)")
@@ -264,7 +269,7 @@ def main() -> None:
             if args.buffers:  # read when the backend starts, which nothing above has done yet
                 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={dump}"
                                            " --xla_dump_hlo_module_re=.*train_step.*").strip()
-            runs = paper_memory(names, variants, dtypes, buffers=args.buffers, dump=Path(dump))
+            runs = paper_memory(names, variants, dtypes, buffers=args.buffers, dump=Path(dump), full_size=args.full_size)
         print(json.dumps({"backend": jax.default_backend(), "jax": jax.__version__, "batch": 1,
                           "conv": os.environ["JAXREG_CONV"], "runs": runs}, indent=2))
         return

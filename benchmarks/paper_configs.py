@@ -1,8 +1,9 @@
 """The papers' configs and volume sizes, shared by ``benchmarks/gpu.py`` and ``benchmarks/memory.py --paper``.
 
 ``load(name)`` is ``configs/<name>.py``'s ``get_config(arg)``; ``paper_shape(name, config)`` the
-volume size of the config's dataset (NLST 224×192×224, OASIS 128³ as DEQReg trains it, ACDC
-32×128×128), scaled by ``scale`` and rounded to the network's multiple. ``PAPER_MB`` holds the
+volume size the config trains at (NLST 224×192×224 halved by ``data.downsample``: 112×96×112;
+OASIS 128³ as DEQReg trains it; ACDC 32×128×128), scaled by ``scale`` and rounded to the
+network's multiple. ``PAPER_MB`` holds the
 training memory the papers report (DEQReg Table 1; DiffuseReg reports none).
 """
 
@@ -17,7 +18,9 @@ CONFIGS = ("deqreg_nlst", "unroll_nlst", "voxelmorph_nlst", "deqreg_oasis", "unr
            "diffusereg_acdc")
 SHAPES = {"nlst": (224, 192, 224), "oasis": (128, 128, 128), "acdc": (32, 128, 128)}
 #: Training memory (MB) in DEQReg's Table 1, by config name (and ``unroll_<dataset>:<variant>``).
-PAPER_MB = {"deqreg_nlst": 3983, "deqreg_oasis": 6925, "unroll_oasis:riir": 12542, "unroll_oasis:gradirn": 16619}
+PAPER_MB = {"deqreg_nlst": 3983, "deqreg_oasis": 6925, "voxelmorph_nlst": 1522, "voxelmorph_oasis": 2645,
+            "unroll_nlst:riir": 7029, "unroll_nlst:gradirn": 9313, "unroll_oasis:riir": 12542,
+            "unroll_oasis:gradirn": 16619}
 
 
 def load(name: str, arg: str | None = None):
@@ -35,10 +38,12 @@ def load(name: str, arg: str | None = None):
 
 
 def paper_shape(name: str, config, scale: float = 1.0) -> tuple[int, ...]:
-    """The paper size of config ``name``'s dataset, scaled and rounded to the network's multiple."""
+    """The size config ``name`` trains at: its dataset's paper size over ``data.downsample`` (NLST:
+    112×96×112), scaled and rounded to the network's multiple."""
     from jaxreg.models import unet
 
-    base = SHAPES[name.rsplit("_", 1)[1]]
+    factor = int(config.data.get("downsample", 1) or 1)
+    base = tuple(s // factor for s in SHAPES[name.rsplit("_", 1)[1]])
     model = config.model
     if model.name == "diffusereg":  # Swin-UNETR: patch · 2**stages
         factor = int(model.get("patch", 2)) * 2 ** len(model.get("depths") or (2, 2, 2, 2))

@@ -21,6 +21,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
     data.options = ml_collections.ConfigDict()  # keyword arguments of the reader / synthetic_pair
     data.batch_size = 1  # pairs per device per step (global batch = this × devices)
     data.normalize = None  # None | minmax | percentile | zscore, per image
+    data.downsample = 1  # the network trains on pairs shrunk by this (block means); evaluation brings fields to full size
     data.augment = None  # {"flip_axes": .., "transpose_axes": .., "affine": {...}} or None
     data.keys = None  # batch entries the loss needs (None: fixed, moving)
     data.num_threads = 4  # pairs read and transformed in parallel
@@ -86,7 +87,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
 def deq_solver() -> ml_collections.ConfigDict:
     """The ``solver`` section of equilibrium models (DEQReg): the paper's settings."""
     solver = ml_collections.ConfigDict()
-    solver.method = "anderson"  # fixed_point | anderson | broyden (jaxreg.deq.solvers)
+    solver.method = "anderson"  # fixed_point | anderson | broyden | jaxopt_anderson | jaxopt_broyden (jaxreg.deq.solvers)
     solver.max_steps = 48  # T: forward solver steps at most
     solver.tol = 1e-3  # stop when the residual is below this
     solver.stop = "relative"  # relative: ‖T(φ) − φ‖ / ‖T(φ)‖; absolute: ‖T(φ) − φ‖ (voxels)

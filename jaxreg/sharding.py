@@ -12,11 +12,14 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxreg import spatial
 
 __all__ = ["DATA_AXIS", "data_sharding", "host_rows", "initialize_distributed", "is_main_process",
            "make_mesh", "make_predict", "replicate_host", "replicated", "shard_batch"]
@@ -156,12 +159,39 @@ def replicate_host(array, mesh: Mesh) -> jax.Array:
     return jax.make_array_from_process_local_data(replicated(mesh), np.asarray(array))
 
 
-def make_predict(method, mesh: Mesh):
+def make_predict(method, mesh: Mesh, *, downsample: int = 1):
     """Jitted ``method.predict(params, fixed, moving) -> ddf`` on ``(B, *S)`` images, its output replicated.
 
-    ``method`` is a :class:`jaxreg.methods.Method` (anything with a ``predict``).
+    ``method`` is a :class:`jaxreg.methods.Method` (anything with a ``predict``). ``downsample``:
+    the network was trained at ``1/downsample`` of the images' size (``data.downsample``):
+    :func:`at_full_size`.
     """
-    return jax.jit(method.predict, out_shardings=replicated(mesh))
+    return jax.jit(at_full_size(method.predict, downsample), out_shardings=replicated(mesh))
+
+
+def at_full_size(predict: Callable, factor: int) -> Callable:
+    """``predict(params, fixed, moving, **options)`` of a network trained at ``1/factor`` of the size,
+    on full-size ``(B, *S)`` images: they are shrunk by ``factor`` (block means, as
+    :func:`jaxreg.data.transforms.downsample` shrinks the training pairs) and the ``(B, *S/factor,
+    ndim)`` field is brought back to ``(B, *S, ndim)`` voxels of the full grid
+    (:func:`jaxreg.spatial.resize_ddf`: linear, vectors × ``factor``). ``factor`` 1: ``predict``.
+    """
+    factor = int(factor)
+    if factor == 1:
+        return predict
+
+    def shrink(x):
+        shape = x.shape[1:]
+        if any(side % factor for side in shape):
+            raise ValueError(f"`data.downsample` {factor} must divide every side of the images; got {shape}.")
+        blocks = tuple(v for side in shape for v in (side // factor, factor))
+        return jnp.mean(x.reshape(x.shape[:1] + blocks), axis=tuple(range(2, 2 * len(shape) + 1, 2)))
+
+    def full(params, fixed, moving, **options):
+        ddf = predict(params, shrink(fixed), shrink(moving), **options)
+        return jax.vmap(lambda d: spatial.resize_ddf(d, fixed.shape[1:]))(ddf)
+
+    return full
 
 
 def shard_batch(batch: Mapping[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:

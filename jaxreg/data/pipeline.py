@@ -142,11 +142,16 @@ def batches(
 def make_transform(data: Mapping) -> Callable[[dict, np.random.Generator], dict] | None:
     """The per-pair transform a ``data`` config section asks for, or ``None``.
 
-    Reads ``data.normalize`` (a ``transforms.NORMALIZATIONS`` name or ``None``) and
-    ``data.augment`` with optional ``flip_axes``, ``transpose_axes`` and ``affine`` (the
-    keyword arguments of :func:`transforms.random_affine`, or ``None``).
+    Reads ``data.downsample`` (the resolution the network sees: :func:`transforms.downsample`,
+    first, so that augmentation runs on the smaller pair), ``data.normalize`` (a
+    ``transforms.NORMALIZATIONS`` name or ``None``) and ``data.augment`` with optional
+    ``flip_axes``, ``transpose_axes`` and ``affine`` (the keyword arguments of
+    :func:`transforms.random_affine`, or ``None``).
     """
     steps = []
+    factor = downsample_factor(data)
+    if factor > 1:
+        steps.append(lambda pair, rng: transforms.downsample(pair, factor))
     augment = dict(data.get("augment") or {})
     unknown = set(augment) - {"flip_axes", "transpose_axes", "affine"}
     if unknown:
@@ -172,6 +177,19 @@ def make_transform(data: Mapping) -> Callable[[dict, np.random.Generator], dict]
     return transform
 
 
+def downsample_factor(data: Mapping) -> int:
+    """``data.downsample`` (default 1): the factor by which the network's input is shrunk.
+
+    Raises:
+      ValueError: not a positive integer.
+    """
+    factor = data.get("downsample", 1)
+    factor = 1 if factor is None else factor
+    if isinstance(factor, bool) or not isinstance(factor, (int, np.integer)) or factor < 1:
+        raise ValueError(f"`data.downsample` must be a positive integer; got {factor!r}.")
+    return int(factor)
+
+
 def from_config(data: Mapping, split: str, *, train: bool = True, start_step: int = 0) -> grain.IterDataset:
     """The batches a config's ``data`` section describes (see :func:`batches`).
 
@@ -181,7 +199,8 @@ def from_config(data: Mapping, split: str, *, train: bool = True, start_step: in
     the last pairs kept.
     """
     source = open_source(data, split)
-    transform = make_transform(data if train else {"normalize": data.get("normalize")})
+    transform = make_transform(data if train else {"normalize": data.get("normalize"),
+                                                   "downsample": data.get("downsample", 1)})
     return batches(
         source,
         batch_size=int(data.get("batch_size", 1)) if train else 1,
@@ -202,7 +221,8 @@ def records(data: Mapping, split: str, *, limit: int | None = None, num_threads:
 
     Unlike :func:`from_config` nothing is dropped or batched: ids, spacing, labels and
     keypoints stay; images are normalised as in training (``data.normalize``), never
-    augmented. Pairs are read ``num_threads`` at a time ahead of the consumer.
+    augmented, and kept at full size (with ``data.downsample``, the predictor of
+    :func:`jaxreg.sharding.make_predict` shrinks the images and brings the field back). Pairs are read ``num_threads`` at a time ahead of the consumer.
 
     Args:
       data: the config's ``data`` section.

@@ -1,4 +1,4 @@
-"""Per-pair host transforms of the input pipeline: normalisation and augmentation.
+"""Per-pair host transforms of the input pipeline: normalisation, augmentation and a lower resolution.
 
 Every function takes a pair record (``jaxreg.data.pairs``; numpy arrays, spatial shape
 ``S`` with 2 or 3 axes, no channel axis) and returns a new one; random ones also take a
@@ -17,7 +17,7 @@ from scipy import ndimage
 
 from jaxreg.data.preprocess import rescale_intensity
 
-__all__ = ["NORMALIZATIONS", "flip_transpose", "normalize", "random_affine"]
+__all__ = ["NORMALIZATIONS", "downsample", "flip_transpose", "normalize", "random_affine"]
 
 NORMALIZATIONS = ("minmax", "percentile", "zscore")
 _SIDES = ("fixed", "moving")
@@ -193,4 +193,47 @@ def random_affine(
         target = fixed_pos + _resample(np.asarray(pair["ddf"], np.float64), maps["fixed"], 1)
         moving_index = target @ inverse["moving"][:ndim, :ndim].T + inverse["moving"][:ndim, ndim]
         out["ddf"] = (moving_index - grid).astype(np.float32)
+    return out
+
+
+def downsample(pair: dict, factor: int) -> dict:
+    """The pair at ``1/factor`` of its resolution, as a network trained at that size sees it.
+
+    Each axis shrinks by ``factor`` (the sides must be multiples of it): images by the mean of
+    each ``factor**ndim`` block (area averaging, no aliasing), label maps and masks by the voxel
+    nearest each block's centre, keypoints to ``(p + 0.5) / factor − 0.5`` (voxel centres stay
+    put), a ground-truth ``ddf`` by block means divided by ``factor``; ``spacing`` and
+    ``moving_spacing`` grow by ``factor`` and ``affine`` maps the new voxels to the same world.
+
+    Raises:
+      ValueError: a side that is not a multiple of ``factor`` (the message names ``data.downsample``).
+    """
+    factor = int(factor)
+    if factor == 1:
+        return pair
+    shape = np.shape(pair["fixed"])
+    if any(s % factor for s in shape):
+        raise ValueError(f"`data.downsample` {factor} must divide every side of the images; got shape {shape}.")
+    ndim = len(shape)
+    small = tuple(s // factor for s in shape)
+    blocks = tuple(v for s in small for v in (s, factor))  # (s0, f, s1, f, ...)
+    block_axes = tuple(range(1, 2 * ndim, 2))
+    centre = tuple(slice(factor // 2, None, factor) for _ in shape)
+    index_map = np.eye(ndim + 1)
+    index_map[:ndim, :ndim] *= factor
+    index_map[:ndim, ndim] = (factor - 1) / 2  # old index = factor · new + (factor − 1) / 2
+    out = _with_index_map(pair, index_map)
+    for key, order in _volume_keys(pair):
+        volume = np.asarray(pair[key])
+        out[key] = volume.reshape(blocks).mean(axis=block_axes, dtype=np.float64).astype(np.float32) \
+            if order == 1 else volume[centre]
+    if "ddf" in pair:
+        ddf = np.asarray(pair["ddf"], np.float64)
+        out["ddf"] = (ddf.reshape(blocks + ddf.shape[-1:]).mean(axis=block_axes) / factor).astype(np.float32)
+    for side in _SIDES:
+        if f"{side}_points" in pair:
+            out[f"{side}_points"] = (np.asarray(pair[f"{side}_points"], np.float64) + 0.5) / factor - 0.5
+    for key in ("spacing", "moving_spacing"):
+        if key in pair:
+            out[key] = np.asarray(pair[key], np.float64) * factor
     return out

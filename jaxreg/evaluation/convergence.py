@@ -107,17 +107,18 @@ def _run_names(workdirs: Sequence[Path]) -> list[str]:
     return [f"{w.parent.name}/{w.name}" if names.count(w.name) > 1 else w.name for w in workdirs]
 
 
-def _predict_fn(module):
-    """Jitted ``(params, fixed, moving, steps=n) -> ddf`` running exactly n steps (n static)."""
+def _predict_fn(module, factor: int = 1):
+    """Jitted ``(params, fixed, moving, steps=n) -> ddf`` running exactly n steps (n static), on full-size
+    images of a network trained at ``1/factor`` of their size (:func:`jaxreg.sharding.at_full_size`)."""
     def predict(params, fixed, moving, *, steps: int):
         return module.predict(params, fixed, moving, steps=steps)
 
-    return jax.jit(predict, static_argnames="steps")
+    return jax.jit(sharding.at_full_size(predict, factor), static_argnames="steps")
 
 
 def _score(config, method, params, counts: Sequence[int], *, split: str, limit, desc: str, progress: bool) -> list[dict]:
     """Per step count: mean ± std of the pair metrics over the split's pairs."""
-    predict, mesh = _predict_fn(method.module), sharding.make_mesh()
+    predict, mesh = _predict_fn(method.module, pipeline.downsample_factor(config.data)), sharding.make_mesh()
     labels = (config.get("eval") or {}).get("labels")
     rows: dict[int, list] = {n: [] for n in counts}
     pairs = tqdm(pipeline.records(config.data, split, limit=limit), total=pipeline.num_records(config.data, split, limit=limit),

@@ -82,7 +82,7 @@ def evaluate_workdir(workdir, *, split: str | None = None, step=None, save_disp:
     config, method, params, chosen, use_ema = load_run(workdir, step=step or ev.get("step", "latest"),
                                                        overrides=overrides, mesh=mesh)
     data = config.data
-    predict = sharding.make_predict(method, mesh)
+    predict = sharding.make_predict(method, mesh, downsample=pipeline.downsample_factor(data))  # full-size fields
     labels = ev.get("labels")
     num_figures = int(ev.get("num_figures", 4) or 0)
     save_disp = bool(ev.get("save_disp", False)) if save_disp is None else save_disp

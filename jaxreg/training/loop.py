@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from jaxreg import methods, sharding
 from jaxreg._progress import restart_clock
-from jaxreg.data import pipeline
+from jaxreg.data import pipeline, transforms
 from jaxreg.data.sources import open_source
 from jaxreg.runs.checkpoints import Checkpoints
 from jaxreg.runs.workdir import check_resume, save_config
@@ -93,7 +93,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
     row_start, row_stop, global_batch = sharding.host_rows(int(data.get("batch_size", 1)), mesh)
     train_source = open_source(data, "train")
     optimizer = make_optimizer(config.optimizer)
-    state = init_state(method, optimizer, config, train_source[0], mesh)
+    state = init_state(method, optimizer, config, transforms.downsample(train_source[0], pipeline.downsample_factor(data)),
+                       mesh)  # shapes as the network sees them
     eval_every = int(training.get("eval_every", 0) or 0)
     if eval_every:
         open_source(data, "val")  # fail now, not after the first eval_every steps
@@ -111,7 +112,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir) -> TrainState
                                          ema_decay=float(training.get("ema_decay", 0.0) or 0.0)),
                          in_shardings=(sharding.replicated(mesh), sharding.data_sharding(mesh)),
                          out_shardings=(sharding.replicated(mesh), sharding.replicated(mesh)), donate_argnums=0)
-    predict = sharding.make_predict(method, mesh)
+    predict = sharding.make_predict(method, mesh, downsample=pipeline.downsample_factor(data))  # full-size fields
     schedule = make_schedule(config.optimizer)
     batches = pipeline.batches(
         train_source, batch_size=global_batch, rows=(row_start, row_stop), seed=int(data.get("seed", 0)), keys=tuple(data.get("keys") or ("fixed", "moving")),

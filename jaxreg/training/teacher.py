@@ -21,7 +21,7 @@ import ml_collections
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxreg.data import pipeline
+from jaxreg.data import pipeline, transforms
 from jaxreg.io import atomic_path
 from jaxreg.runs.restore import TEACHER_MODELS, load_teacher  # re-exported: a teacher is a trained run
 
@@ -40,7 +40,9 @@ def field_statistics(teacher: Callable, data, *, limit: int = 0, progress: bool 
     total, total_sq, count, pairs = None, None, 0, 0
     records = pipeline.records(data, "train", limit=limit or None)
     total_pairs = pipeline.num_records(data, "train", limit=limit or None)
+    factor = pipeline.downsample_factor(data)
     for record in tqdm(records, total=total_pairs, desc="teacher fields", unit="pair", disable=not progress):
+        record = transforms.downsample(record, factor)  # the teacher's fields at the training size
         ddf = np.asarray(predict(np.asarray(record["fixed"])[None], np.asarray(record["moving"])[None]), np.float64)[0]
         flat = ddf.reshape(-1, ddf.shape[-1])
         total = flat.sum(0) if total is None else total + flat.sum(0)
