@@ -26,11 +26,14 @@ onto A unless said otherwise):
 * ``large``: both images and segs zero-padded to 240x240x155 (the size of brain-tumour
   scans).
 * ``two_grids``: B stored on another grid, as scans of one subject from two sessions are: voxels of
-  1.25 × 1.1 × 1.2 mm, the field of view cut to the head plus 6 mm, its corner moved by
-  (−6.4, −9.3, −4.6) mm
+  1.25 × 1.1 × 1.2 mm (``--moving-spacing``), the field of view cut to the head plus 6 mm, its
+  corner moved by (−6.4, −9.3, −4.6) mm
   (resampled with scipy, labels nearest), written as NIfTI files with their affines beside A;
   ``jaxreg.register`` on the two paths (each image with its own header) and ANTs on the same
   files. Compare with ``aligned`` B → A, the same pair on one grid.
+* ``two_fields``: B not resampled (so no interpolation blurs the copy), zero-padded by 10 voxels on
+  every side and its origin moved by (−10.4, −10.3, −10.6) mm: another grid and a wider field of
+  view, registered from the files as ``two_grids``.
 * ``promise12``: two prostate T2 MRI 32x128x128 with gland masks, both directions (needs
   ``h5py``, the ``bench`` extra).
 * ``cine``: a thin-slice cardiac-like stack, 256x216x10 voxels at 1.41x1.41x9.87 mm: the
@@ -73,7 +76,7 @@ from jaxreg.cli import parse_option
 from jaxreg.optimize import optimize
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CASES = ("aligned", "rotated", "anisotropic", "thick", "large", "two_grids", "promise12", "cine")
+CASES = ("aligned", "rotated", "anisotropic", "thick", "large", "two_grids", "two_fields", "promise12", "cine")
 OPTIONS: dict = {}  # --option KEY=VALUE: non-default options of jaxreg.register
 CLI = False  # --cli: also time the command in fresh processes
 
@@ -226,7 +229,7 @@ def rotate_and_shift(image, labels, *, degrees=12.0, axis=0, shift_mm=8.0):
             ndi.affine_transform(labels, rotation, offset, order=0).astype(np.int32))
 
 
-def _oasis_cases(folder: str, wanted, *, ants: bool, baseline: bool) -> dict:
+def _oasis_cases(folder: str, wanted, *, ants: bool, baseline: bool, moving_spacing=(1.25, 1.1, 1.2)) -> dict:
     data = _oasis(folder)
     (a, seg_a), (b, seg_b) = data["A"], data["B"]
     labels = (1, 2)
@@ -243,18 +246,18 @@ def _oasis_cases(folder: str, wanted, *, ants: bool, baseline: bool) -> dict:
             out[name] = _case(cut(a), cut(b), cut(seg_a), cut(seg_b), labels, spacing=(1.0, 1.0, float(step)),
                               ants=ants, baseline=baseline)
     if "two_grids" in wanted:
-        out["two_grids"] = _two_grids(a, b, seg_a, seg_b, labels, ants=ants)
+        out["two_grids"] = _two_grids(a, b, seg_a, seg_b, labels, ants=ants, spacing=moving_spacing)
+    if "two_fields" in wanted:
+        out["two_fields"] = _two_fields(a, b, seg_a, seg_b, labels, ants=ants)
     if "large" in wanted:
         pad = lambda x: np.pad(x, [(40, 40), (24, 24), (5, 6)])
         out["large"] = _case(pad(a), pad(b), pad(seg_a), pad(seg_b), labels, ants=ants)
     return out
 
 
-def _two_grids(a, b, seg_a, seg_b, labels, *, ants: bool) -> dict:
+def _two_grids(a, b, seg_a, seg_b, labels, *, ants: bool, spacing=(1.25, 1.1, 1.2)) -> dict:
     """B on its own grid (module docstring), registered from NIfTI files onto A."""
-    import nibabel as nib
-
-    spacing = np.array([1.25, 1.1, 1.2])
+    spacing = np.asarray(spacing, np.float64)
     inside = np.argwhere(b > 0.05 * b.max())
     lo, hi = inside.min(0) - 6.0, inside.max(0) + 6.0  # the head plus 6 mm, in A's (1 mm) voxels
     origin = lo - np.array([6.4, 9.3, 4.6])  # the crop's corner in mm, off A's voxel grid
@@ -266,6 +269,24 @@ def _two_grids(a, b, seg_a, seg_b, labels, *, ants: bool) -> dict:
     moving = ndi.map_coordinates(b, coords, order=1, mode="constant").reshape(shape).astype(np.float32)
     moving_seg = ndi.map_coordinates(seg_b, coords, order=0, mode="constant").reshape(shape).astype(np.int16)
     out = {"moving_shape": list(shape), "moving_spacing": spacing.tolist(), "moving_origin_mm": origin.tolist()}
+    return out | _files_case(a, seg_a, moving, moving_seg, affine, labels, ants=ants)
+
+
+def _two_fields(a, b, seg_a, seg_b, labels, *, ants: bool) -> dict:
+    """B as it is (no resampling), zero-padded by 10 voxels on every side and its header's origin moved
+    by (−10.4, −10.3, −10.6) mm: another grid and a wider field of view, the content 0.3-0.6 mm off A's."""
+    affine = np.eye(4)
+    affine[:3, 3] = [-10.4, -10.3, -10.6]
+    out = {"moving_shape": [s + 20 for s in b.shape], "moving_origin_mm": affine[:3, 3].tolist()}
+    return out | _files_case(a, seg_a, np.pad(b, 10), np.pad(seg_b, 10).astype(np.int16), affine, labels, ants=ants)
+
+
+def _files_case(a, seg_a, moving, moving_seg, affine, labels, *, ants: bool) -> dict:
+    """A (1 mm, at the origin) and a moving image with its ``affine``, written as NIfTI files and registered
+    from them by ``jaxreg.register`` (each image with its own header) and by ANTs."""
+    import nibabel as nib
+
+    out = {}
     with tempfile.TemporaryDirectory(prefix="jaxreg-two-grids-") as tmp:
         files = {name: os.path.join(tmp, f"{name}.nii.gz") for name in ("fixed", "moving", "moving_seg")}
         nib.save(nib.Nifti1Image(a, np.eye(4)), files["fixed"])
@@ -319,6 +340,8 @@ def main() -> None:
                         help="folder holding oasis_lapirn_pair/ and promise12_pair/")
     parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated subset of {CASES}")
     parser.add_argument("--ants", action="store_true", help="also run ANTs SyN (antspyx) on every case")
+    parser.add_argument("--moving-spacing", default="1.25,1.1,1.2",
+                        help="two_grids: the voxel size (mm) of the moving copy's grid")
     parser.add_argument("--baseline", action="store_true",
                         help="also run register(affine=False) without spacing on the anisotropic cases")
     parser.add_argument("--cli", action="store_true",
@@ -354,7 +377,8 @@ def main() -> None:
         report["cases"]["cine"] = _cine(ants=args.ants)
     if oasis_wanted:
         if os.path.isdir(oasis_dir):
-            report["cases"].update(_oasis_cases(oasis_dir, oasis_wanted, ants=args.ants, baseline=args.baseline))
+            report["cases"].update(_oasis_cases(oasis_dir, oasis_wanted, ants=args.ants, baseline=args.baseline,
+                                                moving_spacing=tuple(float(v) for v in args.moving_spacing.split(","))))
         else:
             report["skipped"]["oasis"] = f"{oasis_dir} not found"
     if "promise12" in wanted:

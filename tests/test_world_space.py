@@ -112,6 +112,7 @@ def test_outputs_read_the_moving_image_on_its_own_grid(crop):
     assert np.mean(np.asarray(result.warped_labels) == want) > 0.999
 
 
+@pytest.mark.slow
 def test_a_grid_shifted_by_whole_voxels_gives_the_one_grid_deformation():
     """A moving scan on the fixed grid's axes, 4 voxels further out on every side, registered through
     the two-level pyramid (each image shrunk on its own grid): the deformation is that of the same
