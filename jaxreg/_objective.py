@@ -126,11 +126,13 @@ def check_options(*, transform, similarity, regularizer, window, bins, weight, l
         raise ValueError(f"`callback` must be callable(level, step, loss) or None; got {callback!r}.")
 
 
-def check_pair(fixed, moving, *, values: bool = True) -> tuple[jax.Array, jax.Array]:
+def check_pair(fixed, moving, *, values: bool = True, same_grid: bool = True) -> tuple[jax.Array, jax.Array]:
     """Checks an image pair and returns it as float32 ``(*S, C)`` arrays (a channel axis added).
 
     Rank 2 is a 2-D image, rank 3 a 3-D one, rank 4 a 3-D one with channels. ``values=False``
     checks shapes and dtypes only (traced images: :func:`image_is_valid` checks their values).
+    ``same_grid=False`` (the moving image on its own grid, :class:`Grid`): any spatial shape, the
+    same channels.
 
     Raises:
       ValueError: another rank or dtype, NaN or Inf, a constant image, ranks or shapes
@@ -140,7 +142,10 @@ def check_pair(fixed, moving, *, values: bool = True) -> tuple[jax.Array, jax.Ar
     if fixed.ndim != moving.ndim:
         raise ValueError(f"`fixed` and `moving` must have the same spatial rank (both 2-D or both 3-D); got shapes "
                          f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added).")
-    if fixed.shape != moving.shape:
+    if not same_grid and fixed.shape[-1] != moving.shape[-1]:
+        raise ValueError(f"`fixed` and `moving` must have the same channels; got shapes {tuple(fixed.shape)} and "
+                         f"{tuple(moving.shape)} (channel axis added).")
+    if same_grid and fixed.shape != moving.shape:
         raise ValueError(
             f"`fixed` and `moving` must have the same shape (resample first); got "
             f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added)."

@@ -321,7 +321,7 @@ def register_files(args: argparse.Namespace) -> dict:
     disp = transform_lib.total_ddf(transform.matrix, transform.deformation, shape=fixed.shape)
     warped = np.asarray(transform_lib.apply(transform, moving.array, ddf=disp))
     warped_labels = None if labels is None else np.asarray(transform_lib.apply(
-        transform, np.rint(labels).astype(np.int32), labels=options.get("label_interpolation", "nearest"), ddf=disp))
+        transform, labels, labels=options.get("label_interpolation", "nearest"), ddf=disp))
     disp = np.asarray(disp)
     jacobian = np.asarray(jax.jit(metrics.jacobian_determinant)(result.ddf))  # for folding % and the figure
     folding = float(np.count_nonzero(jacobian <= 0) / jacobian.size) * 100

@@ -351,15 +351,6 @@ def register(fixed, moving, *, model: Model | str | os.PathLike | None = None, s
                             key=key, callback=callback, batch=batch, **options)
 
 
-def _check_grid_pair(fixed, moving) -> tuple[jax.Array, jax.Array]:
-    """Two images on their own grids: each checked alone, the same rank and channels."""
-    fixed, moving = _objective.as_image(fixed, "fixed"), _objective.as_image(moving, "moving")
-    if fixed.ndim != moving.ndim or fixed.shape[-1] != moving.shape[-1]:
-        raise ValueError(f"`fixed` and `moving` must have the same rank and channels; got shapes "
-                         f"{tuple(fixed.shape)} and {tuple(moving.shape)} (channel axis added).")
-    return fixed, moving
-
-
 def _register_arrays(fixed, moving, *, model=None, spacing=None, affine="affine", affine_options=None,
                      fixed_mask=None, moving_labels=None, label_interpolation="nearest", key=None, callback=None,
                      batch=False, grid: _objective.Grid | None = None, **options) -> Registration:
@@ -374,10 +365,8 @@ def _register_arrays(fixed, moving, *, model=None, spacing=None, affine="affine"
     batch = bool(batch)
     if batch:  # (B, *S, C) float32, every pair checked
         fixed, moving = _objective.check_stacks(fixed, moving)
-    elif grid is not None:
-        fixed, moving = _check_grid_pair(fixed, moving)
-    else:
-        fixed, moving = optimize_lib.check_pair(fixed, moving)  # (*S, C) float32
+    else:  # (*S, C) float32; on two grids, of any shapes
+        fixed, moving = optimize_lib.check_pair(fixed, moving, same_grid=grid is None)
     lead = fixed.shape[:1] if batch else ()  # (B,) or ()
     shape = fixed.shape[len(lead):-1]
     moving_shape = moving.shape[len(lead):-1]

@@ -74,6 +74,15 @@ def warp_batch(moving: jax.Array, ddf: jax.Array) -> jax.Array:
     return jax.vmap(spatial.warp)(moving, ddf)
 
 
+def _solver_section(options: Mapping | None, name: str, more: str = "") -> dict:
+    """``options`` as a dict of :data:`SOLVER_OPTIONS`; a ValueError names any other key."""
+    options = dict(options or {})
+    unknown = set(options) - set(SOLVER_OPTIONS)
+    if unknown:
+        raise ValueError(f"unknown `{name}` option(s) {sorted(unknown)}; known: {SOLVER_OPTIONS}{more}.")
+    return options
+
+
 class DEQReg:
     """DEQReg with its solver and gradient options (a plain object; parameters are explicit).
 
@@ -104,11 +113,7 @@ class DEQReg:
                  correction_states: int = 3, correction_weight: float = 0.5, sequential_states: bool = True,
                  phantom_remat: bool = False, jacobian_weight: float = 0.0, similarity: str = "lncc", window: int = 5,
                  weight: float = 0.1, adjoint: Mapping | None = None):
-        self.solver = dict(solver or {})
-        unknown = set(self.solver) - set(SOLVER_OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown `solver` option(s) {sorted(unknown)}; known: {SOLVER_OPTIONS} "
-                             "(and backward, phantom_steps, phantom_damping, phantom_remat).")
+        self.solver = _solver_section(solver, "solver", " (and backward, phantom_steps, phantom_damping, phantom_remat)")
         self.solver.setdefault("max_steps", 48)
         if backward not in BACKWARDS:
             raise ValueError(f"`solver.backward` must be one of {BACKWARDS}; got {backward!r}.")
@@ -130,10 +135,7 @@ class DEQReg:
         self.phantom_remat, self.jacobian_weight = bool(phantom_remat), float(jacobian_weight)
         self.loss_options = {"similarity": similarity, "window": int(window), "weight": float(weight)}
         implicit.check_phantom(self.phantom_steps, self.phantom_damping)
-        self.adjoint = dict(adjoint or {})
-        unknown = set(self.adjoint) - set(SOLVER_OPTIONS)
-        if unknown:
-            raise ValueError(f"unknown adjoint option(s) {sorted(unknown)}; known: {SOLVER_OPTIONS}.")
+        self.adjoint = _solver_section(adjoint, "adjoint")
         # The "ift" path: the equilibrium's loss with its exact gradient and a reported adjoint.
         self.ift_loss = implicit.equilibrium_loss(self.update, self._pair_losses, solver=self.solver,
                                                   adjoint=self.adjoint, batched=True,
