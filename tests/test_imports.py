@@ -42,7 +42,7 @@ LAYERS = (
     ("data and shared pieces", {"jaxreg.data", "jaxreg._objective", "jaxreg._steps", "jaxreg.scoring",
                                 "jaxreg.sharding", "jaxreg.transform"}),
     ("leaves", {"jaxreg.spatial", "jaxreg.losses", "jaxreg.metrics", "jaxreg.io"}),
-    ("private helpers", {"jaxreg._checks", "jaxreg._nifti_geometry", "jaxreg._programs", "jaxreg._progress",
+    ("private helpers", {"jaxreg._checks", "jaxreg._nifti_geometry", "jaxreg._programs", "jaxreg._progress", "jaxreg._random",
                          "jaxreg._rotations"}),
 )
 

@@ -27,6 +27,7 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
+from jaxreg import _random as random
 from jaxreg import spatial
 
 __all__ = ["ANATOMIES", "random_velocity_deformation", "smooth_noise", "synthetic_pair"]
@@ -54,7 +55,7 @@ def smooth_noise(key: jax.Array, shape: Sequence[int], *, channels: int = 1, sca
     factor = max(1, int(scale // 2))
     coarse = tuple(-(-n // factor) for n in shape)
     axes = tuple(range(len(shape)))
-    white = jax.random.normal(key, (*coarse, channels))
+    white = random.normal(key, (*coarse, channels))
     freqs = jnp.meshgrid(*[jnp.fft.fftfreq(n) for n in coarse], indexing="ij")
     k2 = sum(f**2 for f in freqs)
     sigma = scale / factor  # in coarse voxels
@@ -157,7 +158,7 @@ def _intensities(key, labels, texture, num_labels):
 
 def _corrupt(key_bias, key_noise, image, noise_std):
     bias = 1.0 + 0.1 * smooth_noise(key_bias, image.shape, scale=min(image.shape) / 4)[..., 0]
-    return image * bias + noise_std * jax.random.normal(key_noise, image.shape)
+    return image * bias + noise_std * random.normal(key_noise, image.shape)
 
 
 @functools.partial(jax.jit, static_argnames=("shape", "anatomy", "num_labels", "num_points"))

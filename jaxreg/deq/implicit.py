@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from jaxreg import _random as random
 from jaxreg.deq.solvers import OPTIONS as _SOLVER_KEYS
 from jaxreg.deq.solvers import solve, solve_pairs, validate_options
 
@@ -100,7 +101,7 @@ def jacobian_penalty(f: Callable, params, x, z: jax.Array, key: jax.Array, *, sa
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an integer >= 1, got {samples!r}")
     _, vjp = jax.vjp(lambda zz: f(params, x, zz), z)
-    probes = jax.random.normal(key, (samples, *z.shape), z.dtype)
+    probes = random.normal(key, (samples, *z.shape), z.dtype)
     return jnp.mean(jax.vmap(lambda e: jnp.sum(jnp.square(vjp(e)[0])))(probes)) / z.size
 
 

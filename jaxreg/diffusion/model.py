@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg import _random as random
 from jaxreg import losses, spatial
 from jaxreg.diffusion import guidance as guidance_lib
 from jaxreg.diffusion import samplers
@@ -202,7 +203,7 @@ class DiffuseReg:
         x0 = self.normalize(self.teacher_field(fixed, moving))
         k_t, k_eps, k_drop = jax.random.split(key, 3)
         t = jax.random.randint(k_t, (b,), 0, self.schedule.num_steps)
-        eps = jax.random.normal(k_eps, x0.shape, x0.dtype)
+        eps = random.normal(k_eps, x0.shape, x0.dtype)
         x_t = q_sample(self.schedule, x0, t, eps)
         condition = None
         if self.condition_dropout:
@@ -317,7 +318,7 @@ class DiffuseReg:
                                                       steps=options["steps"], start_step=options["start_step"])
         key = jax.random.key(int(options["seed"])) if key is None else key
         key, k_start = jax.random.split(key)
-        noise = jax.random.normal(k_start, (n * b, *fixed.shape[1:], ndim), jnp.float32)
+        noise = random.normal(k_start, (n * b, *fixed.shape[1:], ndim), jnp.float32)
         if isinstance(start, str):
             _check_start(start)
         if isinstance(start, str) and start == "teacher":

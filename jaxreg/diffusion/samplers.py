@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxreg import _random as random
 from jaxreg.diffusion.schedule import Schedule, posterior, predict_eps, predict_x0
 
 __all__ = ["METHODS", "Snapshot", "ddim_sample", "ddim_timesteps", "ddpm_sample", "make_runner", "observe", "sample",
@@ -97,13 +98,13 @@ def _update(schedule: Schedule, method: str, eta: float, x, x0, t, s, key):
     batch_t = jnp.full((x.shape[0],), t, jnp.int32)
     if method == "ddpm":  # s = t − 1: the posterior at x̂₀ (no noise at t = 0: its variance is 0)
         mean, variance = posterior(schedule, x0, x, batch_t)
-        return mean + jnp.sqrt(variance) * jax.random.normal(key, x.shape, x.dtype)
+        return mean + jnp.sqrt(variance) * random.normal(key, x.shape, x.dtype)
     eps = predict_eps(schedule, x, batch_t, x0)
     a_all = jnp.concatenate([schedule.alpha_bars, jnp.ones((1,), jnp.float32)])  # index −1 → ᾱ = 1
     b_all = jnp.concatenate([schedule.one_minus_alpha_bars, jnp.zeros((1,), jnp.float32)])
     a_t, b_t, a_s, b_s = a_all[t], b_all[t], a_all[s], b_all[s]
     sigma = eta * jnp.sqrt(b_s / b_t * (1.0 - a_t / a_s))
-    noise = jax.random.normal(key, x.shape, x.dtype)
+    noise = random.normal(key, x.shape, x.dtype)
     return jnp.sqrt(a_s) * x0 + jnp.sqrt(jnp.maximum(b_s - sigma**2, 0.0)) * eps + sigma * noise
 
 
