@@ -35,6 +35,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from jaxreg import _random
 from jaxreg.models.conv import Conv, ConvTranspose
 from jaxreg.models.swin import PatchMerging, SwinBlock
 
@@ -193,4 +194,4 @@ class Denoiser(nn.Module):
         full = jnp.concatenate([x_t, fixed, moving], axis=-1) if layerwise and self.image_skip else inputs
         skip = ResBlock(c0, name="skip_input")(full, block_time)
         x = ResBlock(c0, name="decoder_input")(jnp.concatenate([x, skip], axis=-1), block_time)
-        return Conv(ndim, (1,) * ndim, name="eps", kernel_init=nn.initializers.normal(1e-3))(x)
+        return Conv(ndim, (1,) * ndim, name="eps", kernel_init=_random.normal_initializer(1e-3))(x)
