@@ -1,4 +1,9 @@
-"""DiffuseReg end to end: a tiny teacher → train.py (statistics stored) → eval.py with sampler overrides; CLI errors."""
+"""DiffuseReg end to end: a tiny teacher → train.py (statistics stored) → eval.py with sampler overrides; CLI errors.
+
+The DiffuseReg run trains on two simulated devices in one process, so it is also the reference
+of the same run over two processes (one device each), as ``tests/test_multihost.py`` checks the
+other methods.
+"""
 
 import json
 import os
@@ -17,8 +22,10 @@ TINY_DR = str(ROOT / "tests" / "configs" / "tiny_diffusereg.py")
 pytestmark = pytest.mark.xdist_group("test_diffusereg_workdir.runs")
 
 
-def _run(script, *args):
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+def _run(script, *args, devices=1):
+    from conftest import xla_flags
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=xla_flags(f"--xla_force_host_platform_device_count={devices}"))
     return subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900, check=False)
 
@@ -29,9 +36,31 @@ def runs(tmp_path_factory):
     out = _run("train.py", f"--config={TINY}", f"--workdir={teacher}", "--config.training.num_steps=2",
                "--config.training.eval_every=0")
     assert out.returncode == 0, out.stderr[-3000:]
-    out = _run("train.py", f"--config={TINY_DR}", f"--workdir={student}", f"--config.diffusion.teacher_workdir={teacher}")
+    out = _run("train.py", f"--config={TINY_DR}", f"--workdir={student}", f"--config.diffusion.teacher_workdir={teacher}",
+               devices=2)
     assert out.returncode == 0, out.stderr[-3000:]
     return teacher, student
+
+
+def _val_line(workdir: Path, step: int) -> dict:
+    lines = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    return next(r for r in lines if r["split"] == "val" and r["step"] == step)
+
+
+@pytest.mark.slow
+def test_two_processes_train_like_one_process_with_two_devices(runs, tmp_path):
+    # Its train step (Swin denoiser) and its validation (sampling from noise) over 2 processes
+    # against the module's run: one process, 2 devices, the same mesh and global batches.
+    from test_multihost import _launch, _check, _max_difference, _params
+
+    teacher, one = runs
+    two = tmp_path / "two"
+    _check(_launch("train.py", [f"--config={TINY_DR}", f"--workdir={two}", "--config.training.num_steps=2",
+                                f"--config.diffusion.teacher_workdir={teacher}"], processes=2))
+    difference = _max_difference(_params(two, 2), _params(one, 2))
+    assert difference < 1e-5, difference
+    a, b = _val_line(two, 2), _val_line(one, 2)  # validation samples the same fields
+    assert abs(a["dice"] - b["dice"]) < 1e-5 and abs(a["sdlogj"] - b["sdlogj"]) < 1e-5, (a, b)
 
 
 @pytest.mark.slow
