@@ -174,9 +174,9 @@ def test_jit_vmap_grad(shape):
                lambda i, d: jaxreg.resize_ddf(d, tuple(2 * s for s in shape))):
         eager = fn(image, u)
         np.testing.assert_allclose(np.asarray(jax.jit(fn)(image, u)), np.asarray(eager), atol=1e-5)
-        batched = jax.vmap(fn, in_axes=(None, 0))(image, batch)
+        batched = jax.jit(jax.vmap(fn, in_axes=(None, 0)))(image, batch)
         np.testing.assert_allclose(np.asarray(batched[0]), np.asarray(eager), atol=1e-5)
-        grad = jax.grad(lambda d: jnp.sum(fn(image, d) ** 2))(u)
+        grad = jax.jit(jax.grad(lambda d: jnp.sum(fn(image, d) ** 2)))(u)
         assert grad.shape == u.shape and bool(jnp.all(jnp.isfinite(grad)))
     points = jnp.asarray(rng.uniform(1, 5, size=(4, ndim)), jnp.float32)
     g = jax.grad(lambda d: jnp.sum(jax.jit(jaxreg.warp_points)(points, d)))(u)

@@ -561,17 +561,25 @@ def _plain_swin_block_reference(p, x, window, heads):
 
 
 def _image_tokens_seen(model, params, *args):
-    """The [moving, fixed] token grids each field block was called with (flax method interception)."""
-    seen = {}
+    """The [moving, fixed] token grids each field block was called with (flax method interception).
 
-    def spy(next_fun, args_, kwargs, context):
-        if context.method_name == "__call__" and str(context.module.name).startswith("field_stage"):
-            seen[context.module.name] = [np.asarray(c, np.float64) for c in args_[1]]
-        return next_fun(*args_, **kwargs)
+    Under ``jit`` (one compiled program instead of an op-by-op run): the intercepted arguments
+    are returned as outputs of the jitted function.
+    """
+    def run(params, *args):
+        seen = {}
 
-    with nn.intercept_methods(spy):
-        out = model.apply(params, *args)
-    return seen, np.asarray(out)
+        def spy(next_fun, args_, kwargs, context):
+            if context.method_name == "__call__" and str(context.module.name).startswith("field_stage"):
+                seen[context.module.name] = list(args_[1])
+            return next_fun(*args_, **kwargs)
+
+        with nn.intercept_methods(spy):
+            out = model.apply(params, *args)
+        return seen, out
+
+    seen, out = jax.jit(run)(params, *args)
+    return {k: [np.asarray(c, np.float64) for c in v] for k, v in seen.items()}, np.asarray(out)
 
 
 def test_denoiser_image_tokens_wiring():

@@ -34,13 +34,19 @@ def _loud(params, factor=1e4):
         else v, params)
 
 
+_JITTED_NETS = {}  # id(net) -> (net, jitted apply): the network is one compiled call, not op by op
+
+
 def _net(method, params, level, levels):
     p = params["net"] if levels == 1 else params["net"][f"level_{level}"]
+    net = method.module.net
+    if id(net) not in _JITTED_NETS:
+        _JITTED_NETS[id(net)] = (net, jax.jit(net.apply))
 
     def apply(fixed, warped, ddf, extra=None):  # one pair, padded by hand to a multiple of 4
         pad = [(0, -s % 4) for s in fixed.shape[:-1]] + [(0, 0)]
         args = [None if a is None else jnp.pad(a, pad)[None] for a in (fixed, warped, ddf, extra)]
-        out = method.module.net.apply(p, *args)[0]
+        out = _JITTED_NETS[id(net)][1](p, *args)[0]
         return out[: fixed.shape[0], : fixed.shape[1]]
 
     return apply
