@@ -23,19 +23,13 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 
-__all__ = ["lecun_normal", "normal", "normal_initializer", "uniform"]
+__all__ = ["lecun_normal", "normal", "normal_initializer"]
 
 
 def normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """``jax.random.normal(key, shape, dtype)``, value for value, drawn flat and reshaped."""
     shape = tuple(int(n) for n in shape)
     return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
-
-
-def uniform(key: jax.Array, shape: Sequence[int], dtype=jnp.float32, *, minval=0.0, maxval=1.0) -> jax.Array:
-    """``jax.random.uniform(key, shape, dtype, minval, maxval)``, value for value, drawn flat and reshaped."""
-    shape = tuple(int(n) for n in shape)
-    return jax.random.uniform(key, (math.prod(shape),), dtype, minval=minval, maxval=maxval).reshape(shape)
 
 
 def lecun_normal(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:

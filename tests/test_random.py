@@ -1,4 +1,4 @@
-"""``jaxreg._random``: the flat draws give jax.random's values of the shaped draw, element for element."""
+"""``jaxreg._random``: the flat draws give jax.random's (and flax's initialisers') values of the shaped draw."""
 
 import jax
 import jax.numpy as jnp
@@ -12,13 +12,10 @@ SHAPES = [(7,), (5, 7, 3), (16, 16, 16, 3), (2, 4, 6, 5, 3)]
 
 @pytest.mark.parametrize("shape", SHAPES)
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
-def test_normal_and_uniform_equal_jax_random(shape, dtype):
+def test_normal_equals_jax_random(shape, dtype):
     key = jax.random.key(7)
     np.testing.assert_array_equal(np.asarray(_random.normal(key, shape, dtype), np.float32),
                                   np.asarray(jax.random.normal(key, shape, dtype), np.float32))
-    np.testing.assert_array_equal(
-        np.asarray(_random.uniform(key, shape, dtype, minval=-2.0, maxval=3.0), np.float32),
-        np.asarray(jax.random.uniform(key, shape, dtype, minval=-2.0, maxval=3.0), np.float32))
     assert _random.normal(key, shape, dtype).dtype == dtype
 
 
