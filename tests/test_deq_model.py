@@ -247,6 +247,7 @@ class _Contractive(DEQReg):
         return super().update(params, x, ddf) - 0.7 * ddf
 
 
+@pytest.mark.slow  # second tier: the first tier's 10 minutes (15.6 s in .ci/run)
 def test_ift_and_phantom_gradients_match_autodiff_through_a_long_iteration(batch):
     options = dict(SMALL, correction_weight=0.0, solver={"method": "fixed_point", "max_steps": 80, "tol": 1e-6})
     ift = _Contractive(**options, backward="ift")
@@ -308,9 +309,9 @@ def test_jacobian_regulariser_is_added_to_the_loss_with_its_weight(batch):
     solver = dict(DEQ, max_steps=3)
     plain = methods.build({"name": "deqreg", "correction_states": 0, **SMALL}, LOSS, solver)
     regularised = methods.build({"name": "deqreg", "correction_states": 0, "jacobian_weight": 2.0, **SMALL}, LOSS, solver)
-    params = plain.init(jax.random.key(0), batch)
-    loss0, metrics0 = plain.loss_fn(params, batch, jax.random.key(1))
-    loss2, metrics2 = regularised.loss_fn(params, batch, jax.random.key(1))
+    params = jax.jit(plain.init)(jax.random.key(0), batch)  # compiled calls, not op by op
+    loss0, metrics0 = jax.jit(plain.loss_fn)(params, batch, jax.random.key(1))
+    loss2, metrics2 = jax.jit(regularised.loss_fn)(params, batch, jax.random.key(1))
     assert "jacobian" not in metrics0
     np.testing.assert_allclose(float(loss2), float(loss0) + 2.0 * float(metrics2["jacobian"]), rtol=1e-5)
     assert 0.8 < float(metrics2["jacobian"]) < 1.2, metrics2  # T ≈ identity at initialisation

@@ -167,6 +167,7 @@ def test_auto_levels_do_not_shrink_a_thick_slice_axis():
     assert affine_levels((32, 32)) == (2, 1)
 
 
+@pytest.mark.slow  # second tier: the first tier's 10 minutes (21.9 s in .ci/run)
 def test_isotropic_spacing_gives_exactly_the_voxel_result():
     rng = np.random.default_rng(1)
     fixed = ndi.gaussian_filter(rng.normal(size=(20, 24, 16)), 1.5).astype(np.float32)
