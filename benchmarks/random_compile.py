@@ -1,7 +1,7 @@
 """Compile seconds of random draws inside ``jit``: ``jax.random.normal(key, shape)`` against
 ``jaxreg._random.normal`` (the same values, drawn flat and reshaped), and of the synthetic pair.
 
-    python benchmarks/random_compile.py [--repeats 3]
+    python benchmarks/random_compile.py [--repeats 3] [--against TREE]
 
 Each number is ``jax.jit(f).lower(key).compile()`` wall seconds with the persistent
 compilation cache off, at XLA's default optimisation level (what a user's process compiles);
@@ -81,7 +81,7 @@ def _side_by_side(rows, codes, against, repeats):
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--against", default=None, help="another checkout, for the synthetic pair side by side")
+    parser.add_argument("--against", default=None, help="another checkout: the synthetic pair and the inits side by side")
     args = parser.parse_args()
 
     import jax
