@@ -17,7 +17,6 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy import ndimage as ndi
 
 from jaxreg import spatial
 from jaxreg._checks import check_ddf, check_same_shape
@@ -85,6 +84,8 @@ def dice(a, b, *, labels: Sequence[int] | None = None) -> jax.Array:
 
 def _surface(mask: np.ndarray) -> np.ndarray:
     """Voxels of ``mask`` with at least one face neighbour outside it (or at the border)."""
+    from scipy import ndimage as ndi  # here, not at the top: scipy.ndimage takes ~0.2 s to import
+
     eroded = ndi.binary_erosion(mask, structure=ndi.generate_binary_structure(mask.ndim, 1),
                                 border_value=0)
     return mask & ~eroded
@@ -124,6 +125,8 @@ def hd95(a, b, *, spacing: Sequence[float] | None = None, labels: Sequence[int] 
         elif not in_a.any() or not in_b.any():
             out[i] = np.inf
         else:
+            from scipy import ndimage as ndi
+
             sa, sb = _surface(in_a), _surface(in_b)
             # Distance from every voxel to the nearest surface voxel of the other map.
             to_b = ndi.distance_transform_edt(~sb, sampling=spacing)
