@@ -4,14 +4,14 @@
     python benchmarks/import_time.py --against /other/tree # side by side with another checkout
     python benchmarks/import_time.py --module jaxreg.cli   # what a `jaxreg` command imports
 
-Each sample is a new ``python -X importtime -c "import jaxreg"``; the number is the
-cumulative time of the ``jaxreg`` line (microseconds → seconds), which includes jax itself.
+Each sample is a new ``python -X importtime -c "import jaxreg"`` (or ``--module``); the number is
+the cumulative time of that module's line (microseconds → seconds), which includes jax itself.
 ``import jax`` alone is measured the same way in the same loop, for scale (the two medians are
 noisy at the tenth of a second, so their difference is not reported), and so is ``import ml_dtypes``
 with its version (JAX's dtypes: 0.7.0's extension module took 1.1-1.2 s to load on the 2-core CPU,
 0.6.0's 0.01 s, hence ``pyproject.toml``'s pin). ``--module jaxreg.cli`` times what a ``jaxreg``
-command imports instead. With ``--against`` the
-two trees alternate sample by sample, so a busy machine slows both alike, and
+command imports instead. With ``--against`` the two trees alternate sample by sample, so a busy
+machine slows both alike, and
 ``ratio_against_over_this`` compares the medians. Prints JSON.
 """
 

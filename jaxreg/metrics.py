@@ -116,6 +116,8 @@ def hd95(a, b, *, spacing: Sequence[float] | None = None, labels: Sequence[int] 
     spacing = np.ones(a.ndim) if spacing is None else np.asarray(spacing, np.float64)
     if spacing.shape != (a.ndim,) or np.any(spacing <= 0):
         raise ValueError(f"`spacing` must be {a.ndim} positive numbers (mm); got {spacing.tolist()}.")
+    from scipy import ndimage as ndi  # here, not at the top, as in _surface
+
     labels = _resolve_labels(a, b, labels)
     out = np.empty(len(labels))
     for i, label in enumerate(labels):
@@ -125,8 +127,6 @@ def hd95(a, b, *, spacing: Sequence[float] | None = None, labels: Sequence[int] 
         elif not in_a.any() or not in_b.any():
             out[i] = np.inf
         else:
-            from scipy import ndimage as ndi
-
             sa, sb = _surface(in_a), _surface(in_b)
             # Distance from every voxel to the nearest surface voxel of the other map.
             to_b = ndi.distance_transform_edt(~sb, sampling=spacing)
