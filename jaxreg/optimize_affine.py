@@ -37,7 +37,7 @@ points in **mm** (``p = spacing · x`` for a voxel ``x``, array axis order) that
   finest axis per step, with a cosine decay to 10 % within each level; 50 steps a level (the
   loss is flat after ~40 on brains).
   Default levels (:func:`affine_levels`): from about 16 voxels across down to the finest
-  level of at most 3·2**16 voxels (brains 160×192×144: ``(8, 4)``).
+  level of at most 2**17 voxels (brains 160×192×144: ``(8, 4)``).
 * **Warping.** Each step builds the level's dense displacement from the matrix
   (:func:`jaxreg.spatial.affine_ddf`) and warps with :func:`jaxreg.spatial.warp` (linear,
   edges repeated outside the image).
@@ -72,8 +72,10 @@ STEPS_PER_LEVEL = 50  # default Adam steps at each level (the loss is flat after
 LEARNING_RATE = 0.25  # default Adam step: voxels of the level's finest axis, per step
 SCALE_PRIOR = 0.1  # default weight of ‖S‖² (the affine log-stretch) added to the similarity
 # The finest default level is the finest with at most this many voxels (the deformable stage that
-# follows refines the rest).
-MAX_VOXELS = 3 * 2**16
+# follows refines the rest). 2**17 rather than 3·2**16 stops one level coarser on a 256×216×10 cine
+# stack (128×108×10 is left to the deformable stage): Dice 0.869 -> 0.876, the affine stage of a later
+# run 2.1 -> 1.1 s; brains keep (8, 4) (`benchmarks/register.py --cli`, docs/register.md).
+MAX_VOXELS = 2**17
 
 
 class AffineResult(NamedTuple):
@@ -136,7 +138,6 @@ def _world(theta, centre, radius, *, transform: str, ndim: int) -> jax.Array:
     return jnp.concatenate([top, jnp.eye(ndim + 1)[ndim:]], axis=0)
 
 
-@stored_jit(static_argnames=("shape", "work", "weight", "batch"))
 def _padded(image, shape, work, weight=False, batch=False):
     """``image`` ``(*S, C)`` downsampled to ``shape`` and padded to ``work`` at the far ends
     (edges repeated; zeros for a ``weight`` map); ``batch``: each of a ``(B, *S, C)`` stack."""
@@ -145,6 +146,21 @@ def _padded(image, shape, work, weight=False, batch=False):
     image = obj.downsample(image, shape=shape)
     pad = [(0, w - s) for s, w in zip(shape, work)] + [(0, 0)]
     return jnp.pad(image, pad) if weight else jnp.pad(image, pad, mode="edge")
+
+
+@stored_jit(static_argnames=("grids", "batch"))
+def _level_images(fixed, moving, weight, *, grids, batch=False):
+    """Every level's ``(fixed, moving, weight)``, downsampled and padded, in one program (not one per
+    level and image: ~0.2 s of compiling each on a 2-core CPU).
+
+    ``grids``: per level ``(shape, work, moving shape, moving work)`` (:func:`_padded`); ``weight``
+    is the ``(*S)`` similarity weight map (``batch``: ``(B, *S)``), or ``None`` for ones.
+    """
+    if weight is None:
+        weight = jnp.ones(fixed.shape[:-1], fixed.dtype)
+    return tuple((_padded(fixed, shape, work, batch=batch), _padded(moving, moving_shape, moving_work, batch=batch),
+                  _padded(weight[..., None], shape, work, weight=True, batch=batch)[..., 0])
+                 for shape, work, moving_shape, moving_work in grids)
 
 
 # ----------------------------------------------------------------------------- levels
@@ -226,7 +242,7 @@ def _moments(image, spacing, *, batch=False):
 def affine_levels(shape: Sequence[int], spacing: Sequence[float] | None = None) -> tuple[int, ...]:
     """The default pyramid of the affine stage: from :func:`jaxreg.optimize.auto_levels`' coarsest
     level (about 16 voxels across) down to the finest level of at most ``MAX_VOXELS``
-    (3·2**16) voxels: full resolution for small images; brains 160×192×144 → ``(8, 4)``."""
+    (2**17) voxels: full resolution for small images; brains 160×192×144 → ``(8, 4)``."""
     shape = tuple(int(s) for s in shape)
     spacing = obj.check_spacing(spacing, len(shape))
     every = obj.auto_levels(shape, spacing, finest_max_voxels=math.inf)  # down to full resolution
@@ -404,16 +420,16 @@ def run_levels(fixed, moving, weight_map, *, plan: Sequence[Level], spacing, tra
     if len(plan) > 2:
         coarse = tuple(max(sides) for sides in zip(*(level.shape for level in plan[:-1])))
         coarse_moving = tuple(max(sides) for sides in zip(*(ms for ms, _ in moving_levels[:-1])))
-    ones = jnp.ones(lead + shape, dtype) if weight_map is None else weight_map
     static = {"transform": transform, "similarity": similarity, "bins": int(bins), "batch": batch,
               "existence": grid is not None}
     progress = progress or steps_lib.Progress()
     traces = []
+    grids = tuple((level.shape, finest, moving_level, finest_moving) if i == len(plan) - 1
+                  else (level.shape, coarse, moving_level, coarse_moving)
+                  for i, (level, (moving_level, _)) in enumerate(zip(plan, moving_levels)))
+    level_images = _level_images(fixed, moving, weight_map, grids=grids, batch=batch)
     for i, (level, (moving_level, mm_to_moving)) in enumerate(zip(plan, moving_levels)):
-        last = i == len(plan) - 1
-        arrays = (_padded(fixed, level.shape, finest if last else coarse, batch=batch),
-                  _padded(moving, moving_level, finest_moving if last else coarse_moving, batch=batch),
-                  _padded(ones[..., None], level.shape, finest if last else coarse, weight=True, batch=batch)[..., 0],
+        arrays = (*level_images[i],
                   jnp.asarray(level.level_to_mm, dtype), jnp.asarray(mm_to_moving, dtype),
                   jnp.asarray(moving_level, dtype), com_fixed, radius,
                   jnp.asarray(learning_rate, dtype) * level.step_mm, jnp.asarray(scale_prior, dtype))

@@ -165,6 +165,8 @@ def test_auto_levels_do_not_shrink_a_thick_slice_axis():
     assert optimize_module.auto_levels((160, 192, 144)) == optimize_module.auto_levels((160, 192, 144), (2.0,) * 3)
     assert affine_levels((160, 192, 144)) == (8, 4)
     assert affine_levels((32, 32)) == (2, 1)
+    # a cine stack: its 128×108×10 level (138 240 voxels) is above 2**17 and left to the deformable stage
+    assert affine_levels((256, 216, 10), (1.41, 1.41, 9.87)) == (16, 8, 4)
 
 
 @pytest.mark.slow  # second tier: the first tier's 10 minutes (21.9 s in .ci/run)
