@@ -187,8 +187,7 @@ def program(blocks: list[Block], run: dict) -> list[dict]:
     return steps
 
 
-def run_steps(steps: list[dict], cwd: Path, *, cache: Path | None = None, timeout: float = 1800,
-              default_xla: bool = False):
+def run_steps(steps: list[dict], cwd: Path, *, timeout: float = 1800, default_xla: bool = False):
     """Runs the steps in one fresh Python process in ``cwd``; returns the CompletedProcess."""
     cwd.mkdir(parents=True, exist_ok=True)
     script = cwd.parent / f"{cwd.name}_steps.json"
@@ -199,8 +198,6 @@ def run_steps(steps: list[dict], cwd: Path, *, cache: Path | None = None, timeou
     env = dict(os.environ, JAX_PLATFORMS="cpu", MPLBACKEND="Agg", XLA_FLAGS=flags,
                PATH=os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
                PYTHONPATH=os.pathsep.join(p for p in [str(ROOT), os.environ.get("PYTHONPATH", "")] if p))
-    if cache is not None:
-        env["JAXREG_COMPILATION_CACHE"] = str(cache)
     return subprocess.run([sys.executable, "-c", _DRIVER, str(script)], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, check=False)
 
@@ -446,20 +443,16 @@ def _docs_with_runs() -> list[str]:
 DEFAULT_XLA = {"README.md", "docs/quickstart.md"}
 
 
-@pytest.fixture(scope="module")
-def compilation_cache(tmp_path_factory):
-    """One persistent compilation cache for all documents (and the CLI processes they start)."""
-    return tmp_path_factory.mktemp("xla_cache")
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("doc", _docs_with_runs())
-def test_snippets_run(doc, tmp_path, compilation_cache):
+def test_snippets_run(doc, tmp_path):
+    # The pages' processes (and the CLI processes they start) inherit the test run's compilation
+    # cache (conftest.py: JAX_COMPILATION_CACHE_DIR, which JAX reads at import).
     blocks = parse_blocks(ROOT / doc)
     steps = program(blocks, RUN)
     assert steps, doc
     start = time.perf_counter()
-    out = run_steps(steps, tmp_path / "work", cache=compilation_cache, default_xla=doc in DEFAULT_XLA)
+    out = run_steps(steps, tmp_path / "work", default_xla=doc in DEFAULT_XLA)
     log = out.stderr[-8000:] + out.stdout[-2000:]
     assert out.returncode == 0, f"{doc}: a snippet failed ({time.perf_counter() - start:.0f} s)\n{log}"
     assert "ALL OK" in out.stderr, log
