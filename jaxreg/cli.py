@@ -476,5 +476,19 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def run() -> None:
+    """The ``jaxreg`` console command: :func:`main`, then an exit without the interpreter's teardown.
+
+    Once every output is in place and the streams are flushed, nothing is left to do, but a
+    normal exit still spends 0.5–0.8 s freeing JAX's compiled programs, arrays and modules
+    (measured on the 2-core CPU after a 3-D registration). ``os._exit`` skips that. Errors
+    that :func:`main` does not turn into a status (a bug) propagate and exit as usual.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

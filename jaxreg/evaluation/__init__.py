@@ -8,8 +8,23 @@ names are kept in the submodule on purpose: ``l2r.dice`` follows the challenge's
 and argument order, which differ from ``jaxreg.metrics.dice``.
 """
 
-from jaxreg.evaluation import convergence, figures, l2r, report
-from jaxreg.evaluation.convergence import convergence_study
-from jaxreg.evaluation.evaluate import evaluate_workdir, resolve_step
+# Loaded on first use: ``convergence`` and ``evaluate`` bring orbax, grain and the models (0.5 s
+# and more of imports), which ``jaxreg register``'s figure (``figures``) does not need.
+_SUBMODULES = ("convergence", "figures", "l2r", "report")
+_NAMES = {"convergence_study": "convergence", "evaluate_workdir": "evaluate", "resolve_step": "evaluate"}
+
+
+def __getattr__(name: str):
+    import importlib
+
+    if name in _SUBMODULES:
+        value = importlib.import_module(f"jaxreg.evaluation.{name}")
+    elif name in _NAMES:
+        value = getattr(importlib.import_module(f"jaxreg.evaluation.{_NAMES[name]}"), name)
+    else:
+        raise AttributeError(f"module 'jaxreg.evaluation' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
 
 __all__ = ["convergence", "convergence_study", "evaluate_workdir", "figures", "l2r", "report", "resolve_step"]
