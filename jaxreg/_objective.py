@@ -263,8 +263,10 @@ def axis_windows(window: int, relative: Sequence[float] | None) -> int | tuple[i
     return windows[0] if len(set(windows)) == 1 else windows
 
 
-def auto_levels(shape: Sequence[int], spacing: Sequence[float] | None = None, *, finest_max_voxels: int) -> tuple[int, ...]:
-    """Factors ``(2**K, ..., 2[, 1])``: ``K`` the largest with level sides max >= 16 and min >= 4.
+def auto_levels(shape: Sequence[int], spacing: Sequence[float] | None = None, *, finest_max_voxels: int,
+                wide_axes: int = 1) -> tuple[int, ...]:
+    """Factors ``(2**K, ..., 2[, 1])``: ``K`` the largest with at least ``wide_axes`` level sides
+    >= 16 and every side >= 4.
 
     Sides are ``S / shrink_factors(2**K, spacing)``; the finest level is 1 for images of at
     most ``finest_max_voxels`` voxels, else 2.
@@ -276,7 +278,8 @@ def auto_levels(shape: Sequence[int], spacing: Sequence[float] | None = None, *,
         return [s / f for s, f in zip(shape, shrink_factors(2**k, spacing))]
 
     top = 0
-    while max(sides(top + 1)) >= 16 and min(sides(top + 1)) >= MIN_LEVEL_SIDE:
+    while (sum(side >= 16 for side in sides(top + 1)) >= min(wide_axes, len(shape))
+           and min(sides(top + 1)) >= MIN_LEVEL_SIDE):
         top += 1
     finest = 0 if math.prod(shape) <= finest_max_voxels else 1
     return tuple(2**k for k in range(top, min(finest, top) - 1, -1))

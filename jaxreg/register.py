@@ -257,7 +257,8 @@ def register_stages(shape, *, spacing=None, affine: str | bool | None = "affine"
         out.append((options["transform"], *affine_plan(options)))
     else:
         levels, steps = optimize_lib.pyramid(shape, options.get("levels"),
-                                             _given(options, "steps", optimize_lib.STEPS_PER_LEVEL), spacing=spacing)
+                                             _given(options, "steps", optimize_lib.STEPS_PER_LEVEL), spacing=spacing,
+                                             aligned=stage is not None)
         out.append((options.get("transform", "svf"), levels, steps))
     return tuple(out)
 
@@ -409,7 +410,7 @@ def _register_arrays(fixed, moving, *, model=None, spacing=None, affine="affine"
         clock.lap("affine")
         only_matrix, deformation, velocity, stage_info = deformable_stage(
             fixed_n, moving_stage, weight_map, options=options, spacing=spacing, batch=batch, progress=progress,
-            first_level=first_level, grid=grid, to_moving=matrix)
+            first_level=first_level, grid=grid, to_moving=matrix, aligned=stage is not None)
         matrix = matrix if only_matrix is None else only_matrix
         info.update(method="optimize", **stage_info, options=dict(options))
     else:

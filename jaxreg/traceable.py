@@ -230,12 +230,13 @@ def affine_stage(fixed_n, moving_n, weight_map, *, stage, affine_options, option
 
 
 def deformable_stage(fixed_n, moving_n, weight_map, *, options, spacing, batch=False, traced=False, progress=None,
-                     first_level=0, grid=None,
-                     to_moving=None) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None, dict]:
+                     first_level=0, grid=None, to_moving=None,
+                     aligned=False) -> tuple[jax.Array | None, jax.Array | None, jax.Array | None, dict]:
     """The deformable stage (or, with ``transform="rigid"/"affine"``, the only, affine one) on
     normalised images: ``(matrix or None, deformation or None, velocity or None, info)``; the
     losses as in :func:`affine_stage`. ``grid``: the moving image's own grid; the deformable stage
-    then reads it through ``to_moving`` (the affine stage's matrix) after the deformation."""
+    then reads it through ``to_moving`` (the affine stage's matrix) after the deformation. ``aligned``:
+    an affine stage ran first (the default pyramid, :func:`jaxreg.optimize.auto_levels`)."""
     o = _defaults(optimize_lib.optimize) | options
     _check_values(o, traced)
     lead = fixed_n.shape[:1] if batch else ()
@@ -252,7 +253,8 @@ def deformable_stage(fixed_n, moving_n, weight_map, *, options, spacing, batch=F
         return matrix, None, None, {"steps": steps, "levels": levels, "losses": trace}
     levels, plan = optimize_lib.plan_levels(
         shape, spacing, transform=transform, similarity=o["similarity"], window=o["window"], bins=o["bins"],
-        regularizer=o["regularizer"], levels=o["levels"], steps=o["steps"], integration_steps=o["integration_steps"])
+        regularizer=o["regularizer"], levels=o["levels"], steps=o["steps"], integration_steps=o["integration_steps"],
+        aligned=aligned)
     learning_rate = optimize_lib.LEARNING_RATE if o["learning_rate"] is None else o["learning_rate"]
     deformation, velocity, trace = optimize_lib.run_levels(
         fixed_n, moving_n, weight_map, weight=o["weight"], learning_rate=learning_rate, levels=plan, shape=shape,
@@ -354,7 +356,7 @@ def register_traceable(fixed, moving, *, fixed_mask=None, moving_labels=None, sp
                                 options=options, spacing=spacing, traced=True)
     moving_stage = moving_n if stage is None else warp_affine(moving_n, matrix)
     only_matrix, deformation, velocity, more = deformable_stage(fixed_n, moving_stage, weight_map, options=options,
-                                                                spacing=spacing, traced=True)
+                                                                spacing=spacing, traced=True, aligned=stage is not None)
     info.update(losses=more["losses"], valid=valid)
     info = {k: v for k, v in info.items() if k in ("losses", "affine_losses", "valid")}
     if only_matrix is not None:

@@ -165,8 +165,14 @@ def test_auto_levels_do_not_shrink_a_thick_slice_axis():
     assert optimize_module.auto_levels((160, 192, 144)) == optimize_module.auto_levels((160, 192, 144), (2.0,) * 3)
     assert affine_levels((160, 192, 144)) == (8, 4)
     assert affine_levels((32, 32)) == (2, 1)
-    # a cine stack: its 128×108×10 level (138 240 voxels) is above 2**17 and left to the deformable stage
-    assert affine_levels((256, 216, 10), (1.41, 1.41, 9.87)) == (16, 8, 4)
+    # After an affine stage two sides must reach 16: at factor 16 the stack's level is 13.5×16×5
+    # (one side of 16), at 8 it is 27×32×10 (two). Brains (10×12×9 at 16) and 2-D images keep theirs.
+    assert optimize_module.auto_levels((216, 256, 10), (1.4, 1.4, 10.0), aligned=True) == (8, 4, 2)
+    assert optimize_module.auto_levels((160, 192, 144), aligned=True) == (8, 4, 2)
+    assert optimize_module.auto_levels((256, 64), aligned=True) == optimize_module.auto_levels((256, 64))
+    # a cine stack: from 32×27×10 (two sides of 16 or more); its 128×108×10 level (138 240 voxels)
+    # is above 2**17 and left to the deformable stage
+    assert affine_levels((256, 216, 10), (1.41, 1.41, 9.87)) == (8, 4)
 
 
 @pytest.mark.slow  # second tier: the first tier's 10 minutes (21.9 s in .ci/run)
