@@ -32,12 +32,13 @@ points in **mm** (``p = spacing · x`` for a voxel ``x``, array axis order) that
   arrays, so all levels, and other spacings, share one compiled program (compiling is ~4 s a
   program on a 2-core CPU). With three levels or more the coarse ones share the grid of the
   largest of them instead, a second program, so that their steps run at a coarse grid's
-  speed (a 256×216×10 cine stack: affine stage 6.2 → 5.0 s per run). The transform lives in
+  speed (a 256×216×10 cine stack at levels ``(16, 8, 4, 2)``: affine stage 6.2 → 5.0 s per run). The transform lives in
   mm and carries over between levels unchanged. The learning rate is in voxels of the level's
   finest axis per step, with a cosine decay to 10 % within each level; 50 steps a level (the
   loss is flat after ~40 on brains).
-  Default levels (:func:`affine_levels`): from about 16 voxels across down to the finest
-  level of at most 2**17 voxels (brains 160×192×144: ``(8, 4)``).
+  Default levels (:func:`affine_levels`): from about 16 voxels across (in every direction but
+  the thinnest) down to the finest level of at most 2**17 voxels (brains 160×192×144 and the
+  256×216×10 cine stack: ``(8, 4)``).
 * **Warping.** Each step builds the level's dense displacement from the matrix
   (:func:`jaxreg.spatial.affine_ddf`) and warps with :func:`jaxreg.spatial.warp` (linear,
   edges repeated outside the image).
