@@ -175,6 +175,23 @@ def test_auto_levels_do_not_shrink_a_thick_slice_axis():
     assert affine_levels((256, 216, 10), (1.41, 1.41, 9.87)) == (8, 4)
 
 
+def test_every_affine_level_takes_the_finest_window_and_one_program():
+    from jaxreg import optimize_affine as affine_module
+
+    # The cine stack: factor 8 has voxels of 11.3 × 11.3 × 9.87 mm (window (5, 5, 5) of its own),
+    # factor 4 of 5.64 × 5.64 × 9.87 mm: relative (1, 1, 1.75), window 2·floor(5 / 1.75 / 2) + 1 = 3
+    # along the slices. Both levels take (5, 5, 3).
+    levels, _, plan = affine_module.plan_levels((256, 216, 10), (1.41, 1.41, 9.87))
+    assert levels == (8, 4) and [level.window for level in plan] == [(5, 5, 3), (5, 5, 3)]
+    # Two levels of a small anisotropic image run on one grid with one window: one program.
+    rng = np.random.default_rng(3)
+    fixed = ndi.gaussian_filter(rng.normal(size=(24, 20, 12)), 1.5).astype(np.float32)
+    moving = ndi.shift(fixed, (1.0, -0.5, 0.0), mode="nearest").astype(np.float32)
+    before = affine_module._level_chunk._cache_size()
+    optimize_affine(fixed, moving, levels=(2, 1), steps=10, spacing=(1.0, 1.0, 2.5))
+    assert affine_module._level_chunk._cache_size() == before + 1
+
+
 @pytest.mark.slow  # second tier: the first tier's 10 minutes (21.9 s in .ci/run)
 def test_isotropic_spacing_gives_exactly_the_voxel_result():
     rng = np.random.default_rng(1)
