@@ -248,7 +248,8 @@ def affine_levels(shape: Sequence[int], spacing: Sequence[float] | None = None) 
     every direction but the thinnest (:func:`jaxreg.optimize.auto_levels` with ``aligned=True``)
     down to the finest level of at most ``MAX_VOXELS`` (2**17) voxels: full resolution for small
     images; brains 160×192×144 → ``(8, 4)``; the 256×216×10 cine stack → ``(8, 4)``, one compiled
-    level program (its 16×14×5 level added a second, for Dice 0.876 against 0.876)."""
+    level program (its 16×14×5 level added a second program and no accuracy: Dice 0.8758 with
+    it, 0.8760 without, ``register`` in one process)."""
     shape = tuple(int(s) for s in shape)
     spacing = obj.check_spacing(spacing, len(shape))
     every = obj.auto_levels(shape, spacing, finest_max_voxels=math.inf,  # down to full resolution
